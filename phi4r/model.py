@@ -1,0 +1,196 @@
+"""The Phi-3 / Phi-4 decoder (Hugging Face `Phi3ForCausalLM`), readable top to bottom.
+
+Parameter names match Hugging Face's exactly, so a checkpoint's state dict loads as it is.
+One forward serves training (plain causal attention over the whole sequence) and the engine
+(incremental decoding into a preallocated `KVCache`, many sequences at different positions).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Phi3Config
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 as the reference does; bf16 variance loses too much precision.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Rotary:
+    """cos/sin tables for the "rotate half" RoPE on the first `rotary_dim` dims of each head."""
+
+    def __init__(self, config: Phi3Config):
+        self.dim = config.rotary_dim
+        self.theta = config.rope_theta
+        self.max_len = config.max_position_embeddings
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (device, dtype)
+        if key not in self._tables:
+            # Built in fp32 on first use per device (never on the meta device).
+            inv = 1.0 / (self.theta ** (torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim))
+            t = torch.arange(self.max_len, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, inv)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._tables[key] = (emb.cos().to(dtype), emb.sin().to(dtype))
+        return self._tables[key]
+
+    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x: [B, heads, T, head_dim]; cos/sin: [B, 1, T, rotary_dim]."""
+        rot, rest = x[..., : self.dim], x[..., self.dim :]
+        half = self.dim // 2
+        rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+        out = rot * cos + rotated * sin
+        return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+
+
+class KVCache:
+    """Preallocated keys/values, one row ("slot") per running sequence.
+
+    Shape per layer: [num_slots, kv_heads, max_len, head_dim]. A sequence's keys live in its slot at
+    their absolute positions; attention masks positions beyond the query, so a slot handed to a new
+    sequence needs no clearing.
+    """
+
+    def __init__(self, config: Phi3Config, num_slots: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        shape = (num_slots, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.num_slots, self.max_len = num_slots, max_len
+
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        """Share a prefill: copy the first `length` positions of slot `src` into slot `dst`."""
+        for k, v in zip(self.k, self.v):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: Phi3Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        # Fused projection: rows are Q, then K, then V (Hugging Face Phi-3 layout).
+        self.qkv_proj = nn.Linear(config.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, rotary, cos, sin, positions=None, cache=None, slots=None):
+        B, T, _ = x.shape
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
+
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_heads)
+        else:
+            ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]
+            rows = slots[:, None].expand(B, T)
+            ck[rows, :, positions] = k.transpose(1, 2).to(ck.dtype)
+            cv[rows, :, positions] = v.transpose(1, 2).to(cv.dtype)
+            span = int(positions.max()) + 1
+            keys, values = ck[slots, :, :span], cv[slots, :, :span]
+            # Each query sees keys of its own sequence at positions up to its own.
+            mask = torch.arange(span, device=x.device)[None, None, :] <= positions[:, :, None]
+            out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask[:, None],
+                                                 enable_gqa=self.n_kv != self.n_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: Phi3Config):
+        super().__init__()
+        # Fused SwiGLU: first half of the rows is the gate, second half "up".
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(up * F.silu(gate))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: Phi3Config, layer_idx: int):
+        super().__init__()
+        self.self_attn = Attention(config, layer_idx)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, rotary, cos, sin, positions=None, cache=None, slots=None):
+        x = x + self.self_attn(self.input_layernorm(x), rotary, cos, sin, positions, cache, slots)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Phi3Model(nn.Module):
+    def __init__(self, config: Phi3Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class Phi3ForCausalLM(nn.Module):
+    def __init__(self, config: Phi3Config):
+        super().__init__()
+        self.config = config
+        self.model = Phi3Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.tie_weights()
+        self.rotary = Rotary(config)
+
+    def tie_weights(self) -> None:
+        self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, slots: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits [B, T, V] (or [B, 1, V] with last_only).
+
+        Without a cache: a plain causal forward over `input_ids` (training, scoring).
+        With a cache: `positions` [B, T] are the tokens' absolute positions, `slots` [B] the cache
+        rows their sequences own; new keys/values are written there before attending.
+        """
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        if cache is not None and slots is None:
+            slots = torch.arange(B, device=input_ids.device)
+        x = self.model.embed_tokens(input_ids)
+        cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
+        cos, sin = cos_t[positions][:, None], sin_t[positions][:, None]
+        for layer in self.model.layers:
+            x = layer(x, self.rotary, cos, sin, positions, cache, slots)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.model.norm(x))
