@@ -1,0 +1,45 @@
+"""The task library shared by evaluation (phi4r.evals) and training (phi4r.train).
+
+    from phi4r.tasks import get_task
+    task = get_task("sat3")
+    inst = task.generate(4, seed=0, difficulty=1)[0]
+    task.score(inst, task.teacher(inst))  # 1.0
+
+Procedural tasks generate seeded instances and have teachers; `aime`, `math`, `gpqa` and
+`mmlu_pro` load the published files a user gives (`task.load(path, limit=None)`).
+"""
+from __future__ import annotations
+
+from .aime import Aime
+from .arithmetic import Arithmetic
+from .base import Instance, Score, Task, approx_tokens, final_text
+from .calendar import Calendar
+from .countdown import Countdown
+from .flenqa import FlenQA
+from .gpqa import Gpqa
+from .maze import Maze
+from .mmlu_pro import MmluPro
+from .omnimath import MathTask
+from .sat3 import Sat3
+from .spatialmap import SpatialMap
+from .tsp import Tsp
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Sat3(), Tsp(), Calendar(), Maze(), SpatialMap(), FlenQA(), Arithmetic(), Countdown(),
+    Aime(), MathTask(), Gpqa(), MmluPro(),
+)}
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(list_tasks())}") from None
+
+
+def list_tasks(procedural: bool | None = None) -> list[str]:
+    """Task names, optionally only the procedural (or only the file-backed) ones."""
+    return sorted(n for n, t in TASKS.items() if procedural is None or t.procedural == procedural)
+
+
+__all__ = ["Instance", "Score", "Task", "TASKS", "get_task", "list_tasks", "final_text", "approx_tokens"]

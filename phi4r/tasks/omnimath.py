@@ -1,0 +1,64 @@
+"""MATH / OmniMath-style free-form answers, graded by symbolic equivalence with math-verify.
+
+Records: `problem` and `answer`, or `problem` and a `solution` whose last \\boxed{} is the answer;
+optional `level` ("Level 5") or `difficulty`, and `type`, `subject` or `domain` as the category.
+"""
+from __future__ import annotations
+
+import re
+import threading
+
+from math_verify import parse, verify
+
+from .base import Instance, Score, last_match
+from .external import ExternalTask, field
+
+
+def last_boxed(text: str) -> str | None:
+    """The contents of the last \\boxed{...}, braces balanced."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+    return None
+
+
+def equivalent(gold: str, pred: str) -> bool:
+    # math-verify times out with signal.alarm, which works only in the main thread.
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    g = parse(f"${gold}$", parsing_timeout=timeout)
+    p = parse(f"${pred}$", parsing_timeout=timeout)
+    return bool(g and p and verify(g, p, timeout_seconds=timeout))
+
+
+class MathTask(ExternalTask):
+    name = "math"
+
+    def from_record(self, record):
+        answer = record.get("answer")
+        if answer is None:
+            answer = last_boxed(field(record, "solution"))
+            if answer is None:
+                raise ValueError("record has no `answer` and its `solution` has no \\boxed{}")
+        level = field(record, "level", "difficulty", default=0)
+        digits = re.search(r"\d+(?:\.\d+)?", str(level))
+        category = field(record, "type", "subject", "domain", default="math")
+        prompt = f"{field(record, 'problem', 'Problem')}\n\nPut the final answer in \\boxed{{}}."
+        return Instance(id="", task=self.name, prompt=prompt, answer={"answer": str(answer)},
+                        difficulty=round(float(digits.group())) if digits else 0,
+                        category=str(category[0] if isinstance(category, list) and category else category))
+
+    def parse(self, text):
+        boxed = last_boxed(text)
+        if boxed is not None:
+            return boxed.strip()
+        m = last_match(r"Final Answer:\s*(.+)", text)
+        return m.group(1).strip().strip("$").strip() if m else None
+
+    def check(self, inst, response):
+        got = self.extract(response)
+        return Score(float(got is not None and equivalent(inst.answer["answer"], got)), got)
