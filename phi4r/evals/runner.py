@@ -1,0 +1,98 @@
+"""Run an evaluation: every (instance, run) answered once, scored, logged; then metrics and report.
+
+The sample log in `out_dir` is the state: a run that is interrupted (killed, a failing endpoint,
+Ctrl-C) is resumed by calling `run_eval` again with the same settings, which skips the pairs already
+scored. `config.json` pins the settings that decide the samples, so a resumed run cannot mix models
+or sampling parameters.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from ..tasks import get_task
+from .backends import Backend, Completion, Job, derive_seed
+from .instances import select_instances
+from .log import SampleLog
+from .metrics import breakdown
+from .report import write_report
+
+SAMPLES_FILE, CONFIG_FILE = "samples.jsonl", "config.json"
+
+
+class EvalConfigError(ValueError):
+    """`out_dir` holds an evaluation made with different settings."""
+
+
+def score_sample(job: Job, completion: Completion) -> dict:
+    inst = job.instance
+    result = get_task(inst.task).check(inst, completion.answer_text())
+    return {
+        "task": inst.task, "id": inst.id, "run": job.run, "category": inst.category, "difficulty": inst.difficulty,
+        "seed": job.seed, "prompt": inst.prompt,
+        "text": completion.text if completion.text is not None else completion.answer_text(),
+        "reasoning": completion.reasoning, "content": completion.content,
+        "response_tokens": completion.response_tokens, "reasoning_tokens": completion.reasoning_tokens,
+        "finish_reason": completion.finish_reason,
+        "extracted": result.extracted, "score": result.score, "details": result.details,
+    }
+
+
+def _check_config(path: Path, config: dict) -> None:
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in config if old.get(k) != config[k])
+        if changed:
+            raise EvalConfigError(f"{path.parent} holds an evaluation with other settings ({', '.join(changed)} "
+                                  f"differ); use another --out directory")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def run_eval(backend: Backend, tasks: list[str], out_dir, *, runs: int = 1, limit: int | None = None,
+             seed: int = 0, difficulty: list[int] | None = None, data: dict[str, str] | None = None,
+             sampling: dict | None = None, system_prompt: str | None = None, progress: bool = True,
+             on_sample: Callable[[dict], None] | None = None, plots: bool = True) -> dict:
+    """Evaluate `backend` on `tasks`, `runs` samples per instance; returns the summary (report.py).
+
+    `sampling` overrides the backend's defaults (keys temperature, top_p, top_k, max_tokens,
+    thinking_budget; None keeps the default). `system_prompt` None is the backend's default.
+    `on_sample` is called with each sample once it is logged.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    out = Path(out_dir)
+    instances = select_instances(tasks, limit=limit, seed=seed, difficulty=difficulty, data=data)
+    sampling = {**backend.sampling_defaults(), **{k: v for k, v in (sampling or {}).items() if v is not None}}
+    system_prompt = backend.system_prompt if system_prompt is None else system_prompt
+    # What decides a sample's text: a resumed run must match it exactly.
+    _check_config(out / CONFIG_FILE, {"backend": backend.name, "sampling": sampling,
+                                      "system_prompt": system_prompt, "seed": seed})
+
+    with SampleLog(out / SAMPLES_FILE) as log:
+        # Per-instance seeds are hashes, independent of which other instances are evaluated.
+        seeds = {(i.task, i.id): derive_seed(seed, i.task, i.id) for i in instances}
+        jobs = [Job(i, r, seeds[i.task, i.id]) for i in instances for r in range(runs) if (i.task, i.id, r) not in log]
+        total = len(instances) * runs
+        with tqdm(total=total, initial=total - len(jobs), desc="eval", unit="sample", disable=not progress) as bar:
+            for job, completion in backend.complete(jobs, sampling, system_prompt):
+                sample = score_sample(job, completion)
+                log.append(sample)
+                bar.update()
+                if on_sample is not None:
+                    on_sample(sample)
+        keys = [(i.task, i.id, r) for i in instances for r in range(runs)]
+        missing = [k for k in keys if k not in log]
+        if missing:
+            raise RuntimeError(f"{backend.name} returned no answer for {len(missing)} samples, e.g. {missing[0]}")
+        selected = [log.samples[k] for k in keys]
+
+    settings = {"backend": backend.name, "tasks": tasks, "runs": runs, "limit": limit, "seed": seed,
+                "difficulty": difficulty, "data": data or {}, "sampling": sampling, "system_prompt": system_prompt}
+    summary = {"settings": settings, "metrics": breakdown(selected, runs)}
+    write_report(out, summary, selected, plots=plots)
+    return summary
