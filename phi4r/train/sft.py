@@ -1,0 +1,140 @@
+"""Supervised fine-tuning on reasoning traces (the report's SFT stage, scaled to any model).
+
+Loss: mean negative log-likelihood over the assistant tokens of the whole global batch (system
+and user tokens are never targets). The mean is over the GLOBAL token count, so gradient
+accumulation and any number of torchrun processes give the same update as one big batch.
+
+    from phi4r.train.config import SFTConfig
+    from phi4r.train.sft import train_sft
+    final_dir = train_sft(SFTConfig(model="ckpt", tasks=["arithmetic"], n_per_task=500, max_steps=200))
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import data as data_mod
+from . import distributed as dist
+from . import models
+from .logprobs import pad_batch, token_logprobs
+from .optim import clip_grad_norm, lr_at, make_optimizer, set_lr
+from .run import Run
+
+PLOT_KEYS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
+
+
+def load_conversations(cfg) -> list[list[dict]]:
+    conversations = []
+    if cfg.tasks:
+        conversations += data_mod.teacher_conversations(cfg.tasks, cfg.n_per_task, cfg.seed, cfg.difficulty)
+    if cfg.data:
+        conversations += data_mod.jsonl_conversations(cfg.data)
+    return conversations
+
+
+def micro_batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def summed_nll(model, examples: list[data_mod.Example], pad_id: int, device, bf16: bool) -> torch.Tensor:
+    """Sum of -log p over the target tokens of `examples`."""
+    ids, mask = pad_batch([e.ids for e in examples], [e.mask for e in examples], pad_id, device)
+    return -(token_logprobs(model, ids, bf16) * mask[:, 1:]).sum()
+
+
+@torch.no_grad()
+def evaluate(model, examples: list[data_mod.Example], cfg, pad_id: int, device) -> float:
+    """Held-out loss (token mean), each rank scoring its share."""
+    mine = dist.shard(examples)
+    nll = sum(float(summed_nll(model, mb, pad_id, device, cfg.bf16))
+              for mb in micro_batches(mine, cfg.per_device_train_batch_size))
+    nll, tokens = dist.all_sum([nll, sum(sum(e.mask) for e in mine)], device)
+    return nll / tokens
+
+
+def train_step(ddp, model, optimizer, batch: list[data_mod.Example], cfg, lr: float, pad_id: int, device) -> tuple[float, float]:
+    """One optimizer step on a global batch (this rank's share, in micro-batches); (loss, grad norm)."""
+    n_targets = sum(sum(e.mask) for e in batch)  # global: every rank computes the same count
+    set_lr(optimizer, lr)
+    micro = micro_batches(dist.shard(batch), cfg.per_device_train_batch_size)
+    nll = 0.0
+    for j, mb in enumerate(micro):
+        # Gradients are all-reduced on the last micro-batch only; DDP averages, hence * world size.
+        sync = j == len(micro) - 1 or not dist.is_distributed()
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            loss = summed_nll(ddp, mb, pad_id, device, cfg.bf16)
+            (loss * dist.world_size() / n_targets).backward()
+        nll += loss.item()
+    grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    (nll,) = dist.all_sum([nll], device)
+    return nll / n_targets, grad_norm
+
+
+def train_sft(cfg, conversations: list[list[dict]] | None = None) -> Path:
+    """Run SFT as `cfg` says (plus any `conversations` given directly); returns the final model's directory."""
+    device = dist.setup(cfg.device)
+    run = Run(cfg, "sft", PLOT_KEYS)
+    model, tokenizer, generation_config = models.start(cfg, run.resume_path)
+    model.to(device).train()
+
+    # Data: encode once, drop what does not fit, hold some out.
+    max_length = min(cfg.max_length, model.config.max_position_embeddings)
+    examples, dropped = [], 0
+    for messages in load_conversations(cfg) + list(conversations or []):
+        ex = data_mod.encode_conversation(tokenizer, messages, cfg.system_prompt)
+        if len(ex.ids) <= max_length:
+            examples.append(ex)
+        else:
+            dropped += 1
+    train, heldout = data_mod.split_heldout(examples, cfg.eval_fraction, cfg.seed)
+    global_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * dist.world_size()
+    order = data_mod.BatchOrder(len(train), global_batch, cfg.seed,
+                                [len(e.ids) for e in train] if cfg.group_by_length else None)
+    total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * order.steps_per_epoch))
+    data_position = {"examples": len(train), "global_batch": global_batch, "steps_per_epoch": order.steps_per_epoch}
+
+    ddp = dist.wrap(model, device)
+    optimizer = make_optimizer(model, cfg)
+    step = run.restore(optimizer, data_position)
+    run.begin(step, f"{len(train)} train / {len(heldout)} held-out conversations ({dropped} longer than "
+                    f"max_length={max_length} dropped), global batch {global_batch}, {total} steps, "
+                    f"{dist.world_size()} process(es) on {device}")
+
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
+    bar = tqdm(total=total, initial=step, desc="sft", disable=not run.main, dynamic_ncols=True)
+    while step < total:
+        started = time.perf_counter()
+        batch = [train[i] for i in order.batch(step)]
+        lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps, total)
+        loss, grad_norm = train_step(ddp, model, optimizer, batch, cfg, lr, pad_id, device)
+        step += 1
+        window["loss"] += loss
+        window["tokens"] += sum(len(e.ids) for e in batch)
+        window["steps"] += 1
+        window["time"] += time.perf_counter() - started  # training only, not evaluation or saving
+
+        record = {}
+        if step % cfg.logging_steps == 0 or step == total:
+            record = {"loss": window["loss"] / window["steps"], "lr": lr, "grad_norm": grad_norm,
+                      "tokens_per_s": window["tokens"] / window["time"], "steps_per_s": window["steps"] / window["time"],
+                      "epoch": step / order.steps_per_epoch}
+            window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
+        if heldout and (step % cfg.eval_steps == 0 or step == total):
+            record["eval_loss"] = evaluate(model, heldout, cfg, pad_id, device)
+        if record:
+            run.log(step, record)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "eval_loss", "lr")})
+        bar.update(1)
+        if step % cfg.save_steps == 0 or step == total:
+            run.save(step, model, tokenizer, optimizer, data_position, generation_config,
+                     {"loss": loss, "epoch": step / order.steps_per_epoch})
+    bar.close()
+    return run.finish(model, tokenizer, generation_config)
