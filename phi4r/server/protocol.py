@@ -1,0 +1,126 @@
+"""Request bodies of the OpenAI API as pydantic models, and what phi4r refuses.
+
+Unknown fields are a 400 (`extra="forbid"`), unlike vLLM, which ignores them with a log line:
+a client that sends `logit_bias` or `tools` and gets an answer that ignored them has been misled.
+Known OpenAI parameters that phi4r does not implement are declared so the error can say so
+plainly; each is accepted only at a value that asks for nothing (null, false, 0, empty).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+# parameter -> the values that ask for nothing, besides null
+_NOOP = {
+    "tools": ([],), "tool_choice": ("none",), "parallel_tool_calls": (False, True), "functions": ([],),
+    "function_call": ("none",), "response_format": ({"type": "text"},), "logprobs": (False, 0),
+    "top_logprobs": (0,), "logit_bias": ({},), "presence_penalty": (0,), "frequency_penalty": (0,),
+    "audio": (), "modalities": (["text"],), "prediction": (), "store": (False,), "metadata": ({},),
+    "service_tier": ("auto", "default"), "reasoning_effort": (), "web_search_options": (),
+    "echo": (False,), "suffix": ("",), "best_of": (1,), "repetition_penalty": (1,),
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict] | None = None  # text parts are checked by chat.message_text, which names a bad one
+    # Clients often send an earlier answer back whole; Phi-4's template renders an assistant turn
+    # as its content alone, so its reasoning is accepted and left out, as the template does.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    name: Any = None  # refused unless null: ChatML here has no speaker names
+
+
+class StreamOptions(Strict):
+    include_usage: StrictBool = False
+    continuous_usage_stats: StrictBool = False  # vLLM's: usage in every chunk (the page's live token count)
+
+
+class GenerationRequest(Strict):
+    """Fields shared by /v1/chat/completions and /v1/completions (vLLM's names and meanings)."""
+    model: str | None = None
+    n: StrictInt = Field(1, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: StrictInt | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    stop_token_ids: list[StrictInt] | None = None
+    seed: StrictInt | None = None
+    thinking_token_budget: StrictInt | None = Field(None, ge=0)
+    ignore_eos: StrictBool = False  # vLLM's: run to max_tokens (benchmarks)
+    include_stop_str_in_output: StrictBool = False
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None  # an end-user id for the operator's logs; asks nothing of generation
+
+    # Declared only to be refused by name (see _NOOP).
+    logprobs: Any = None
+    top_logprobs: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    repetition_penalty: Any = None
+    store: Any = None
+    metadata: Any = None
+    service_tier: Any = None
+
+    def unsupported(self) -> list[str]:
+        """Names of refused parameters set to something other than a value that asks for nothing."""
+        return [name for name, noop in _NOOP.items()
+                if name in type(self).model_fields and getattr(self, name) not in (None, *noop)]
+
+    def max_new_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def sampling_fields(self) -> dict:
+        """The vLLM SamplingParams fields this request sets; the rest come from generation_config.json."""
+        fields = {"n": self.n, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                  "min_p": self.min_p, "seed": self.seed, "thinking_budget": self.thinking_token_budget,
+                  "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
+                  "stop_token_ids": self.stop_token_ids, "ignore_eos": self.ignore_eos,
+                  "include_stop_str_in_output": self.include_stop_str_in_output}
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
+
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens  # vLLM's precedence
+
+    def unsupported(self) -> list[str]:
+        named = [f"messages[{i}].name" for i, m in enumerate(self.messages) if m.name is not None]
+        return super().unsupported() + named
+
+
+class CompletionRequest(GenerationRequest):
+    # A string, token ids, or a batch of either; choices are numbered prompt-major (i * n + j).
+    prompt: str | list[StrictInt] | list[str] | list[list[StrictInt]]
+    echo: Any = None
+    suffix: Any = None
+    best_of: Any = None
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str) or (p and isinstance(p[0], int)):
+            return [p]
+        return list(p)
