@@ -20,11 +20,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 as the reference does; bf16 variance loses too much precision.
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # Normalise in fp32 as the reference does (bf16 variance loses too much precision); the fused
+        # kernel computes the same x * rsqrt(mean(x^2) + eps) in one call instead of six.
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 class Rotary:
@@ -48,7 +46,7 @@ class Rotary:
         return self._tables[key]
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: [B, heads, T, head_dim]; cos/sin: [B, 1, T, rotary_dim]."""
+        """x: [B, T, heads, head_dim]; cos/sin: [B, T, 1, rotary_dim]."""
         rot, rest = x[..., : self.dim], x[..., self.dim :]
         half = self.dim // 2
         rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
@@ -81,6 +79,34 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
+class CacheStep:
+    """One forward's view of the cache, worked out once for all layers: where each new key goes,
+    which keys each query may see, and how to read a batch's cache rows."""
+
+    def __init__(self, cache: KVCache, positions: torch.Tensor, slots: torch.Tensor):
+        B, T = positions.shape
+        self.cache, self.positions = cache, positions
+        self.rows = slots[:, None].expand(B, T)
+        self.span = int(positions.max()) + 1
+        first = int(slots[0])
+        # Sequences in consecutive slots are read through a view; others need a gathered copy.
+        contiguous = bool((slots == torch.arange(first, first + B, device=slots.device)).all())
+        self.select = slice(first, first + B) if contiguous else slots
+        # Each query sees keys of its own sequence at positions up to its own. When every key in the
+        # span is visible (one decode position for the whole batch) no mask is needed.
+        if T == 1 and int(positions.min()) == self.span - 1:
+            self.mask = None
+        else:
+            self.mask = (torch.arange(self.span, device=positions.device) <= positions[:, :, None])[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v [B, T, kv_heads, head_dim]; return the keys/values [B, kv_heads, span, head_dim] to attend to."""
+        ck, cv = self.cache.k[layer], self.cache.v[layer]
+        ck[self.rows, :, self.positions] = k.to(ck.dtype)
+        cv[self.rows, :, self.positions] = v.to(cv.dtype)
+        return ck[self.select, :, :self.span], cv[self.select, :, :self.span]
+
+
 class Attention(nn.Module):
     def __init__(self, config: Phi3Config, layer_idx: int):
         super().__init__()
@@ -90,29 +116,22 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, rotary, cos, sin, positions=None, cache=None, slots=None):
+    def forward(self, x, rotary, cos, sin, step: CacheStep | None = None):
         B, T, _ = x.shape
-        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = rotary.apply(q, cos, sin), rotary.apply(k, cos, sin)
+        H, KV = self.n_heads, self.n_kv
+        qkv = self.qkv_proj(x).view(B, T, H + 2 * KV, self.head_dim)
+        # Queries and keys are rotated together, in [B, T, heads, head_dim] layout (one op chain).
+        qk = rotary.apply(qkv[:, :, :H + KV], cos, sin)
+        q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]
 
-        if cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_heads)
+        if step is None:
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 is_causal=T > 1, enable_gqa=KV != H)
         else:
-            ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]
-            rows = slots[:, None].expand(B, T)
-            ck[rows, :, positions] = k.transpose(1, 2).to(ck.dtype)
-            cv[rows, :, positions] = v.transpose(1, 2).to(cv.dtype)
-            span = int(positions.max()) + 1
-            keys, values = ck[slots, :, :span], cv[slots, :, :span]
-            # Each query sees keys of its own sequence at positions up to its own.
-            mask = torch.arange(span, device=x.device)[None, None, :] <= positions[:, :, None]
-            out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask[:, None],
-                                                 enable_gqa=self.n_kv != self.n_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, q_size))
+            keys, values = step.update(self.layer_idx, k, v)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype),
+                                                 attn_mask=step.mask, enable_gqa=KV != H)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -135,8 +154,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, rotary, cos, sin, positions=None, cache=None, slots=None):
-        x = x + self.self_attn(self.input_layernorm(x), rotary, cos, sin, positions, cache, slots)
+    def forward(self, x, rotary, cos, sin, step=None):
+        x = x + self.self_attn(self.input_layernorm(x), rotary, cos, sin, step)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -188,9 +207,10 @@ class Phi3ForCausalLM(nn.Module):
             slots = torch.arange(B, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)
         cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
-        cos, sin = cos_t[positions][:, None], sin_t[positions][:, None]
+        cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
+        step = CacheStep(cache, positions, slots) if cache is not None else None
         for layer in self.model.layers:
-            x = layer(x, self.rotary, cos, sin, positions, cache, slots)
+            x = layer(x, self.rotary, cos, sin, step)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.model.norm(x))

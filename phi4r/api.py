@@ -1,0 +1,141 @@
+"""The offline API, in vLLM's shape.
+
+    from phi4r import LLM, SamplingParams
+    llm = LLM()                                   # the shipped nano model; or LLM("path/to/checkpoint")
+    [out] = llm.chat([{"role": "user", "content": "What is 7 + 5?"}], SamplingParams(max_tokens=256))
+    out.outputs[0].reasoning, out.outputs[0].content
+    for delta in llm.stream([{"role": "user", "content": "Hi"}]):   # live deltas, split by reasoning
+        print(delta.reasoning or delta.content, end="")
+
+`LLM` drives its `Engine` (`llm.engine`) itself, one call at a time. A server instead drives the
+engine from its own thread (`engine.add_request`, `engine.step`, `engine.abort`) and must then not
+call `generate`/`chat`/`stream` on the same LLM.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from .chat import render_chat
+from .checkpoint import load_model, read_generation_config, resolve_model_path
+from .engine import CompletionOutput, Delta, Engine, RequestOutput
+from .sampling import LoopGuard, SamplingParams
+
+__all__ = ["LLM", "SamplingParams", "LoopGuard", "RequestOutput", "CompletionOutput", "Delta"]
+
+Prompt = str | list[int]
+Messages = list[dict]
+
+
+class LLM:
+    def __init__(self, model: str = "nano", dtype: str | None = None, quantization: str | None = None,
+                 max_num_seqs: int = 16, max_model_len: int | None = None, seed: int | None = None,
+                 device: str | None = None):
+        """Load a Hugging Face checkpoint directory ("nano": the model shipped with phi4r).
+
+        quantization="int8": weight-only int8 linear layers (phi4r.quant); activations then default to
+        bf16, the dtype the CPU int8 kernel is fast in. seed: makes unseeded requests reproducible.
+        """
+        from .quant import quantize_int8
+        from .tokenizer import Tokenizer
+
+        if quantization not in (None, "int8"):
+            raise ValueError(f"quantization must be None or 'int8', got {quantization!r}")
+        path = resolve_model_path(model)
+        if quantization == "int8" and dtype is None:
+            dtype = "bfloat16"
+        net, _ = load_model(path, dtype=dtype, device=device or "cpu")
+        if quantization == "int8":
+            quantize_int8(net)
+        self.model_path = path
+        self._init(net, Tokenizer.from_dir(path), read_generation_config(path), max_num_seqs, max_model_len, seed)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, generation_config: dict | None = None, max_num_seqs: int = 16,
+                   max_model_len: int | None = None, seed: int | None = None) -> LLM:
+        """Wrap a model already in memory (a training loop sampling from its policy, tests)."""
+        llm = cls.__new__(cls)
+        llm.model_path = None
+        llm._init(model, tokenizer, generation_config, max_num_seqs, max_model_len, seed)
+        return llm
+
+    def _init(self, model, tokenizer, generation_config, max_num_seqs, max_model_len, seed) -> None:
+        self.model, self.tokenizer = model, tokenizer  # not .eval(): a training loop may own the module
+        self.generation_config = generation_config or {}
+        self.engine = Engine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                             generation_config=self.generation_config, seed=seed)
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    # ---- whole outputs
+    def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Complete raw prompts: strings are encoded as plain text (control-token strings stay text; use
+        `chat` or token ids for those); a list of ints is one prompt of token ids."""
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        items = [(p, self.tokenizer.encode(p)) if isinstance(p, str) else (None, list(p)) for p in prompts]
+        return self._run(items, sampling_params, use_tqdm)
+
+    def chat(self, messages: Messages | Sequence[Messages], sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             system_prompt: str | None = None, use_tqdm: bool = True,
+             add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """Answer one conversation (a list of {"role", "content"} dicts) or a list of them.
+        system_prompt: None injects the checkpoint's default system prompt when the conversation has
+        none; "" injects nothing."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        items = [self._chat_item(c, system_prompt, add_generation_prompt) for c in conversations]
+        return self._run(items, sampling_params, use_tqdm)
+
+    # ---- streaming
+    def stream(self, prompt: Prompt | Messages, sampling_params: SamplingParams | None = None,
+               system_prompt: str | None = None) -> Iterator[Delta]:
+        """Deltas of one request as they are generated (all n samples, told apart by `delta.index`).
+        `prompt`: a conversation (list of dicts, chat-encoded), a string (plain text) or token ids.
+        Stopping the iteration early aborts the request."""
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+            text, ids = self._chat_item(prompt, system_prompt, True)
+        else:
+            text, ids = (prompt, self.tokenizer.encode(prompt)) if isinstance(prompt, str) else (None, list(prompt))
+        request_id = self.engine.add_request(None, ids, sampling_params, prompt=text)
+        done = False
+        try:
+            while not done:
+                for delta in self.engine.step():
+                    if delta.request_id == request_id:
+                        done = delta.request is not None
+                        yield delta
+        finally:
+            if not done:
+                self.engine.abort(request_id)
+
+    # ---- helpers
+    def _chat_item(self, conversation: Messages, system_prompt: str | None, add_generation_prompt: bool):
+        system = self.tokenizer.system_prompt if system_prompt is None else system_prompt
+        return (render_chat(conversation, add_generation_prompt, system),
+                self.tokenizer.encode_chat(conversation, add_generation_prompt, system_prompt))
+
+    def _run(self, items: list[tuple[str | None, list[int]]], sampling_params, use_tqdm: bool) -> list[RequestOutput]:
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params] * len(items)
+        if len(sampling_params) != len(items):
+            raise ValueError(f"{len(sampling_params)} sampling params for {len(items)} prompts")
+        ids: list[str] = []
+        results: dict[str, RequestOutput] = {}
+        try:
+            for (text, prompt_ids), params in zip(items, sampling_params):
+                ids.append(self.engine.add_request(None, prompt_ids, params, prompt=text))
+            wanted = set(ids)
+            from tqdm.auto import tqdm
+
+            with tqdm(total=len(ids), desc="Generating", disable=not use_tqdm) as bar:
+                while len(results) < len(ids):
+                    for delta in self.engine.step():
+                        if delta.request is not None and delta.request_id in wanted:
+                            results[delta.request_id] = delta.request
+                            bar.update(1)
+        finally:
+            for request_id in ids:  # interrupted (or a prompt was refused): do not leave work behind
+                if request_id not in results:
+                    self.engine.abort(request_id)
+        return [results[i] for i in ids]
