@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from phi4r.checkpoint import load_model
 from phi4r.tiny import make_checkpoint
@@ -20,15 +19,6 @@ COMMON = dict(tasks=["arithmetic"], difficulty=1, system_prompt="", learning_rat
 SFT = dict(COMMON, n_per_task=24, max_steps=4, eval_fraction=0.1, eval_steps=2)
 GRPO = dict(COMMON, n_per_task=8, max_steps=3, num_prompts_per_step=4, num_generations=4, per_device_train_batch_size=4,
             max_completion_length=24, max_prompt_length=64, num_iterations=2, beta=0.01)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core box they contend badly.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,6 @@ from phi4r.train.grpo import group_advantages, policy_loss, train_grpo
 from phi4r.train.sft import train_sft
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core box they contend badly.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Pick(Task):
     """Answer "A". The teacher answers A or B half of the time each, so after SFT the model is a
     coin flip with well-formed think blocks, and only the reward can tell it which side is right."""
