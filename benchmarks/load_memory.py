@@ -42,7 +42,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
-    import torch
     from phi4r.checkpoint import save_model
     from phi4r.config import Phi3Config
     from phi4r.model import Phi3ForCausalLM
