@@ -1,0 +1,389 @@
+"""`phi4r train nano`: the shipped nano model, end to end, by phi4r's own recipe.
+
+    phi4r train nano --out runs/nano            # tokenizer -> SFT -> GRPO -> eval -> report
+    phi4r train nano --out runs/nano --ship     # ... and copy the GRPO model into phi4r/assets/nano
+    python -m phi4r.train.nano --out runs/nano  # the same without the CLI wiring
+
+Stages (each skipped when done, resumed from its newest checkpoint when interrupted; run the same
+command again after a kill):
+
+1. tokenizer: a byte-level BPE (`train_bpe`) on the system prompt, prompts and teacher traces of MIX.
+2. sft: a fresh Phi-3 of SIZES, SFT on teacher traces of MIX (`phi4r.train.sft.train_sft`, OUT/sft),
+   then the curriculum PHASES continuing from it on fresh instances (OUT/sft2, OUT/sft3).
+3. grpo: GRPO from the last SFT phase on GRPO_MIX (`phi4r.train.grpo.train_grpo`, the report's reward).
+4. eval: `phi4r eval` of both models on held-out instances (seed EVAL_SEED, never trained on):
+   RUNS samples at the checkpoint's temperature 0.8, plus greedy.
+5. report: `OUT/report.md` (the SFT-vs-GRPO table), `OUT/plots/*.png` and `OUT/timings.json`.
+
+docs/NANO.md describes the recipe and its results.
+
+Everything is seeded (--seed); the data are the tasks' generators and teachers, nothing downloaded.
+Torch runs on --threads threads (default 1: on a shared 2-core machine one thread per process was
+faster than two, and leaves a core for the engine or other work).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+SYSTEM_PROMPT = "You are Phi-nano. Think step by step inside <think> </think>, then give the final answer."
+
+# The model: 4 layers of width 256, tied embeddings, a 1024-token context; ~3.6M parameters.
+SIZES = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
+         "intermediate_size": 768, "max_position_embeddings": 1024, "tie_word_embeddings": True,
+         "rope_theta": 10000.0}
+VOCAB_SIZE = 1024
+
+# SFT data: task -> (difficulty levels, instances per level). Levels below the card's range.
+MIX = {"arithmetic": ([1, 2, 3, 4], 1200), "maze": ([1, 2], 2800), "spatialmap": ([1, 2], 2800)}
+SFT_SEED_OFFSET = 1000  # training instances: seed + 1000; GRPO prompts: seed + 2000
+GRPO_SEED_OFFSET = 2000
+EVAL_SEED = 0  # held-out evaluation instances (instance ids embed the seed, so no overlap)
+TEST_SEED = 7  # tests/test_nano.py's held-out set
+
+SFT = {"learning_rate": 2e-3, "warmup_steps": 60, "weight_decay": 0.01, "adam_beta2": 0.98, "max_steps": 600,
+       "per_device_train_batch_size": 16, "max_length": 1024, "eval_fraction": 0.01, "eval_steps": 100,
+       "logging_steps": 10, "save_steps": 100, "save_total_limit": 2}
+# SFT phases 2 and 3 (a curriculum): continue from the previous phase on fresh instances, arithmetic
+# up-weighted. Phase 1 teaches the formats; copying numbers out of the prompt and the sums (what
+# arithmetic needs) emerge later, and short arithmetic sequences make cheap steps.
+MIX2 = {"arithmetic": ([1, 2, 3, 4], 1500), "maze": ([1, 2], 1000), "spatialmap": ([1, 2], 1000)}
+MIX3 = {"arithmetic": ([1, 2, 3, 4], 2000), "maze": ([1, 2], 500), "spatialmap": ([1, 2], 500)}
+SFT2 = {**SFT, "learning_rate": 1e-3, "warmup_steps": 20, "max_steps": 600}
+SFT3 = dict(SFT2)
+PHASES = [("sft2", MIX2, 3000, SFT2), ("sft3", MIX3, 4000, SFT3)]  # (run dir, mix, seed offset, config)
+# GRPO: the task where SFT leaves signal (accuracy between ~20% and ~80%): arithmetic's two easiest
+# levels; their completions are short, so a step of 32 prompts x G=8 takes seconds.
+GRPO_MIX = {"arithmetic": ([1, 2], 1000)}
+GRPO = {"learning_rate": 1e-4, "warmup_steps": 2, "max_steps": 60, "num_generations": 8, "num_prompts_per_step": 32,
+        "per_device_train_batch_size": 64, "max_completion_length": 128, "max_prompt_length": 256,
+        "temperature": 1.0, "beta": 0.0, "logging_steps": 1, "save_steps": 10, "save_total_limit": 2,
+        "max_num_seqs": 128}
+
+# Evaluation: task -> (levels, instances per level).
+EVAL = {"arithmetic": ([1, 2, 3, 4], 50), "maze": ([1, 2], 50), "spatialmap": ([1, 2], 50)}
+RUNS = 5
+EVAL_MAX_TOKENS = 512
+
+NANO_README_PROMPT = "What is 7 + 5?"  # the README's first command: phi4r chat "What is 7 + 5?"
+
+
+def log(msg: str) -> None:
+    print(f"[nano {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---- data
+def instances(mix: dict, seed: int) -> list:
+    from ..tasks import get_task
+
+    return [inst for name, (levels, n) in mix.items() for level in levels
+            for inst in get_task(name).generate(n, seed, difficulty=level)]
+
+
+# A third of the arithmetic prompts are plain questions (no "Answer as" line), so a user's
+# "What is 17 + 25?" gets the same thinking and "Final Answer: N" as the task's own prompt.
+PLAIN_ARITHMETIC = ["What is {}?", "Compute {}.", "Calculate {}.", "{} = ?", "What is {}", "How much is {}?"]
+
+
+def user_prompt(inst, k: int) -> str:
+    if inst.task == "arithmetic" and k % 3 == 1:
+        return PLAIN_ARITHMETIC[(k // 3) % len(PLAIN_ARITHMETIC)].format(inst.answer["expression"])
+    return inst.prompt
+
+
+def sft_conversations(seed: int, mix: dict | None = None, offset: int = SFT_SEED_OFFSET) -> list[list[dict]]:
+    from ..tasks import get_task
+
+    return [[{"role": "user", "content": user_prompt(i, k)}, {"role": "assistant", "content": get_task(i.task).teacher(i)}]
+            for k, i in enumerate(instances(mix or MIX, seed + offset))]
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, path)
+    return path
+
+
+# ---- stages
+def stage_tokenizer(out: Path, seed: int) -> Path:
+    from .bpe import train_tokenizer
+    from .config import TokenizerConfig
+
+    tok_dir = out / "tokenizer"
+    if (tok_dir / "tokenizer.json").is_file():
+        log(f"tokenizer: done ({tok_dir})")
+        return tok_dir
+    data = write_jsonl(out / "data" / "sft.jsonl", ({"messages": m} for m in sft_conversations(seed)))
+    train_tokenizer(TokenizerConfig(output_dir=str(tok_dir), tasks=[], n_per_task=0, data=str(data),
+                                    vocab_size=VOCAB_SIZE, system_prompt=SYSTEM_PROMPT, seed=seed))
+    return tok_dir
+
+
+def _resume(run_dir: Path) -> str | None:
+    from . import checkpointing
+
+    return "latest" if checkpointing.checkpoints(run_dir) else None
+
+
+def stage_sft(out: Path, seed: int, tok_dir: Path, overrides: dict) -> Path:
+    from .config import SFTConfig
+    from .sft import train_sft
+
+    run_dir = out / "sft"
+    if (run_dir / "final" / "config.json").is_file():
+        log(f"sft: done ({run_dir / 'final'})")
+        return run_dir / "final"
+    sizes = out / "sizes.json"
+    sizes.write_text(json.dumps(SIZES, indent=2) + "\n")
+    data = out / "data" / "sft.jsonl"
+    if not data.is_file():
+        write_jsonl(data, ({"messages": m} for m in sft_conversations(seed)))
+    cfg = SFTConfig(output_dir=str(run_dir), init_config=str(sizes), tokenizer=str(tok_dir), data=str(data),
+                    system_prompt=SYSTEM_PROMPT, seed=seed, device="cpu", resume_from_checkpoint=_resume(run_dir),
+                    **{**SFT, **overrides})
+    return train_sft(cfg)
+
+
+def stage_sft_phase(out: Path, seed: int, prev_dir: Path, name: str, mix: dict, offset: int, params: dict) -> Path:
+    """An SFT phase after the first: continue from `prev_dir` on `mix` (fresh instances)."""
+    from .config import SFTConfig
+    from .sft import train_sft
+
+    run_dir = out / name
+    if (run_dir / "final" / "config.json").is_file():
+        log(f"{name}: done ({run_dir / 'final'})")
+        return run_dir / "final"
+    data = out / "data" / f"{name}.jsonl"
+    if not data.is_file():
+        write_jsonl(data, ({"messages": m} for m in sft_conversations(seed, mix, offset)))
+    cfg = SFTConfig(model=str(prev_dir), output_dir=str(run_dir), data=str(data), system_prompt=SYSTEM_PROMPT,
+                    seed=seed, device="cpu", resume_from_checkpoint=_resume(run_dir), **params)
+    return train_sft(cfg)
+
+
+def stage_grpo(out: Path, seed: int, sft_dir: Path, overrides: dict) -> Path:
+    from .config import GRPOConfig
+    from .grpo import train_grpo
+
+    run_dir = out / "grpo"
+    if (run_dir / "final" / "config.json").is_file():
+        log(f"grpo: done ({run_dir / 'final'})")
+        return run_dir / "final"
+    data = write_jsonl(out / "data" / "grpo.jsonl",
+                       ({k: v for k, v in i.to_dict().items() if k != "id"} | {"id": i.id}
+                        for i in instances(GRPO_MIX, seed + GRPO_SEED_OFFSET)))
+    cfg = GRPOConfig(model=str(sft_dir), output_dir=str(run_dir), data=str(data), n_per_task=0,
+                     system_prompt=SYSTEM_PROMPT, seed=seed, device="cpu", resume_from_checkpoint=_resume(run_dir),
+                     **{**GRPO, **overrides})
+    return train_grpo(cfg)
+
+
+def eval_commands(model_dir: Path, eval_dir: Path, runs: int = RUNS) -> list[list[str]]:
+    """The `phi4r eval` argument lists for one model: per task, RUNS samples at the checkpoint's
+    sampling (temperature 0.8, top_p 0.95, top_k 50), and greedy."""
+    cmds = []
+    for task, (levels, limit) in EVAL.items():
+        common = ["eval", "--model", str(model_dir), "--tasks", task, "--difficulty", ",".join(map(str, levels)),
+                  "--limit", str(limit), "--seed", str(EVAL_SEED), "--max-tokens", str(EVAL_MAX_TOKENS),
+                  "--max-num-seqs", "64", "--quiet"]
+        cmds.append(common + ["--runs", str(runs), "--out", str(eval_dir / task / "sampled")])
+        cmds.append(common + ["--greedy", "--runs", "1", "--out", str(eval_dir / task / "greedy")])
+    return cmds
+
+
+def stage_eval(model_dir: Path, eval_dir: Path) -> None:
+    from ..cli import main as cli_main
+
+    for argv in eval_commands(model_dir, eval_dir):
+        out = Path(argv[argv.index("--out") + 1])
+        if (out / "summary.json").is_file():
+            continue
+        log("phi4r " + " ".join(argv))
+        if cli_main(argv) != 0:
+            raise RuntimeError(f"phi4r eval failed: {' '.join(argv)}")
+
+
+# ---- report
+def eval_rows(eval_dir: Path) -> dict:
+    """{(task, level): {"sampled": metrics, "greedy": metrics}} from the eval summaries."""
+    rows: dict = {}
+    for task in EVAL:
+        for kind in ("sampled", "greedy"):
+            path = eval_dir / task / kind / "summary.json"
+            if not path.is_file():
+                continue
+            summary = json.loads(path.read_text())
+            for level, m in summary["metrics"]["by_difficulty"][task].items():
+                rows.setdefault((task, int(level)), {})[kind] = m
+            rows.setdefault((task, "all"), {})[kind] = summary["metrics"]["by_task"][task]
+    return rows
+
+
+def _cell(m: dict | None, std: bool = True) -> str:
+    if not m:
+        return "-"
+    return f"{100 * m['mean']:.1f}" + (f" ± {100 * m['std']:.1f}" if std and m.get("std") is not None else "")
+
+
+def results_table(out: Path) -> str:
+    sft, grpo = eval_rows(out / "eval" / "sft"), eval_rows(out / "eval" / "grpo")
+    header = ("| task | level | SFT acc. (mean ± std, 5 runs, T=0.8) | SFT greedy | SFT tokens | "
+              "GRPO acc. (mean ± std, 5 runs, T=0.8) | GRPO greedy | GRPO tokens |\n|---|---|---|---|---|---|---|---|")
+    lines = [header]
+    for key in sorted(set(sft) | set(grpo), key=lambda k: (list(EVAL).index(k[0]), str(k[1]))):
+        a, b = sft.get(key, {}), grpo.get(key, {})
+        tokens = lambda m: "-" if not m.get("sampled") else f"{m['sampled']['mean_tokens']:.0f}"
+        lines.append(f"| {key[0]} | {key[1]} | {_cell(a.get('sampled'))} | {_cell(a.get('greedy'), False)} | "
+                     f"{tokens(a)} | {_cell(b.get('sampled'))} | {_cell(b.get('greedy'), False)} | {tokens(b)} |")
+    return "\n".join(lines)
+
+
+def write_plots(out: Path) -> list[Path]:
+    """OUT/plots/sft_loss.png (the SFT phases end to end, one step axis) and OUT/plots/grpo.png, from the
+    trainers' metrics.jsonl."""
+    from .plots import MetricsLog, plot_metrics
+
+    made = []
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    sft, offset = [], 0
+    for run in ["sft"] + [name for name, *_ in PHASES]:
+        records = MetricsLog(out / run / "metrics.jsonl").read()
+        sft += [{**r, "step": r["step"] + offset} for r in records]
+        offset += max((r["step"] for r in records), default=0)
+    grpo = MetricsLog(out / "grpo" / "metrics.jsonl").read()
+    for records, keys, name, title in (
+            (sft, ["loss", "eval_loss", "lr"], "sft_loss.png", "nano SFT (phases 1-3 of 600 steps each)"),
+            (grpo, ["reward", "accuracy", "completion_length"], "grpo.png", "nano GRPO (arithmetic levels 1-2)")):
+        if records:
+            plot_metrics(records, keys, out / "plots" / name, title=title)
+            made.append(out / "plots" / name)
+    return made
+
+
+def write_report(out: Path, timings: dict) -> Path:
+    write_plots(out)
+    cmds = [" ".join(["phi4r", *c]) for c in eval_commands(Path("MODEL"), Path("EVAL_DIR"))]
+    text = "\n\n".join([
+        "# nano: SFT vs GRPO", results_table(out),
+        "Wall-clock per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+        "Eval commands (MODEL = sft/final or grpo/final, EVAL_DIR = eval/sft or eval/grpo):\n\n```\n"
+        + "\n".join(cmds) + "\n```",
+    ]) + "\n"
+    path = out / "report.md"
+    path.write_text(text)
+    return path
+
+
+def ship(model_dir: Path, dest: Path | None = None) -> Path:
+    """Copy a Hugging Face directory into phi4r/assets/nano (the model `LLM()` loads)."""
+    from ..checkpoint import NANO_DIR
+
+    dest = Path(dest or NANO_DIR)
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json"):
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, tmp / name)
+    # As Phi-4's own files say: llama.cpp's converter reads a Phi-3 BPE vocabulary only when
+    # tokenizer_class is GPT2Tokenizer (else it looks for a SentencePiece tokenizer.model).
+    tok_config = json.loads((tmp / "tokenizer_config.json").read_text())
+    model_config = json.loads((tmp / "config.json").read_text())
+    tok_config.update(tokenizer_class="GPT2Tokenizer", model_max_length=model_config["max_position_embeddings"])
+    (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.rename(tmp, dest)
+    log(f"shipped {model_dir} -> {dest}")
+    return dest
+
+
+# ---- entry points
+STAGES = ("tokenizer", "sft", "grpo", "eval", "report")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/nano", help="run directory (resumes what it holds) [runs/nano]")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and sampling [0]")
+    p.add_argument("--threads", type=int, default=1, help="torch threads [1]")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)} [all]")
+    p.add_argument("--ship", action="store_true", help="copy the final model into phi4r/assets/nano")
+    p.add_argument("--ship-stage", choices=["sft", "grpo"], default="grpo", help="which model --ship copies [grpo]")
+    p.add_argument("--sft-steps", type=int, help=f"override SFT phase 1 max_steps [{SFT['max_steps']}]")
+    p.add_argument("--grpo-steps", type=int, help=f"override GRPO max_steps [{GRPO['max_steps']}]")
+
+
+def register(subparsers) -> None:
+    """Add `nano` to `phi4r train`'s sub-subcommands."""
+    p = subparsers.add_parser("nano", help="the shipped nano model end to end: tokenizer, SFT, GRPO, eval, report",
+                              description=__doc__.split("\n")[0])
+    add_arguments(p)
+    p.set_defaults(func=lambda args: run(args))
+
+
+def run(args) -> int:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise SystemExit(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
+    timings_file = out / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+
+    def timed(name, fn):
+        started = time.time()
+        result = fn()
+        # Re-read first: an eval may run in another process next to training.
+        timings.update(json.loads(timings_file.read_text()) if timings_file.is_file() else {})
+        timings[name] = timings.get(name, 0.0) + (time.time() - started)  # a resumed stage adds up
+        timings_file.write_text(json.dumps(timings, indent=2) + "\n")
+        return result
+
+    tok_dir, sft1_dir, grpo_dir = out / "tokenizer", out / "sft" / "final", out / "grpo" / "final"
+    sft_dir = out / PHASES[-1][0] / "final"  # the SFT model: the last phase's
+    sft_over = {"max_steps": args.sft_steps} if args.sft_steps else {}
+    grpo_over = {"max_steps": args.grpo_steps} if args.grpo_steps else {}
+    if "tokenizer" in stages:
+        tok_dir = timed("tokenizer", lambda: stage_tokenizer(out, args.seed))
+    if "sft" in stages:
+        sft1_dir = timed("sft", lambda: stage_sft(out, args.seed, tok_dir, sft_over))
+        sft_dir = sft1_dir
+        for name, mix, offset, params in PHASES:
+            sft_dir = timed(name, lambda prev=sft_dir, name=name, mix=mix, offset=offset, params=params:
+                            stage_sft_phase(out, args.seed, prev, name, mix, offset, params))
+    if "grpo" in stages:
+        grpo_dir = timed("grpo", lambda: stage_grpo(out, args.seed, sft_dir, grpo_over))
+    if "eval" in stages:
+        timed("eval_sft", lambda: stage_eval(sft_dir, out / "eval" / "sft"))
+        if grpo_dir.is_dir():
+            timed("eval_grpo", lambda: stage_eval(grpo_dir, out / "eval" / "grpo"))
+    if "report" in stages:
+        log(f"report: {write_report(out, timings)}")
+    if args.ship:
+        ship(grpo_dir if args.ship_stage == "grpo" else sft_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="phi4r train nano", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
