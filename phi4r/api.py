@@ -26,17 +26,34 @@ Prompt = str | list[int]
 Messages = list[dict]
 
 
+# Below this size a token's matmuls are too small to gain much from a second core, and splitting them
+# costs many times over when other work shares the cores (nano, with a training job on the other of
+# 2 cores: 310-380 tok/s on 1 thread, 29-96 on 2). LLM then uses one torch thread unless told.
+SMALL_MODEL = 100 * 10**6
+
+
 class LLM:
     def __init__(self, model: str = "nano", dtype: str | None = None, quantization: str | None = None,
                  max_num_seqs: int = 16, max_model_len: int | None = None, seed: int | None = None,
-                 device: str | None = None):
+                 device: str | None = None, threads: int | None = None, prepack: bool | None = None):
         """Load a Hugging Face checkpoint directory ("nano": the model shipped with phi4r).
 
         quantization="int8": weight-only int8 linear layers (phi4r.quant); activations then default to
         bf16, the dtype the CPU int8 kernel is fast in. seed: makes unseeded requests reproducible.
+        threads: torch's CPU threads (process-wide, `torch.set_num_threads`); None leaves torch's
+        setting alone, except for models under SMALL_MODEL parameters, which get one thread.
+        prepack: on CPU, keep a oneDNN-prepacked copy of the float linear weights (phi4r.fastlinear;
+        inference only; 1.3-2x faster decode for a second copy of those weights); None: when that copy
+        fits in a quarter of physical memory.
         """
+        import torch
+
+        from . import fastlinear
         from .quant import quantize_int8
         from .tokenizer import Tokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
 
         if quantization not in (None, "int8"):
             raise ValueError(f"quantization must be None or 'int8', got {quantization!r}")
@@ -44,8 +61,14 @@ class LLM:
         if quantization == "int8" and dtype is None:
             dtype = "bfloat16"
         net, _ = load_model(path, dtype=dtype, device=device or "cpu")
+        if not threads and net.num_parameters() < SMALL_MODEL:  # counted before int8 turns weights into buffers
+            torch.set_num_threads(1)
         if quantization == "int8":
             quantize_int8(net)
+        if net.device.type == "cpu":
+            net.eval()  # loaded for inference only (from_model leaves a training loop's module alone)
+            if prepack or (prepack is None and fastlinear.fits(net)):
+                fastlinear.prepack(net, batch_hint=max_num_seqs)
         self.model_path = path
         self._init(net, Tokenizer.from_dir(path), read_generation_config(path), max_num_seqs, max_model_len, seed)
 

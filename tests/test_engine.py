@@ -1,5 +1,6 @@
 """The engine: exact greedy decoding, continuous batching, stops, thinking budget, loop guard,
 streaming deltas, abort, and int8 quantization. All on tiny random fp32 checkpoints."""
+import os
 import threading
 
 import pytest
@@ -288,3 +289,89 @@ def test_int8_model_logits_and_greedy_tokens_stay_close(ckpt):
     cosine = torch.nn.functional.cosine_similarity(ref, got, dim=-1)
     top1 = (ref.argmax(-1) == got.argmax(-1)).float().mean()
     assert cosine.mean() > 0.995 and cosine.min() > 0.98 and top1 > 0.8
+
+
+# ---- fast inference kernels: prepacked linears (phi4r.fastlinear) and grouped decode attention
+def test_decode_attention_matches_sdpa():
+    from phi4r.model import _decode_attention
+
+    torch.manual_seed(0)
+    B, H, KV, D, S = 3, 8, 2, 16, 11
+    q, k, v = torch.randn(B, 1, H, D), torch.randn(B, KV, S, D), torch.randn(B, KV, S, D)
+    mask = (torch.arange(S) <= torch.tensor([10, 4, 7])[:, None, None])[:, None]  # [B, 1, 1, S]
+    for m in (mask, None):
+        ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=m, enable_gqa=True)
+        assert torch.allclose(_decode_attention(q, k, v, m), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_linears_keep_logits_and_greedy_tokens(ckpt, dtype):
+    from phi4r.fastlinear import PackedLinear, available, prepack
+
+    if not available():
+        pytest.skip("no oneDNN linear ops in this torch build")
+    model, tokenizer = load(ckpt)
+    model = model.to(dtype).eval()
+    ids = torch.tensor([tokenizer.encode(PROMPTS[1] + " " + PROMPTS[0])])
+    engine = Engine(model, tokenizer)
+    with torch.inference_mode():
+        ref = model(ids).float()
+    plain, _ = run(engine, PROMPTS[:4], greedy(max_tokens=24, ignore_eos=True))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    assert prepack(model, batch_hint=4) == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) > 0
+    assert all(type(m) is not torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
+    with torch.inference_mode():
+        got = model(ids).float()
+    # bf16: the packed kernel is bit-identical to F.linear; fp32: rounding only.
+    assert (got - ref).abs().max() <= (0 if dtype == torch.bfloat16 else 1e-5)
+    fast, _ = run(engine, PROMPTS[:4], greedy(max_tokens=24, ignore_eos=True))
+    assert [o.outputs[0].token_ids for o in fast] == [o.outputs[0].token_ids for o in plain]
+    # The module is still a plain model: same state dict, and an in-place weight update is honoured.
+    assert model.state_dict().keys() == weights.keys() and all(torch.equal(model.state_dict()[k], w) for k, w in weights.items())
+    lin = next(m for m in model.modules() if isinstance(m, PackedLinear))
+    x = torch.randn(2, lin.in_features, dtype=dtype)
+    with torch.no_grad():
+        lin.weight.mul_(2)
+        assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight))
+
+
+def test_llm_prepacks_but_from_model_does_not(ckpt):
+    from phi4r.api import LLM
+    from phi4r.fastlinear import PackedLinear, available
+
+    model, tokenizer = load(ckpt)
+    assert not any(isinstance(m, PackedLinear) for m in LLM.from_model(model, tokenizer).model.modules())
+    packed = any(isinstance(m, PackedLinear) for m in LLM(str(ckpt), max_num_seqs=2).model.modules())
+    assert packed == available()
+    assert not any(isinstance(m, PackedLinear) for m in LLM(str(ckpt), prepack=False).model.modules())
+
+
+def test_prepack_is_automatic_only_when_the_copy_fits(ckpt, monkeypatch):
+    from phi4r import fastlinear
+
+    model, _ = load(ckpt)
+    assert fastlinear.packed_bytes(model) == sum(m.weight.nbytes for m in model.modules() if type(m) is torch.nn.Linear)
+    assert fastlinear.fits(model)
+    monkeypatch.setattr(fastlinear, "packed_bytes", lambda m: 15 * 10**9 * 2)  # a 14B model in bf16
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}[name])
+    assert not fastlinear.fits(model)
+
+
+def test_llm_threads_rule_counts_parameters_before_int8(ckpt, monkeypatch):
+    import phi4r.api
+    from phi4r.api import LLM
+
+    before = torch.get_num_threads()
+    try:
+        size = load(ckpt)[0].num_parameters()
+        monkeypatch.setattr(phi4r.api, "SMALL_MODEL", size)  # this model is not "small"...
+        torch.set_num_threads(2)
+        LLM(str(ckpt), quantization="int8")  # ...also once int8 has turned its weights into buffers
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(phi4r.api, "SMALL_MODEL", size + 1)
+        LLM(str(ckpt))
+        assert torch.get_num_threads() == 1
+        LLM(str(ckpt), threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

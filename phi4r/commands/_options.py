@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import sys
 
-# Below this size a token's matmuls are too small to gain much from a second core, and splitting them
-# costs many times over when other work shares the cores (nano, with a training job on the other of
-# 2 cores: 310-380 tok/s on 1 thread, 29-96 on 2).
+# One torch thread for models under this size unless --threads says otherwise (LLM's rule; see api.py).
 SMALL_MODEL = 100 * 10**6
 
 
@@ -43,19 +41,12 @@ def sampling_params(args, **fields):
 
 def load_llm(args, command: str, max_num_seqs: int):
     """The LLM the flags name, or None after printing why it cannot be loaded."""
-    import torch
-
     from phi4r.api import LLM
     from phi4r.checkpoint import CheckpointError
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        llm = LLM(args.model, dtype=args.dtype, quantization=args.quantization, max_num_seqs=max_num_seqs,
-                  seed=args.seed)
+        return LLM(args.model, dtype=args.dtype, quantization=args.quantization, max_num_seqs=max_num_seqs,
+                   seed=args.seed, threads=args.threads)  # LLM applies the small-model one-thread rule
     except (CheckpointError, ValueError) as e:
         print(f"phi4r {command}: {e}", file=sys.stderr)
         return None
-    if not args.threads and llm.model.num_parameters() < SMALL_MODEL:
-        torch.set_num_threads(1)
-    return llm

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
                    help=f"largest request body; larger ones get 413 [{defaults.MAX_BODY_BYTES}]")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 [the checkpoint's]")
     p.add_argument("--quantization", choices=["int8"], help="weight-only int8 linear layers")
-    p.add_argument("--threads", type=int, help="torch CPU threads [torch's default, one per core]; fewer is "
+    p.add_argument("--threads", type=int, help="torch CPU threads [1 for models under 100M parameters, else torch's "
+                                               "default, one per core]; fewer is "
                                                "faster on a machine busy with other work")
     p.add_argument("--seed", type=int, help="makes unseeded requests reproducible across restarts")
     p.add_argument("--graceful-timeout", type=float, default=defaults.GRACEFUL_TIMEOUT,
@@ -54,7 +55,7 @@ def _run(args) -> int:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
     try:
         llm = LLM(args.model, dtype=args.dtype, quantization=args.quantization, max_num_seqs=args.max_num_seqs,
-                  max_model_len=args.max_model_len, seed=args.seed)
+                  max_model_len=args.max_model_len, seed=args.seed, threads=args.threads)
     except (CheckpointError, ValueError) as e:
         print(f"phi4r serve: {e}", file=sys.stderr)
         return 1
