@@ -45,10 +45,10 @@ def make_checkpoint(path: str | os.PathLike, seed: int = 0, dtype: torch.dtype =
                         pad_token_id=tokenizer.pad_id, torch_dtype=str(dtype).removeprefix("torch."), **fields)
     torch.manual_seed(seed)
     model = Phi3ForCausalLM(config)
-    # Larger-than-default init so random models produce varied, non-degenerate text.
+    # Larger-than-default init (std 2/sqrt(fan_in)) so random models write varied, non-degenerate text.
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
-                p.normal_(0.0, 0.5 / p.shape[1] ** 0.5 * 4)
+                p.normal_(0.0, 2.0 / p.shape[1] ** 0.5)
     save(model.to(dtype), tokenizer, path)
     return Path(path)
