@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .model import KVCache
-from .reasoning import ReasoningStream, split_reasoning
+from .reasoning import ReasoningStream, partial_suffix, split_reasoning
 from .sampling import LoopGuard, SamplingParams, sample
 
 # Text forced after the budget's </think>: the answer then starts the way Phi-4-reasoning writes it.
@@ -150,8 +150,7 @@ class _StopStrings:
             i, stop = min(hits)
             self.held = ""
             return held[:i] + (stop if self.include else ""), stop
-        keep = max((n for s in self.stops for n in range(min(len(s) - 1, len(held)), 0, -1)
-                    if s.startswith(held[-n:])), default=0)
+        keep = max(partial_suffix(held, s) for s in self.stops)
         self.held = held[len(held) - keep:]
         return held[:len(held) - keep], None
 

@@ -41,10 +41,11 @@ def split_reasoning(text: str) -> tuple[str, str | None]:
     return text[:cut], text[cut + len(THINK_END):] or None
 
 
-def _partial_tag(text: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `</think>`."""
-    for n in range(min(len(THINK_END) - 1, len(text)), 0, -1):
-        if THINK_END.startswith(text[-n:]):
+def partial_suffix(text: str, tag: str = THINK_END) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `tag`: what a stream must
+    hold back because the next delta may complete the tag."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-n:]):
             return n
     return 0
 
@@ -90,7 +91,7 @@ class ReasoningStream:
                 text, self._tail = self._tail + text, ""
                 cut = text.find(THINK_END)
                 if cut < 0:
-                    keep = _partial_tag(text)
+                    keep = partial_suffix(text)
                     out.append(text[:len(text) - keep])
                     self._tail = text[len(text) - keep:]
                     break

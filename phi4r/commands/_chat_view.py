@@ -14,16 +14,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from phi4r.reasoning import THINK_END, THINK_START
+from phi4r.reasoning import THINK_END, THINK_START, partial_suffix
 
 MODES = ("show", "fold", "hide")
 FOLD_LINES = 4  # thinking lines visible in the live window of "fold"
 TAIL_CHARS = 4000  # thinking text kept for that window (the rest has scrolled away)
-
-
-def _partial(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
-    return next((n for n in range(min(len(tag) - 1, len(text)), 0, -1) if tag.startswith(text[-n:])), 0)
 
 
 class LiveSplit:
@@ -55,7 +50,7 @@ class LiveSplit:
         while (cut := text.find(THINK_END)) >= 0:
             events += [(self._kind(), text[:cut]), ("close", "")]
             self.thinking, text = False, text[cut + len(THINK_END):]
-        keep = _partial(text, THINK_END)
+        keep = partial_suffix(text)
         self.pending = text[len(text) - keep:]
         events.append((self._kind(), text[:len(text) - keep]))
         return [e for e in events if e[1] or e[0] == "close"]

@@ -35,11 +35,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     job = _start(server, body, [(None, prompt_ids)], "chatcmpl", "messages")
     if body.stream:
         return EventStream(_chat_events(job, body, server), on_close=job.close)
-    try:
-        if not await _collect(job, request):
-            return CLIENT_GONE
-    finally:
-        job.close()
+    if not await _collect(job, request):
+        return CLIENT_GONE
     choices = [{"index": i, "message": {"role": "assistant", "content": o.content, "reasoning_content": o.reasoning,
                                         "reasoning": o.reasoning, "tool_calls": []},
                 "logprobs": None, "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
@@ -61,11 +58,8 @@ async def completions(body: CompletionRequest, request: Request):
     job = _start(server, body, encoded, "cmpl", "prompt")
     if body.stream:
         return EventStream(_completion_events(job, body, server), on_close=job.close)
-    try:
-        if not await _collect(job, request):
-            return CLIENT_GONE
-    finally:
-        job.close()
+    if not await _collect(job, request):
+        return CLIENT_GONE
     choices = [{"index": i, "text": o.text, "logprobs": None, "finish_reason": o.finish_reason,
                 "stop_reason": o.stop_reason} for i, o in enumerate(job.outputs())]
     return {"id": job.id, "object": "text_completion", "created": job.created, "model": server.model_name,
@@ -105,8 +99,15 @@ def _start(server, body: GenerationRequest, prompts, prefix: str, param: str) ->
 
 
 async def _collect(job: Job, request: Request) -> bool:
-    """Wait for a whole (non-streamed) response; False if the client disconnected meanwhile (the
-    caller's job.close() then aborts the engine requests at once)."""
+    """Wait for a whole (non-streamed) response; False if the client disconnected meanwhile. The job
+    is closed either way, which aborts whatever engine requests are still running."""
+    try:
+        return await _wait_whole(job, request)
+    finally:
+        job.close()
+
+
+async def _wait_whole(job: Job, request: Request) -> bool:
     async def drain():
         async for _ in job.deltas():
             pass
