@@ -1,0 +1,1 @@
+"""Custom CPU kernels, compiled on first use (see int8.py)."""

@@ -1,0 +1,227 @@
+// Weight-only int8 linear for CPU decode: y[M, N] = (x[M, K] @ q[N, K]^T) * scale[N].
+//
+// q is int8 per output channel in its natural row-major [N, K] layout (no repacking), x is bf16 or
+// fp32, y has x's dtype. Activations are not quantized: every int8 weight is converted exactly
+// (|q| <= 127 fits bf16's 8-bit significand and fp32's 24) and every product is exact; sums are fp32.
+//   bf16 x: 64 weights -> bf16 by a byte-table lookup (cvt64_bf16) -> vdpbf16ps with 64 x values
+//           (bf16 x bf16 products are exact in fp32; vdpbf16ps adds them into fp32 lanes; it treats
+//           bf16 subnormals, |x| < 1.2e-38, as zero);
+//   fp32 x: 16 weights -> vpmovsxbd + vcvtdq2ps -> vfmadd231ps.
+// Register blocking: a tile of NR output channels x MR rows keeps MR * NR accumulators (one 16-lane
+// vector per dot product, reduced at the end), so each converted weight vector serves all MR rows
+// and each x vector all NR channels. Decode at batch 1 streams the weights once (bandwidth-bound:
+// ~25 GB/s on one Zen 4 core); from a few rows on it is compute-bound (the weights are converted
+// once per 8 rows). Threads split the output channels (at::parallel_for: torch's thread count).
+//
+// Built by phi4r/kernels/int8.py with -O3 -march=native on the machine that runs it (AVX-512F/BW/VL
+// and AVX512-BF16 required; the loader checks the CPU flags before compiling).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+namespace {
+
+// ---- int8 -> float conversions (exact)
+
+// fp32 x: 16 int8 -> 16 fp32. The masked form reads only the first `valid` bytes (a K tail).
+inline __m512 cvt16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline __m512 cvt16(const int8_t* p, __mmask16 valid) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(valid, p)));
+}
+
+// bf16 x: 64 int8 -> 64 bf16 by table lookup, 6 instructions (widening to int32, converting to
+// fp32 and packing to bf16 takes 10 and was the bottleneck at batch 1). The bf16 bit pattern of
+// |q| (0..127) is looked up byte by byte (vpermt2b indexes a 128-byte table held in two registers),
+// the sign bit is q's own, and interleaving low and high bytes gives 16-bit words. The kernel's
+// contract: q in [-127, 127] (|-128| does not fit the 7-bit index; quantize_int8 never makes -128).
+// unpack{lo,hi} work within 128-bit lanes, so w0 holds k = 0-7, 16-23, 32-39, 48-55 of the block
+// and w1 the other half: x is permuted the same way once per call (permute_x).
+struct Tables {
+  __m512i lo0, lo1, hi0, hi1;
+};
+
+inline Tables make_tables() {
+  alignas(64) uint8_t lo[128], hi[128];
+  for (int v = 0; v < 128; ++v) {
+    const uint16_t bits = c10::BFloat16(float(v)).x;
+    lo[v] = uint8_t(bits & 0xFF);
+    hi[v] = uint8_t(bits >> 8);
+  }
+  return {_mm512_load_si512(lo), _mm512_load_si512(lo + 64), _mm512_load_si512(hi), _mm512_load_si512(hi + 64)};
+}
+
+inline void cvt64_bf16(__m512i q, const Tables& t, __m512i sign, __m512bh& w0, __m512bh& w1) {
+  const __m512i a = _mm512_abs_epi8(q);
+  const __m512i lo = _mm512_permutex2var_epi8(t.lo0, a, t.lo1);
+  const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t.hi0, a, t.hi1), q, sign, 0xF8);  // | (q & 0x80)
+  w0 = (__m512bh)_mm512_unpacklo_epi8(lo, hi);
+  w1 = (__m512bh)_mm512_unpackhi_epi8(lo, hi);
+}
+
+// x rows -> bf16 rows of Kp = K rounded up to 64, each 64-block reordered as [w0's k | w1's k] and
+// zero-padded, so that the weights' K tail needs only a masked weight load.
+void permute_x(const at::BFloat16* x, int64_t M, int64_t K, int64_t Kp, at::BFloat16* out) {
+  const __m512i idx0 = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13), idx1 = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < Kp; k += 64) {
+      const at::BFloat16* src = x + m * K + k;
+      const int64_t n = std::min<int64_t>(64, K - k);
+      const __mmask32 v0 = n >= 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1);
+      const __mmask32 v1 = n >= 64 ? ~__mmask32(0) : n <= 32 ? 0 : __mmask32((1u << (n - 32)) - 1);
+      const __m512i a = _mm512_maskz_loadu_epi16(v0, src), b = _mm512_maskz_loadu_epi16(v1, src + 32);
+      _mm512_storeu_si512(out + m * Kp + k, _mm512_permutex2var_epi64(a, idx0, b));
+      _mm512_storeu_si512(out + m * Kp + k + 32, _mm512_permutex2var_epi64(a, idx1, b));
+    }
+  }
+}
+
+// ---- one tile: MR rows of x (stride ldx) times NR weight rows (stride K) -> y (stride ldy)
+
+template <typename T, int MR, int NR>
+void tile(const T* x, int64_t ldx, const int8_t* w, int64_t K, const float* scale, T* y, int64_t ldy,
+          const Tables& tables) {
+  constexpr bool BF16 = std::is_same_v<T, at::BFloat16>;
+  constexpr int STEP = BF16 ? 64 : 16;  // k values per step
+  __m512 acc[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_ps();
+  const Tables t = tables;  // in registers for the whole tile
+  const __m512i sign = _mm512_set1_epi8(char(0x80));
+
+  // The tile's NR rows are NR * K contiguous bytes, read as NR interleaved streams of K bytes: too
+  // many short streams for the hardware prefetchers (decode ran at a third of the memory bandwidth
+  // without this). So every step also prefetches its share of the next tile's bytes (into L2),
+  // which makes the sweep over the weights one prefetched sequential stream, one tile ahead.
+  const char* next = reinterpret_cast<const char*>(w) + NR * K;
+  // One k step: convert each channel's weights, then MR multiply-adds with them. `valid` masks a K tail.
+  auto step = [&](int64_t k, bool tail, uint64_t valid) __attribute__((always_inline)) {
+    for (int64_t b = k * NR; b < (k + STEP) * NR; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
+    if constexpr (BF16 && MR > 1) {
+      // Several rows: convert all NR channels first, then load each x vector once for all of them
+      // (x loads, not multiply-adds, were the limit when every product reloaded its x vector).
+      __m512bh w0[NR], w1[NR];
+      for (int n = 0; n < NR; ++n) {
+        const int8_t* wp = w + n * K + k;
+        cvt64_bf16(tail ? _mm512_maskz_loadu_epi8(valid, wp) : _mm512_loadu_si512(wp), t, sign, w0[n], w1[n]);
+      }
+      for (int m = 0; m < MR; ++m) {
+        const at::BFloat16* xp = x + m * ldx + k;  // permuted, padded rows: always 64 readable values
+        const __m512bh x0 = (__m512bh)_mm512_loadu_si512(xp), x1 = (__m512bh)_mm512_loadu_si512(xp + 32);
+        for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[m][n], x0, w0[n]), x1, w1[n]);
+      }
+      return;
+    }
+    for (int n = 0; n < NR; ++n) {
+      const int8_t* wp = w + n * K + k;
+      if constexpr (BF16) {  // one row: one channel at a time (8 channels' weights would not fit in registers)
+        __m512bh w0, w1;
+        cvt64_bf16(tail ? _mm512_maskz_loadu_epi8(valid, wp) : _mm512_loadu_si512(wp), t, sign, w0, w1);
+        const at::BFloat16* xp = x + k;
+        acc[0][n] = _mm512_dpbf16_ps(acc[0][n], (__m512bh)_mm512_loadu_si512(xp), w0);
+        acc[0][n] = _mm512_dpbf16_ps(acc[0][n], (__m512bh)_mm512_loadu_si512(xp + 32), w1);
+      } else {
+        const __m512 wv = tail ? cvt16(wp, __mmask16(valid)) : cvt16(wp);
+        for (int m = 0; m < MR; ++m) {
+          const float* xp = reinterpret_cast<const float*>(x) + m * ldx + k;
+          const __m512 xv = tail ? _mm512_maskz_loadu_ps(__mmask16(valid), xp) : _mm512_loadu_ps(xp);
+          acc[m][n] = _mm512_fmadd_ps(xv, wv, acc[m][n]);
+        }
+      }
+    }
+  };
+  int64_t k = 0;
+  for (; k + STEP <= K; k += STEP) step(k, false, 0);
+  if (k < K) step(k, true, (uint64_t(1) << (K - k)) - 1);
+
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) y[m * ldy + n] = T(_mm512_reduce_add_ps(acc[m][n]) * scale[n]);
+}
+
+constexpr int MAX_MR = 8;  // rows per pass: more would need more than 16 accumulators at NR = 2
+
+// Channels per tile for a call with M rows: enough independent accumulators to hide the
+// multiply-add latency at small M, few enough (<= 16) to stay in the 32 vector registers.
+inline int channels_per_tile(int64_t M) { return M == 1 ? 8 : M <= 4 ? 4 : 2; }
+
+template <typename T, int NR>
+void tile_rows(int mr, const T* x, int64_t ldx, const int8_t* w, int64_t K, const float* s, T* y, int64_t ldy,
+               const Tables& t) {
+  switch (mr) {
+#define PHI4R_CASE(R) case R: if constexpr (R * NR <= 16) return tile<T, R, NR>(x, ldx, w, K, s, y, ldy, t); break;
+    PHI4R_CASE(1) PHI4R_CASE(2) PHI4R_CASE(3) PHI4R_CASE(4) PHI4R_CASE(5) PHI4R_CASE(6) PHI4R_CASE(7) PHI4R_CASE(8)
+#undef PHI4R_CASE
+  }
+  TORCH_CHECK(false, "int8_linear: no tile for ", mr, " rows x ", NR, " channels");
+}
+
+// Channels [n0, n1) for all M rows (x rows of stride ldx), in tiles of NR channels (the last ones one
+// channel at a time). s[i] is the scale of channel n0 + i.
+template <typename T, int NR>
+void channels(int64_t n0, int64_t n1, const T* x, int64_t ldx, int64_t M, int64_t K, const int8_t* w,
+              const float* s, T* y, int64_t N, const Tables& t) {
+  for (int64_t n = n0; n < n1;) {
+    const bool full = n + NR <= n1;
+    for (int64_t m = 0; m < M; m += MAX_MR) {
+      const int mr = int(std::min<int64_t>(MAX_MR, M - m));
+      if (full) tile_rows<T, NR>(mr, x + m * ldx, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t);
+      else tile_rows<T, 1>(mr, x + m * ldx, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t);
+    }
+    n += full ? NR : 1;
+  }
+}
+
+template <typename T>
+void run(const T* x, int64_t ldx, int64_t M, int64_t K, const int8_t* w, const at::Tensor& scales, T* y, int64_t N) {
+  static const Tables tables = make_tables();
+  const int nr = channels_per_tile(M);
+  // Chunks of whole tiles, at least 64 channels each, so threads never share a tile.
+  const int64_t tiles = (N + nr - 1) / nr, grain = std::max<int64_t>(1, 64 / nr);
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    const int64_t n0 = t0 * nr, n1 = std::min(N, t1 * nr);
+    std::vector<float> sbuf;  // this chunk's scales in fp32 (they are usually bf16)
+    const float* s;
+    if (scales.scalar_type() == at::kFloat) {
+      s = scales.data_ptr<float>() + n0;
+    } else {
+      sbuf.resize(n1 - n0);
+      const auto* src = scales.data_ptr<at::BFloat16>() + n0;
+      for (int64_t i = 0; i < n1 - n0; ++i) sbuf[i] = float(src[i]);
+      s = sbuf.data();
+    }
+    if (nr == 8) channels<T, 8>(n0, n1, x, ldx, M, K, w, s, y, N, tables);
+    else if (nr == 4) channels<T, 4>(n0, n1, x, ldx, M, K, w, s, y, N, tables);
+    else channels<T, 2>(n0, n1, x, ldx, M, K, w, s, y, N, tables);
+  });
+}
+
+}  // namespace
+
+// x [M, K] bf16 or fp32 contiguous, weight [N, K] int8 contiguous in [-127, 127], scales [N] fp32 or bf16.
+torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& scales) {
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1), "int8_linear: shapes");
+  TORCH_CHECK(weight.scalar_type() == at::kChar && scales.numel() == weight.size(0), "int8_linear: int8 weight, N scales");
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && scales.device().is_cpu() && x.is_contiguous() &&
+              weight.is_contiguous(), "int8_linear: contiguous CPU tensors");
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  TORCH_CHECK(scales.is_contiguous() && (scales.scalar_type() == at::kFloat || scales.scalar_type() == at::kBFloat16),
+              "int8_linear: contiguous fp32 or bf16 scales");
+  auto y = torch::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  if (K == 0) return y.zero_();
+  if (x.scalar_type() == at::kBFloat16) {
+    const int64_t Kp = (K + 63) / 64 * 64;
+    auto xp = torch::empty({M, Kp}, x.options());  // x in the order of the converted weights
+    permute_x(x.data_ptr<at::BFloat16>(), M, K, Kp, xp.data_ptr<at::BFloat16>());
+    run(xp.data_ptr<at::BFloat16>(), Kp, M, K, weight.data_ptr<int8_t>(), scales, y.data_ptr<at::BFloat16>(), N);
+  } else {
+    TORCH_CHECK(x.scalar_type() == at::kFloat, "int8_linear: x must be bf16 or fp32");
+    run(x.data_ptr<float>(), K, M, K, weight.data_ptr<int8_t>(), scales, y.data_ptr<float>(), N);
+  }
+  return y;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("int8_linear", &int8_linear, "y = (x @ q^T) * scale, weight-only int8 (AVX-512 BF16)");
+}
