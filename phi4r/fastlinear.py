@@ -60,7 +60,7 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         if (self._packed is not None and not self.training and _version(w) == self._packed_version
-                and x.dtype == w.dtype and x.device.type == "cpu"
+                and x.dtype == w.dtype and x.is_cpu
                 and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
             return torch.ops.mkldnn._linear_pointwise(x, self._packed, None, "none", [], "")
         return F.linear(x, w, self.bias)

@@ -42,13 +42,15 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", scales.to(torch.bfloat16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.is_cpu and x.dtype in _KERNEL_DTYPES and not x.requires_grad  # the kernel has no backward
+        # Decode's hot path: as few Python steps as possible (the kernel takes [..., K] as it is).
+        if (not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu  # the kernel has no backward
                 and x.numel() <= KERNEL_MAX_ROWS * self.in_features):
             kernel = int8_kernel.linear()
             if kernel is not None:
-                scales = self.scales if self.scales.dtype in _KERNEL_DTYPES else self.scales.float()  # after .half()
-                y = kernel(x.reshape(-1, self.in_features).contiguous(), self.weight, scales)
-                return y.reshape(*x.shape[:-1], self.out_features)
+                scales = self.scales
+                if scales.dtype not in _KERNEL_DTYPES:  # after .half()
+                    scales = scales.float()
+                return kernel(x.contiguous(), self.weight, scales)
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
         # (torch 2.13's _weight_int8pack_mm crashes (SIGSEGV) when in_features is not a multiple of 32.)
         if _KERNEL is not None and rows.shape[0] <= PACKED_MAX_ROWS and self.in_features % 32 == 0:

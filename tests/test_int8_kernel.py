@@ -89,10 +89,22 @@ def test_greedy_tokens_equal_the_torch_path(kernel, tmp_path, monkeypatch):
 
     def tokens():
         llm = LLM(str(path), quantization="int8", max_num_seqs=4, threads=1)
-        return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        return llm, [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
 
-    with_kernel = tokens()
+    _, with_kernel = tokens()
     monkeypatch.setenv("PHI4R_INT8_KERNEL", "0")
     monkeypatch.setattr(int8, "_state", {})  # decide again: the environment now turns it off
     assert int8.linear() is None
-    assert tokens() == with_kernel
+    llm, without = tokens()
+    # Equal, except that the two paths round differently (the torch path twice), so a greedy pick may
+    # flip where this random model's top two bf16 logits are within a rounding of each other; from
+    # there on the sequences differ. Such a flip must be a near-tie.
+    for prompt, a, b in zip(prompts, with_kernel, without):
+        if a == b:
+            continue
+        i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        ids = llm.tokenizer.encode(prompt) + b[:i]
+        with torch.no_grad():
+            logits = llm.model(torch.tensor([ids]))[0, -1].float()
+        assert logits[b[i]] - logits[a[i]] <= 2 ** -6 * logits.abs().max(), (prompt, i)
+    assert sum(a == b for a, b in zip(with_kernel, without)) >= 2

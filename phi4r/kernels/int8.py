@@ -1,7 +1,7 @@
 """Loader of the int8 linear kernel (int8_linear.cpp): compiled on first use, checked, or None.
 
-`linear()` returns the kernel's function `int8_linear(x, weight, scales)` (x [M, K] bf16 or fp32
-contiguous, weight [N, K] int8, scales [N]; returns x.float() @ (weight.float() * scales).T in x's
+`linear()` returns the kernel's function `int8_linear(x, weight, scales)` (x [..., K] bf16 or fp32
+contiguous, weight [N, K] int8, scales [N]; returns x.float() @ (weight.float() * scales).T, [..., N], in x's
 dtype), or None when it cannot be used here, with one logged warning saying why:
 
 - PHI4R_INT8_KERNEL=0 in the environment (no warning: asked for);

@@ -198,16 +198,22 @@ void run(const T* x, int64_t ldx, int64_t M, int64_t K, const int8_t* w, const a
 
 }  // namespace
 
-// x [M, K] bf16 or fp32 contiguous, weight [N, K] int8 contiguous in [-127, 127], scales [N] fp32 or bf16.
+// x [..., K] bf16 or fp32 contiguous (its leading dims are the M rows), weight [N, K] int8 contiguous in
+// [-127, 127], scales [N] fp32 or bf16; returns [..., N]. Taking any leading dims saves the caller two
+// reshapes per call (Python overhead at batch 1 is a good part of a decode step outside the kernel).
 torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& scales) {
-  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1), "int8_linear: shapes");
+  TORCH_CHECK(x.dim() >= 1 && weight.dim() == 2 && x.size(-1) == weight.size(1), "int8_linear: shapes");
   TORCH_CHECK(weight.scalar_type() == at::kChar && scales.numel() == weight.size(0), "int8_linear: int8 weight, N scales");
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && scales.device().is_cpu() && x.is_contiguous() &&
               weight.is_contiguous(), "int8_linear: contiguous CPU tensors");
-  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  const int64_t K = x.size(-1), N = weight.size(0);
+  int64_t M = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
   TORCH_CHECK(scales.is_contiguous() && (scales.scalar_type() == at::kFloat || scales.scalar_type() == at::kBFloat16),
               "int8_linear: contiguous fp32 or bf16 scales");
-  auto y = torch::empty({M, N}, x.options());
+  auto out_sizes = x.sizes().vec();
+  out_sizes.back() = N;
+  auto y = torch::empty(out_sizes, x.options());
   if (M == 0 || N == 0) return y;
   if (K == 0) return y.zero_();
   if (x.scalar_type() == at::kBFloat16) {
