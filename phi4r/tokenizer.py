@@ -20,6 +20,12 @@ from .chat import DEFAULT_SYSTEM_PROMPT, IM_END, IM_SEP, IM_START, chat_template
 # tiktoken's cl100k_base split pattern, which Phi-4 inherits.
 CL100K_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# For small models trained from scratch: every digit and every punctuation mark is its own piece
+# (a space may lead it), so numbers are written digit by digit and an ASCII grid cell by cell.
+# A tiny model then learns 10 digits instead of a thousand number tokens, and can count columns.
+FINE_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLITS = {"cl100k": CL100K_PATTERN, "fine": FINE_PATTERN}
 ENDOFTEXT, THINK_START, THINK_END = "<|endoftext|>", "<think>", "</think>"
 PAD = "<|dummy_85|>"
 PHI4_SPECIAL_TOKENS = [ENDOFTEXT, "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", IM_START, IM_END, IM_SEP,
@@ -120,14 +126,21 @@ class Tokenizer:
                     system_prompt: str | None = None) -> list[int]:
         """Prompt ids for a conversation, built structurally: control tokens as ids, roles and every
         message's content as plain text. The injected system prompt is template text, trusted like
-        the template itself, so its `<think>` becomes the token (as transformers does)."""
-        inject, turns = chat_turns(messages, self.system_prompt if system_prompt is None else system_prompt)
+        the template itself, so its `<think>` becomes the token (as transformers does); so is a first
+        system message identical to it."""
+        default = self.system_prompt if system_prompt is None else system_prompt
+        inject, turns = chat_turns(messages, default)
         start, sep, end = self.token_id(IM_START), self.token_id(IM_SEP), self.token_id(IM_END)
         ids = []
         if inject is not None:
             ids += [start, *self.encode("system"), sep, *self._full.encode(inject, add_special_tokens=False).ids, end]
-        for role, text in turns:
-            ids += [start, *self.encode(role), sep, *self.encode(text), end]
+        for i, (role, text) in enumerate(turns):
+            # A system message that repeats the default prompt word for word (as clients following the
+            # card send it) is encoded as the template's own text: it can forge nothing the template
+            # does not already say, and the model was trained on it with `<think>` as the token.
+            trusted = i == 0 and role == "system" and text and text == default
+            body = self._full.encode(text, add_special_tokens=False).ids if trusted else self.encode(text)
+            ids += [start, *self.encode(role), sep, *body, end]
         if add_generation_prompt:
             ids += [start, *self.encode("assistant"), sep]
         return ids
@@ -172,10 +185,10 @@ class Tokenizer:
         return self.vocab_size
 
 
-def train_bpe(texts, vocab_size: int = 512, system_prompt: str | None = None) -> Tokenizer:
-    """A small byte-level BPE the Phi-4 way: cl100k split, all 256 bytes, Phi-4's special tokens
-    after the learned vocabulary, then `<think>` and `</think>`. `vocab_size` is the total, at most
-    (a small corpus may not yield that many merges).
+def train_bpe(texts, vocab_size: int = 512, system_prompt: str | None = None, split: str = "cl100k") -> Tokenizer:
+    """A small byte-level BPE the Phi-4 way: cl100k split (or `split="fine"`: FINE_PATTERN), all 256
+    bytes, Phi-4's special tokens after the learned vocabulary, then `<think>` and `</think>`.
+    `vocab_size` is the total, at most (a small corpus may not yield that many merges).
 
     `<think>`/`</think>` are added but not special, as in the reasoning checkpoints: they are
     still split out of template text, but decoders that skip special tokens keep them.
@@ -184,7 +197,9 @@ def train_bpe(texts, vocab_size: int = 512, system_prompt: str | None = None) ->
     reserved = 256 + len(PHI4_SPECIAL_TOKENS) + 2
     if vocab_size < reserved:
         raise ValueError(f"vocab_size must be at least {reserved} (256 bytes + special tokens), got {vocab_size}")
-    backend = _byte_level(models.BPE())
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    backend = _byte_level(models.BPE(), SPLITS[split])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - reserved + 256, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(texts, trainer)
@@ -224,11 +239,11 @@ def _bpe_from_vocab_merges(path: Path) -> tokenizers.Tokenizer:
         raise TokenizerError(f"{merges}: cannot build a BPE from vocab.json and merges.txt: {e}") from e
 
 
-def _byte_level(model: models.BPE) -> tokenizers.Tokenizer:
+def _byte_level(model: models.BPE, pattern: str = CL100K_PATTERN) -> tokenizers.Tokenizer:
     """Phi-4's pipeline around a BPE model: cl100k split, then bytes as symbols (what tiktoken does)."""
     backend = tokenizers.Tokenizer(model)
     backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(CL100K_PATTERN), behavior="isolated"),
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     backend.decoder = decoders.ByteLevel()

@@ -68,3 +68,20 @@ def test_seeded_runs_are_independent_and_survive_an_interruption(llm, tmp_path):
     resumed = by_key(tmp_path / "resumed")
     assert resumed.keys() == whole.keys()
     assert {k: r["text"] for k, r in resumed.items()} == {k: r["text"] for k, r in whole.items()}
+
+
+def test_local_evaluation_prompts_the_model_as_chat_does(llm, tmp_path):
+    # The checkpoint's system prompt (Phi-4-reasoning's, with `<think>` in it) must reach the model as
+    # the template's text, exactly as `LLM.chat` and training send it.
+    from phi4r.sampling import SamplingParams
+    from phi4r.tasks import get_task
+
+    run_eval(LocalBackend(llm), ["arithmetic"], tmp_path / "ev", runs=1, limit=3,
+             sampling={"temperature": 0.0, "max_tokens": 24}, progress=False, plots=False)
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()]
+    instances = {i.id: i for i in get_task("arithmetic").generate(3, 0)}
+    assert "<think>" in llm.tokenizer.system_prompt
+    for row in rows:
+        chat = llm.chat([{"role": "user", "content": instances[row["id"]].prompt}],
+                        SamplingParams(temperature=0.0, max_tokens=24), use_tqdm=False)[0].outputs[0]
+        assert row["text"] == chat.text, row["id"]

@@ -13,16 +13,17 @@ from phi4r.checkpoint import NANO_DIR
 
 TEST_SEED = 7
 # (task, level) -> (instances, minimum greedy accuracy): docs/NANO.md's greedy figure minus a margin
-# for a set this small. maze and spatialmap are at chance (docs/NANO.md says why): their floors only
-# catch a model that stopped answering; well-formedness is asserted separately.
+# for a set this small. spatialmap and calendar are not learned (docs/NANO.md says why): spatialmap's
+# floor only catches a model that stopped answering, and calendar (0-4% greedy) is checked for
+# well-formed answers only (FORMAT_ONLY), asserted for every task below.
 FLOORS = {
-    ("arithmetic", 1): (24, 0.85),
+    ("arithmetic", 1): (24, 0.8),
     ("arithmetic", 2): (24, 0.5),
-    ("maze", 1): (24, 0.05),
-    ("maze", 2): (24, 0.0),
     ("spatialmap", 1): (24, 0.05),
     ("spatialmap", 2): (24, 0.05),
 }
+FORMAT_ONLY = {("calendar", 1): 12, ("calendar", 2): 12}
+
 
 def test_files_are_complete():
     config = json.loads((NANO_DIR / "config.json").read_text())
@@ -69,7 +70,8 @@ def test_greedy_accuracy_on_held_out_instances():
     from phi4r.tasks import get_task
 
     llm = LLM(max_num_seqs=64)
-    instances = [i for (name, level), (n, _) in FLOORS.items() for i in get_task(name).generate(n, TEST_SEED, difficulty=level)]
+    sizes = {key: n for key, (n, _) in FLOORS.items()} | FORMAT_ONLY
+    instances = [i for (name, level), n in sizes.items() for i in get_task(name).generate(n, TEST_SEED, difficulty=level)]
     outputs = llm.chat([[{"role": "user", "content": i.prompt}] for i in instances],
                        SamplingParams(temperature=0, max_tokens=512), use_tqdm=False)
     scores: dict[tuple, list[float]] = {}

@@ -117,3 +117,13 @@ def test_letter_extraction():
     assert parse_letter("Final Answer: E") is None  # only A-D here
     assert parse_letter("the answer is a bit unclear") is None
     assert parse_letter("Final Answer: Because") is None
+
+
+def test_spatialmap_teacher_writes_each_placement_as_true_sums():
+    for inst in spatial.generate(20, 3, difficulty=2):
+        found = re.findall(r"so \((-?\d+) ([+-]) (\d+), (-?\d+) ([+-]) (\d+)\) = \((-?\d+), (-?\d+)\)\.",
+                           spatial.teacher(inst))
+        assert len(found) == len(inst.answer["links"])
+        for x, sx, dx, y, sy, dy, rx, ry in found:
+            assert int(x) + (1 if sx == "+" else -1) * int(dx) == int(rx)
+            assert int(y) + (1 if sy == "+" else -1) * int(dy) == int(ry)

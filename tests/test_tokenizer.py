@@ -137,6 +137,17 @@ def test_encode_chat_default_system_prompt_tokenizes_its_think_tags(tok):
     assert tok.decode(ids) == render_chat([{"role": "user", "content": "Hi"}])
 
 
+def test_a_system_message_repeating_the_default_prompt_is_template_text(tok):
+    # Clients following the card send the default prompt themselves: same ids as when it is injected
+    # (and as transformers gives). Any other system text, or a user turn, stays plain text.
+    user = {"role": "user", "content": "Hi"}
+    explicit = tok.encode_chat([{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, user])
+    assert explicit == tok.encode_chat([user])
+    other = tok.encode_chat([{"role": "system", "content": DEFAULT_SYSTEM_PROMPT + " "}, user])
+    assert tok.think_start_id not in other
+    assert tok.think_start_id not in tok.encode_chat([{"role": "user", "content": DEFAULT_SYSTEM_PROMPT}], system_prompt="")
+
+
 # ---- save / from_dir and transformers
 def test_save_then_from_dir_round_trips(tok, saved):
     loaded = Tokenizer.from_dir(saved)
@@ -187,6 +198,21 @@ def test_transformers_keeps_the_cl100k_split(tmp_path):
     hf = pytest.importorskip("transformers").AutoTokenizer.from_pretrained(str(tmp_path))
     assert hf(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
     assert len(ours.encode("1234567")) == 3  # digits in groups of three
+
+
+def test_fine_split_keeps_digits_and_grid_cells_apart_through_save_and_transformers(tmp_path):
+    # The nano model's split: every digit and punctuation mark its own piece, however often the
+    # corpus repeats them, so merges can only join letters (and a leading space).
+    text = "The hotel is 123 blocks (-4, 56).\n#S..#\n"
+    train_bpe([text] * 50, vocab_size=300, split="fine").save(tmp_path)
+    ours = Tokenizer.from_dir(tmp_path)
+    pieces = [ours.decode([i]) for i in ours.encode(text)]
+    assert pieces == ["The", " hotel", " is", " 1", "2", "3", " blocks", " (", "-", "4", ",", " 5", "6", ")", ".",
+                      "\n", "#", "S", ".", ".", "#", "\n"]
+    hf = pytest.importorskip("transformers").AutoTokenizer.from_pretrained(str(tmp_path))
+    assert hf(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
+    with pytest.raises(ValueError, match="unknown split"):
+        train_bpe([text], vocab_size=300, split="digits")
 
 
 # ---- foreign layouts: the real Phi-4 file shapes

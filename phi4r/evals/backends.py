@@ -128,7 +128,11 @@ class LocalBackend:
                     n=max(by_index) + 1, seed=derive_seed(job.seed, block), temperature=sampling.get("temperature"),
                     top_p=sampling.get("top_p"), top_k=sampling.get("top_k"), max_tokens=sampling.get("max_tokens"),
                     thinking_budget=sampling.get("thinking_budget"))
-                ids = tokenizer.encode_chat(messages(job.instance, system_prompt))
+                # The system prompt goes in as the template's (trusted) text, as in training and
+                # `LLM.chat`: as a system *message* its `<think>` would be plain text, a prompt the
+                # model never saw (Phi-4-reasoning's own system prompt contains `<think>` too).
+                ids = tokenizer.encode_chat([{"role": "user", "content": job.instance.prompt}],
+                                            system_prompt=system_prompt)
                 try:
                     wanted[engine.add_request(None, ids, params)] = by_index
                 except ValueError as e:  # e.g. a prompt longer than the context: retrying cannot help

@@ -97,7 +97,9 @@ class SpatialMap(ChoiceTask):
             dx = ans["positions"][a][0] - ans["positions"][b][0]
             dy = ans["positions"][a][1] - ans["positions"][b][1]
             coords[a] = (coords[b][0] + dx, coords[b][1] + dy)
-            steps.append(f"{a}: {offset_text(dx, dy)} of the {b} {coords[b]}, so {coords[a]}.")
+            # The sums written out: each number is then a copy or one small addition.
+            sums = ", ".join(f"{base} {'-' if d < 0 else '+'} {abs(d)}" for base, d in zip(coords[b], (dx, dy)))
+            steps.append(f"{a}: {offset_text(dx, dy)} of the {b} {coords[b]}, so ({sums}) = {coords[a]}.")
         if ans["question"] == "direction":
             looked_at = [ans["subject"]]
         elif ans["question"] == "which_object":

@@ -45,7 +45,7 @@ def train_tokenizer(cfg) -> Path:
     from ..tokenizer import train_bpe
 
     texts = corpus(cfg)
-    tokenizer = train_bpe(texts, vocab_size=cfg.vocab_size, system_prompt=cfg.system_prompt)
+    tokenizer = train_bpe(texts, vocab_size=cfg.vocab_size, system_prompt=cfg.system_prompt, split=cfg.split)
     out = Path(cfg.output_dir)
     tokenizer.save(out)
     config_mod.save(cfg, out / "train_config.yaml")

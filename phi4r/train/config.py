@@ -35,6 +35,7 @@ class TokenizerConfig:
     difficulty: int | None = opt(None, "only this difficulty level (default: all levels)")
     data: str | None = opt(None, "extra JSONL corpus: {'messages': [...]} or {'text': ...} per line")
     vocab_size: int = opt(4096, "total vocabulary size, special tokens included")
+    split: str = opt("cl100k", "pre-tokenizer: cl100k (Phi-4's) or fine (each digit and punctuation mark alone, for small models)")
     system_prompt: str | None = opt(None, "the checkpoint's default system prompt (default: Phi-4-reasoning's; '' for none)")
     seed: int = opt(0, "seed for the task generators")
 

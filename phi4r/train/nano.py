@@ -39,21 +39,23 @@ SIZES = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "
          "rope_theta": 10000.0}
 VOCAB_SIZE = 1024
 
-# SFT data: task -> (difficulty levels, instances per level). Levels below the card's range.
-MIX = {"arithmetic": ([1, 2, 3, 4], 1200), "maze": ([1, 2], 2800), "spatialmap": ([1, 2], 2800)}
+# SFT data: task -> (difficulty levels, instances per level). Levels below the card's range. Two of
+# the card's tasks (spatialmap, calendar) next to arithmetic; maze was dropped after a run where it
+# stayed at chance: its answers need a path search the traces cannot spell out step by step.
+MIX = {"arithmetic": ([1, 2, 3, 4], 1000), "spatialmap": ([1, 2], 2000), "calendar": ([1, 2], 2000)}
 SFT_SEED_OFFSET = 1000  # training instances: seed + 1000; GRPO prompts: seed + 2000
 GRPO_SEED_OFFSET = 2000
 EVAL_SEED = 0  # held-out evaluation instances (instance ids embed the seed, so no overlap)
 TEST_SEED = 7  # tests/test_nano.py's held-out set
 
-SFT = {"learning_rate": 2e-3, "warmup_steps": 60, "weight_decay": 0.01, "adam_beta2": 0.98, "max_steps": 600,
+SFT = {"learning_rate": 2e-3, "warmup_steps": 60, "weight_decay": 0.01, "adam_beta2": 0.98, "max_steps": 750, "bf16": True,
        "per_device_train_batch_size": 16, "max_length": 1024, "eval_fraction": 0.01, "eval_steps": 100,
        "logging_steps": 10, "save_steps": 100, "save_total_limit": 2}
 # SFT phases 2 and 3 (a curriculum): continue from the previous phase on fresh instances, arithmetic
 # up-weighted. Phase 1 teaches the formats; copying numbers out of the prompt and the sums (what
 # arithmetic needs) emerge later, and short arithmetic sequences make cheap steps.
-MIX2 = {"arithmetic": ([1, 2, 3, 4], 1500), "maze": ([1, 2], 1000), "spatialmap": ([1, 2], 1000)}
-MIX3 = {"arithmetic": ([1, 2, 3, 4], 2000), "maze": ([1, 2], 500), "spatialmap": ([1, 2], 500)}
+MIX2 = {"arithmetic": ([1, 2, 3, 4], 1500), "spatialmap": ([1, 2], 1500), "calendar": ([1, 2], 1500)}
+MIX3 = dict(MIX2)
 SFT2 = {**SFT, "learning_rate": 1e-3, "warmup_steps": 20, "max_steps": 600}
 SFT3 = dict(SFT2)
 PHASES = [("sft2", MIX2, 3000, SFT2), ("sft3", MIX3, 4000, SFT3)]  # (run dir, mix, seed offset, config)
@@ -66,7 +68,7 @@ GRPO = {"learning_rate": 1e-4, "warmup_steps": 2, "max_steps": 60, "num_generati
         "max_num_seqs": 128}
 
 # Evaluation: task -> (levels, instances per level).
-EVAL = {"arithmetic": ([1, 2, 3, 4], 50), "maze": ([1, 2], 50), "spatialmap": ([1, 2], 50)}
+EVAL = {"arithmetic": ([1, 2, 3, 4], 50), "spatialmap": ([1, 2], 50), "calendar": ([1, 2], 50)}
 RUNS = 5
 EVAL_MAX_TOKENS = 512
 
@@ -123,7 +125,8 @@ def stage_tokenizer(out: Path, seed: int) -> Path:
         return tok_dir
     data = write_jsonl(out / "data" / "sft.jsonl", ({"messages": m} for m in sft_conversations(seed)))
     train_tokenizer(TokenizerConfig(output_dir=str(tok_dir), tasks=[], n_per_task=0, data=str(data),
-                                    vocab_size=VOCAB_SIZE, system_prompt=SYSTEM_PROMPT, seed=seed))
+                                    vocab_size=VOCAB_SIZE, system_prompt=SYSTEM_PROMPT, seed=seed,
+                                    split="fine"))
     return tok_dir
 
 
@@ -260,7 +263,7 @@ def write_plots(out: Path) -> list[Path]:
         offset += max((r["step"] for r in records), default=0)
     grpo = MetricsLog(out / "grpo" / "metrics.jsonl").read()
     for records, keys, name, title in (
-            (sft, ["loss", "eval_loss", "lr"], "sft_loss.png", "nano SFT (phases 1-3 of 600 steps each)"),
+            (sft, ["loss", "eval_loss", "lr"], "sft_loss.png", "nano SFT (phases 1-3, end to end)"),
             (grpo, ["reward", "accuracy", "completion_length"], "grpo.png", "nano GRPO (arithmetic levels 1-2)")):
         if records:
             plot_metrics(records, keys, out / "plots" / name, title=title)
