@@ -2,6 +2,7 @@
 
     python benchmarks/bench_engine.py --threads 1      # the full grid (11 minutes on a busy 2-core machine)
     phi4r bench --batches 1,16 --dtypes fp32,int8 --new-tokens 32 --out results.json    # a quick run
+    phi4r bench --batches 1,16 --dtypes int8,bf16 --new-tokens 32 --compile    # decode via torch.compile
 
 On a Phi-4-shaped checkpoint of about 250M parameters (head_dim 128, 4 query heads per KV head,
 SwiGLU, untied lm_head; made once and cached, see `make_bench_checkpoint`), for each dtype (fp32,
@@ -51,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=64, help="decode steps timed per sequence [64]")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per measurement; the best counts [1]")
     p.add_argument("--threads", type=int, help="torch threads in every measurement [torch's default]")
+    p.add_argument("--compile", action="store_true",
+                   help="phi4r decodes through torch.compile (LLM(compile=True)); the warm-up's time, which "
+                        "includes compiling, is reported as 'compile s'")
     p.add_argument("--no-transformers", dest="transformers", action="store_false", help="phi4r only")
     p.add_argument("--out", type=Path, help="also write every number to this JSON file")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -85,7 +89,8 @@ def run(args) -> int:
           f"layers). Machine: {machine['cpus']} CPUs, {machine['threads']} torch threads, memory read bandwidth "
           f"{machine['read_gbps']:.1f} GB/s (copy {machine['copy_gbps']:.1f}), GEMM {machine['gflops']['fp32']:.0f} "
           f"GFLOP/s fp32 / {machine['gflops']['bf16']:.0f} bf16. Prompts of {args.prompt_len} tokens, "
-          f"{args.new_tokens} decode steps timed.\n", flush=True)
+          f"{args.new_tokens} decode steps timed.{' phi4r decodes through torch.compile.' if args.compile else ''}\n",
+          flush=True)
     rows = []
     for dtype in args.dtypes:
         for batch in args.batches:
@@ -93,7 +98,7 @@ def run(args) -> int:
             for engine in engines:  # back to back, so both see the same machine load
                 spec = {"engine": engine, "dtype": dtype, "batch": batch, "path": str(path),
                         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
-                        "threads": args.threads}
+                        "threads": args.threads, "compile": args.compile}
                 print(f"  {engine} {dtype} batch {batch} ...", file=sys.stderr, flush=True)
                 rows.append({**spec, **_child(spec)})
     for row in rows:
@@ -228,7 +233,8 @@ def _measure_phi4r(spec: dict):
     from phi4r.sampling import SamplingParams
 
     dtype, quantization = DTYPES[spec["dtype"]]
-    llm = LLM(spec["path"], dtype=dtype, quantization=quantization, max_num_seqs=spec["batch"])
+    llm = LLM(spec["path"], dtype=dtype, quantization=quantization, max_num_seqs=spec["batch"],
+              compile=spec.get("compile", False))
     prompts, warmup = _prompts(spec, llm.model.config.vocab_size)
     engine, B, N = llm.engine, spec["batch"], spec["new_tokens"]
 
@@ -245,13 +251,18 @@ def _measure_phi4r(spec: dict):
             steps.append(time.perf_counter() - start)
         return steps
 
-    generate(warmup, 2)  # one-time setup (the KV cache, kernels' first calls) is not timed
+    start = time.perf_counter()
+    # One-time setup (the KV cache, kernels' first calls; with --compile, compiling: 3 decode steps, so
+    # that the span's recompile as a dynamic size happens here too) is not timed.
+    generate(warmup, 3)
+    warmup_s = time.perf_counter() - start
 
     def timed() -> dict:
         steps = generate(prompts, N)
         step_s = statistics.median(steps[1:])
         prefill_s = steps[0] - step_s  # step 1 minus its decode step
-        return {"prefill_tok_s": B * spec["prompt_len"] / prefill_s, "decode_tok_s": B / step_s}
+        return {"prefill_tok_s": B * spec["prompt_len"] / prefill_s, "decode_tok_s": B / step_s,
+                "warmup_s": warmup_s, "step_ms": 1e3 * step_s}
     return timed
 
 
@@ -305,15 +316,16 @@ def _measure_transformers(spec: dict):
 def markdown_table(rows: list[dict]) -> str:
     hf = {(r["dtype"], r["batch"]): r for r in rows if r["engine"] == "transformers"}
     header = ("| engine | dtype | batch | prefill tok/s | decode tok/s | peak MB | prefill vs HF | decode vs HF "
-              "| roofline tok/s | decode vs roofline |")
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| roofline tok/s | decode vs roofline | warm-up s |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         base = hf.get((HF_BASELINE[r["dtype"]], r["batch"])) if r["engine"] == "phi4r" else None
         vs = f" (vs {HF_BASELINE[r['dtype']]})" if base and r["dtype"] == "int8" else ""
         prefill, decode = (f"{r[k] / base[k]:.2f}x{vs}" if base else "" for k in ("prefill_tok_s", "decode_tok_s"))
         lines.append(f"| {r['engine']} | {r['dtype']} | {r['batch']} | {r['prefill_tok_s']:.0f} | "
                      f"{r['decode_tok_s']:.1f} | {r['peak_mb']:.0f} | {prefill} | {decode} | "
-                     f"{r['roofline_tok_s']:.1f} | {r['decode_tok_s'] / r['roofline_tok_s']:.0%} |")
+                     f"{r['roofline_tok_s']:.1f} | {r['decode_tok_s'] / r['roofline_tok_s']:.0%} | "
+                     f"{r.get('warmup_s', float('nan')):.1f} |")
     return "\n".join(lines)
 
 

@@ -35,7 +35,8 @@ SMALL_MODEL = 100 * 10**6
 class LLM:
     def __init__(self, model: str = "nano", dtype: str | None = None, quantization: str | None = None,
                  max_num_seqs: int = 16, max_model_len: int | None = None, seed: int | None = None,
-                 device: str | None = None, threads: int | None = None, prepack: bool | None = None):
+                 device: str | None = None, threads: int | None = None, prepack: bool | None = None,
+                 compile: bool | None = None):
         """Load a Hugging Face checkpoint directory ("nano": the model shipped with phi4r).
 
         quantization="int8": weight-only int8 linear layers (phi4r.quant); activations then default to
@@ -45,6 +46,8 @@ class LLM:
         prepack: on CPU, keep a oneDNN-prepacked copy of the float linear weights (phi4r.fastlinear;
         inference only; 1.3-2x faster decode for a second copy of those weights); None: when that copy
         fits in a quarter of physical memory.
+        compile: decode steps through torch.compile (phi4r.engine; the first steps compile, ~20-40 s
+        per new batch/span shape, then each step runs the fused graph); None: on when PHI4R_COMPILE=1.
         """
         import torch
 
@@ -70,22 +73,23 @@ class LLM:
             if prepack or (prepack is None and fastlinear.fits(net)):
                 fastlinear.prepack(net, batch_hint=max_num_seqs)
         self.model_path = path
-        self._init(net, Tokenizer.from_dir(path), read_generation_config(path), max_num_seqs, max_model_len, seed)
+        self._init(net, Tokenizer.from_dir(path), read_generation_config(path), max_num_seqs, max_model_len, seed,
+                   compile)
 
     @classmethod
     def from_model(cls, model, tokenizer, generation_config: dict | None = None, max_num_seqs: int = 16,
-                   max_model_len: int | None = None, seed: int | None = None) -> LLM:
+                   max_model_len: int | None = None, seed: int | None = None, compile: bool | None = None) -> LLM:
         """Wrap a model already in memory (a training loop sampling from its policy, tests)."""
         llm = cls.__new__(cls)
         llm.model_path = None
-        llm._init(model, tokenizer, generation_config, max_num_seqs, max_model_len, seed)
+        llm._init(model, tokenizer, generation_config, max_num_seqs, max_model_len, seed, compile)
         return llm
 
-    def _init(self, model, tokenizer, generation_config, max_num_seqs, max_model_len, seed) -> None:
+    def _init(self, model, tokenizer, generation_config, max_num_seqs, max_model_len, seed, compile=None) -> None:
         self.model, self.tokenizer = model, tokenizer  # not .eval(): a training loop may own the module
         self.generation_config = generation_config or {}
         self.engine = Engine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                             generation_config=self.generation_config, seed=seed)
+                             generation_config=self.generation_config, seed=seed, compile=compile)
 
     def get_tokenizer(self):
         return self.tokenizer

@@ -25,8 +25,10 @@ they fail, packing is skipped and logged.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -59,11 +61,37 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
+        if torch.compiler.is_compiling():
+            # torch.compile (the engine's decode step) cannot trace the checks below nor lower a packed
+            # weight it does not own: one opaque op does them at run time.
+            if self._packed is not None and not self.training and x.dtype == w.dtype and x.is_cpu:
+                return torch.ops.phi4r.packed_linear(x, w, self._handle)
+            return F.linear(x, w, self.bias)
         if (self._packed is not None and not self.training and _version(w) == self._packed_version
                 and x.dtype == w.dtype and x.is_cpu
                 and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
             return torch.ops.mkldnn._linear_pointwise(x, self._packed, None, "none", [], "")
         return F.linear(x, w, self.bias)
+
+
+# Packed modules by handle, for the op below (weakly: unpacking or dropping a model frees them).
+_MODULES: weakref.WeakValueDictionary[int, PackedLinear] = weakref.WeakValueDictionary()
+_handles = itertools.count()
+
+
+@torch.library.custom_op("phi4r::packed_linear", mutates_args=())
+def _packed_linear(x: torch.Tensor, weight: torch.Tensor, handle: int) -> torch.Tensor:
+    """PackedLinear's forward as one op (x, its plain weight, its handle), for compiled graphs."""
+    module = _MODULES.get(handle)
+    if (module is not None and module._packed is not None and _version(weight) == module._packed_version
+            and not torch.is_grad_enabled()):
+        return torch.ops.mkldnn._linear_pointwise(x, module._packed, None, "none", [], "")
+    return F.linear(x, weight)
+
+
+@_packed_linear.register_fake
+def _(x, weight, handle):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def _version(t: torch.Tensor) -> int:
@@ -123,6 +151,8 @@ def prepack(model: nn.Module, batch_hint: int = 1) -> int:
             return count
         module.__class__ = PackedLinear
         module._packed, module._packed_version = packed, _version(w)
+        module._handle = next(_handles)
+        _MODULES[module._handle] = module
         count += 1
     return count
 
@@ -131,5 +161,6 @@ def unpack(model: nn.Module) -> None:
     """Undo `prepack`: plain nn.Linear modules again, packed copies freed."""
     for module in model.modules():
         if isinstance(module, PackedLinear):
-            del module._packed, module._packed_version
+            _MODULES.pop(getattr(module, "_handle", -1), None)
+            del module._packed, module._packed_version, module._handle
             module.__class__ = nn.Linear

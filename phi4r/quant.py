@@ -45,7 +45,8 @@ class Int8Linear(nn.Module):
         # Decode's hot path: as few Python steps as possible (the kernel takes [..., K] as it is).
         if (not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu  # the kernel has no backward
                 and x.numel() <= KERNEL_MAX_ROWS * self.in_features):
-            kernel = int8_kernel.linear()
+            # torch.compile's graphs call the kernel through the dispatcher (an opaque op in the graph).
+            kernel = int8_kernel.op() if torch.compiler.is_compiling() else int8_kernel.linear()
             if kernel is not None:
                 scales = self.scales
                 if scales.dtype not in _KERNEL_DTYPES:  # after .half()

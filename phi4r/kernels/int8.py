@@ -9,6 +9,10 @@ dtype), or None when it cannot be used here, with one logged warning saying why:
 - compiling fails (torch.utils.cpp_extension with ninja and a C++17 compiler);
 - a numerical probe against the float reference disagrees.
 
+The build also registers the kernel as the dispatcher op `torch.ops.phi4r.int8_linear` (`op()`), with
+a shape function, so a torch.compile graph (the engine's compiled decode step) calls it without a
+graph break.
+
 The first call compiles with -O3 -march=native (about a minute) into torch's extensions directory
 (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR); later processes load the cached build. The
 build's name includes a hash of the CPU model and flags, so a home directory shared by different
@@ -39,8 +43,34 @@ def linear():
     if "fn" not in _state:
         with _lock:
             if "fn" not in _state:
-                _state["fn"] = _load()
+                fn = _load()
+                _state["op"] = _register_fake() if fn is not None else None
+                _state["fn"] = fn
     return _state["fn"]
+
+
+def op():
+    """The same kernel as the dispatcher op `torch.ops.phi4r.int8_linear` (for torch.compile's graphs,
+    which cannot call a pybind function), or None; valid after `linear()` returned the kernel."""
+    return _state.get("op")
+
+
+def _register_fake():
+    """The op's shape function (fake tensors: y has x's dims with the last one N, x's dtype)."""
+    try:
+        target = torch.ops.phi4r.int8_linear.default
+        if "phi4r::int8_linear" not in _FAKES:
+            @torch.library.register_fake("phi4r::int8_linear")
+            def _(x, weight, scales):
+                return x.new_empty((*x.shape[:-1], weight.shape[0]))
+            _FAKES.add("phi4r::int8_linear")
+        return target
+    except Exception as e:  # noqa: BLE001 - an older build without the op: eager still has the kernel
+        log.warning("phi4r int8 kernel: no dispatcher op (%s); torch.compile will not use the kernel", e)
+        return None
+
+
+_FAKES: set[str] = set()
 
 
 def _cpu() -> tuple[str, set[str]]:

@@ -228,6 +228,17 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& weight, c
   return y;
 }
 
+// Also a dispatcher op, torch.ops.phi4r.int8_linear, so torch.compile can keep it in its graph as an
+// opaque call (its shape function is registered from Python: phi4r/kernels/int8.py). Eager code calls
+// the pybind function below, which skips the dispatcher's few microseconds.
+TORCH_LIBRARY(phi4r, m) {
+  m.def("int8_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(phi4r, CPU, m) {
+  m.impl("int8_linear", &int8_linear);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear, "y = (x @ q^T) * scale, weight-only int8 (AVX-512 BF16)");
 }
