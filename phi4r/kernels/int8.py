@@ -103,7 +103,9 @@ def _load():
 
         tag = hashlib.sha256((model + " ".join(sorted(flags))).encode()).hexdigest()[:12]
         module = cpp_extension.load(name=f"phi4r_int8_linear_{tag}", sources=[str(SOURCE)],
-                                    extra_cflags=["-O3", "-march=native", "-std=c++17"], verbose=False)
+                                    extra_cflags=["-O3", "-march=native", "-std=c++17", "-fopenmp"],
+                                    # Without OpenMP, ATen's inline at::parallel_for runs on one thread.
+                                    extra_ldflags=["-fopenmp"], verbose=False)
         fn = module.int8_linear
     except Exception as e:  # noqa: BLE001 - no compiler, no ninja, a compile error: keep the torch path
         log.warning("phi4r int8 kernel: building it failed (%s); using the slower torch int8 path",
