@@ -18,6 +18,9 @@ def add_model_args(p) -> None:
     p.add_argument("--quantization", choices=["int8"], help="weight-only int8 linear layers (faster decoding)")
     p.add_argument("--threads", type=int, help=f"torch CPU threads [1 for models under {SMALL_MODEL // 10**6}M "
                                                "parameters, else one per core]; fewer is faster on a busy machine")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="decode through torch.compile: faster steps after 5-70 s of compiling at start "
+                        "(worth it for serving and long runs; also PHI4R_COMPILE=1)")
 
 
 def add_sampling_args(p) -> None:
@@ -46,7 +49,8 @@ def load_llm(args, command: str, max_num_seqs: int):
 
     try:
         return LLM(args.model, dtype=args.dtype, quantization=args.quantization, max_num_seqs=max_num_seqs,
-                   seed=args.seed, threads=args.threads)  # LLM applies the small-model one-thread rule
+                   seed=args.seed, threads=args.threads,  # LLM applies the small-model one-thread rule
+                   compile=getattr(args, "compile", None))
     except (CheckpointError, ValueError) as e:
         print(f"phi4r {command}: {e}", file=sys.stderr)
         return None

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads [1 for models under 100M parameters, else torch's "
                                                "default, one per core]; fewer is "
                                                "faster on a machine busy with other work")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="decode through torch.compile: faster steps after 5-70 s of compiling at start (also PHI4R_COMPILE=1)")
     p.add_argument("--seed", type=int, help="makes unseeded requests reproducible across restarts")
     p.add_argument("--graceful-timeout", type=float, default=defaults.GRACEFUL_TIMEOUT,
                    help=f"seconds to let streams finish on shutdown [{defaults.GRACEFUL_TIMEOUT:g}]")
@@ -55,7 +57,7 @@ def _run(args) -> int:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
     try:
         llm = LLM(args.model, dtype=args.dtype, quantization=args.quantization, max_num_seqs=args.max_num_seqs,
-                  max_model_len=args.max_model_len, seed=args.seed, threads=args.threads)
+                  max_model_len=args.max_model_len, seed=args.seed, threads=args.threads, compile=args.compile)
     except (CheckpointError, ValueError) as e:
         print(f"phi4r serve: {e}", file=sys.stderr)
         return 1
