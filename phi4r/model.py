@@ -105,19 +105,12 @@ class CacheStep:
         if T == 1 and low == high:
             self.mask = None
         else:
-            self.mask = (torch.arange(self.span, device=positions.device) <= positions[:, :, None])[:, None]
-        # Row of every new key in the cache seen as [slots * kv_heads * max_len, head_dim]: one
-        # index_put_ per tensor and layer writes them all (index [B, T, kv_heads], like k's first dims).
-        _, kv_heads, max_len, _ = cache.k[0].shape
-        heads = torch.arange(kv_heads, device=positions.device)
-        self.index = (slots[:, None, None] * kv_heads + heads) * max_len + positions[:, :, None]
+            self.mask = _visible(self.span, positions)
+        self.index = _cache_rows(cache.k[0], slots, positions)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v [B, T, kv_heads, head_dim]; return the keys/values [B, kv_heads, span, head_dim] to attend to."""
-        ck, cv = self.cache.k[layer], self.cache.v[layer]
-        D = ck.shape[-1]
-        ck.view(-1, D).index_put_((self.index,), k.to(ck.dtype))
-        cv.view(-1, D).index_put_((self.index,), v.to(cv.dtype))
+        ck, cv = _write_kv(self.cache.k[layer], self.cache.v[layer], self.index, k, v)
         return ck[self.select, :, :self.span], cv[self.select, :, :self.span]
 
     def attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -132,19 +125,12 @@ class DecodeStep:
     after the first value that differs, so a growing span does not recompile."""
 
     def __init__(self, ks: list[torch.Tensor], vs: list[torch.Tensor], positions: torch.Tensor, span: int):
-        B = positions.shape[0]
-        _, kv_heads, max_len, _ = ks[0].shape
-        self.ks, self.vs, self.B, self.span = ks, vs, B, span
-        self.mask = (torch.arange(span, device=positions.device) <= positions[:, :, None])[:, None]
-        heads = torch.arange(kv_heads, device=positions.device)
-        slots = torch.arange(B, device=positions.device)
-        self.index = (slots[:, None, None] * kv_heads + heads) * max_len + positions[:, :, None]
+        self.ks, self.vs, self.B, self.span = ks, vs, positions.shape[0], span
+        self.mask = _visible(span, positions)
+        self.index = _cache_rows(ks[0], torch.arange(self.B, device=positions.device), positions)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ck, cv = self.ks[layer], self.vs[layer]
-        D = ck.shape[-1]
-        ck.view(-1, D).index_put_((self.index,), k.to(ck.dtype))
-        cv.view(-1, D).index_put_((self.index,), v.to(cv.dtype))
+        ck, cv = _write_kv(self.ks[layer], self.vs[layer], self.index, k, v)
         return ck[:self.B, :, :self.span], cv[:self.B, :, :self.span]
 
     def attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -160,6 +146,28 @@ class DecodeStep:
         e = (scores - scores.amax(-1, keepdim=True)).exp()
         out = (e[..., None] * values[:, :, None].float()).sum(-2) / e.sum(-1)[..., None]  # [B, KV, H // KV, D]
         return out.to(q.dtype).reshape(B, H, 1, D)
+
+
+def _visible(span: int, positions: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, span]: True where a query at `positions` [B, T] may see the key at that position."""
+    return (torch.arange(span, device=positions.device) <= positions[:, :, None])[:, None]
+
+
+def _cache_rows(cache_layer: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Row of every new key in a layer's cache [slots, kv_heads, max_len, D] seen as [slots * kv_heads *
+    max_len, D]: index [B, T, kv_heads] (like k's first dims), so one index_put_ writes them all."""
+    _, kv_heads, max_len, _ = cache_layer.shape
+    heads = torch.arange(kv_heads, device=positions.device)
+    return (slots[:, None, None] * kv_heads + heads) * max_len + positions[:, :, None]
+
+
+def _write_kv(ck: torch.Tensor, cv: torch.Tensor, index: torch.Tensor, k: torch.Tensor,
+              v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write k/v [B, T, kv_heads, D] into one layer's cache tensors at `index` (_cache_rows); returns them."""
+    D = ck.shape[-1]
+    ck.view(-1, D).index_put_((index,), k.to(ck.dtype))
+    cv.view(-1, D).index_put_((index,), v.to(cv.dtype))
+    return ck, cv
 
 
 def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
