@@ -4,9 +4,9 @@
     python scripts/nano_copy_loss.py --synthetic   # can the nano architecture learn a lookup at all?
 
 The first feeds each task's teacher trace to the model (20 held-out level-1 instances, seed 0) and
-averages the loss of the trace tokens that are a place or person name (which the trace copies from
-the prompt) and of digit tokens; a model that does not look names up pays about log(16), a uniform
-guess among the task's 16 names. The second trains a fresh model of nano's sizes on "find the marker,
+averages the loss (and how often the model's top token is the right one) over the trace tokens that
+are a place or person name (which the trace copies from the prompt) and over digit tokens; a model
+that does not look names up pays about log(16), a uniform guess among the task's 16 names. The second trains a fresh model of nano's sizes on "find the marker,
 copy the token after it" over 60 tokens and prints accuracy as it learns.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import torch
 
 
-def copy_loss(model_dir: str, n: int = 20) -> None:
+def copy_loss(model_dir: str, tasks: list[str], n: int = 20) -> None:
     from phi4r import load
     from phi4r.tasks import get_task
     from phi4r.tasks.calendar import NAMES
@@ -26,9 +26,11 @@ def copy_loss(model_dir: str, n: int = 20) -> None:
     from phi4r.train.data import encode_conversation
 
     model, tok = load(model_dir, dtype="float32")
-    for task_name, names in (("spatialmap", PLACES), ("calendar", NAMES), ("arithmetic", None)):
+    for task_name in tasks:
+        names = {"spatialmap": PLACES, "calendar": NAMES}.get(task_name)
         task = get_task(task_name)
-        name_nll, digit_nll = [], []
+        nll: dict[str, list[float]] = {"names": [], "digits": []}
+        hits: dict[str, list[bool]] = {"names": [], "digits": []}
         for inst in task.generate(n, 0, difficulty=1):
             messages = [{"role": "user", "content": inst.prompt}, {"role": "assistant", "content": task.teacher(inst)}]
             ex = encode_conversation(tok, messages)
@@ -36,15 +38,16 @@ def copy_loss(model_dir: str, n: int = 20) -> None:
                 logp = torch.log_softmax(model(torch.tensor([ex.ids]))[0].float(), -1)
             for t in range(1, len(ex.ids)):
                 if ex.mask[t]:
-                    piece, nll = tok.decode([ex.ids[t]]).strip(), -logp[t - 1, ex.ids[t]].item()
-                    if names and piece in names:
-                        name_nll.append(nll)
-                    elif piece.isdigit():
-                        digit_nll.append(nll)
-        line = f"{task_name}: digits {sum(digit_nll) / len(digit_nll):.2f} nats ({len(digit_nll)} tokens)"
+                    piece = tok.decode([ex.ids[t]]).strip()
+                    kind = "names" if names and piece in names else "digits" if piece.isdigit() else None
+                    if kind:
+                        nll[kind].append(-logp[t - 1, ex.ids[t]].item())
+                        hits[kind].append(int(logp[t - 1].argmax()) == ex.ids[t])
+        parts = [f"{kind} {sum(v) / len(v):.2f} nats, argmax right {100 * sum(hits[kind]) / len(v):.0f}% ({len(v)} tokens)"
+                 for kind, v in nll.items() if v]
+        line = f"{task_name}: " + "; ".join(parts)
         if names:
-            line += (f", names {sum(name_nll) / len(name_nll):.2f} nats ({len(name_nll)} tokens; "
-                     f"uniform over {len(names)} names: {math.log(len(names)):.2f})")
+            line += f" (a uniform guess among {len(names)} names: {math.log(len(names)):.2f} nats)"
         print(line, flush=True)
 
 
@@ -87,12 +90,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", nargs="?", help="a Hugging Face directory (e.g. runs/nano/sft3/final)")
     p.add_argument("--synthetic", action="store_true", help="train the synthetic lookup task instead")
+    p.add_argument("--tasks", default="spatialmap,calendar,arithmetic", help="tasks to probe [spatialmap,calendar,arithmetic]")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.synthetic:
         synthetic()
     elif args.model:
-        copy_loss(args.model)
+        copy_loss(args.model, args.tasks.split(","))
     else:
         p.error("give MODEL or --synthetic")
 
