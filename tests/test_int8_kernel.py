@@ -27,12 +27,13 @@ def reference(x, q, scales):
     return x.double() @ (q.double() * scales.double()[:, None]).T
 
 
-# N and K: below, at and above the kernel's tiles (8/4/2 channels, 16/64 k values), with tails.
-SHAPES = [(45, 83), (64, 1024), (17, 200), (130, 96), (8, 64), (3, 1)]
+# N and K: below, at and above the kernel's tiles (8/4/2 channels, 16/64 k values), with tails; K
+# above 2048 takes the many-row path without the converted-weight buffer.
+SHAPES = [(45, 83), (64, 1024), (17, 200), (130, 96), (8, 64), (3, 1), (21, 2113)]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 16, 33])
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 9, 16, 33, 64])
 def test_kernel_matches_reference(kernel, rows, dtype):
     gen = torch.Generator().manual_seed(rows)
     for n, k in SHAPES:

@@ -8,16 +8,23 @@
 //           bf16 subnormals, |x| < 1.2e-38, as zero);
 //   fp32 x: 16 weights -> vpmovsxbd + vcvtdq2ps -> vfmadd231ps.
 // Register blocking: a tile of NR output channels x MR rows keeps MR * NR accumulators (one 16-lane
-// vector per dot product, reduced at the end), so each converted weight vector serves all MR rows
-// and each x vector all NR channels. Decode at batch 1 streams the weights once (bandwidth-bound:
-// ~25 GB/s on one Zen 4 core); from a few rows on it is compute-bound (the weights are converted
-// once per 8 rows). Threads split the output channels (at::parallel_for: torch's thread count).
+// vector per dot product, reduced at the end by one shuffle tree for all of them), so each converted
+// weight vector serves all MR rows and each x vector all NR channels. bf16 x is copied once per call
+// into a block-major layout (per 64 k: all rows), so a tile addresses its rows at constant offsets
+// from one pointer: with a pointer per row GCC ran out of registers and reloaded x for every channel.
+// Decode at batch 1 streams the weights once (bandwidth-bound: ~25 GB/s on one Zen 4 core); from a
+// few rows on it is compute-bound. Beyond 8 rows (bf16) each tile's weights are converted once into
+// an L1 buffer that every group of 8 rows reads (tile_buf), rather than converted again per group.
+// Threads split the output channels (at::parallel_for: torch's thread count).
 //
 // Built by phi4r/kernels/int8.py with -O3 -march=native on the machine that runs it (AVX-512F/BW/VL
 // and AVX512-BF16 required; the loader checks the CPU flags before compiling).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+
+#include <cstdlib>
+#include <memory>
 
 namespace {
 
@@ -60,8 +67,9 @@ inline void cvt64_bf16(__m512i q, const Tables& t, __m512i sign, __m512bh& w0, _
   w1 = (__m512bh)_mm512_unpackhi_epi8(lo, hi);
 }
 
-// x rows -> bf16 rows of Kp = K rounded up to 64, each 64-block reordered as [w0's k | w1's k] and
-// zero-padded, so that the weights' K tail needs only a masked weight load.
+// x rows -> bf16 of Kp = K rounded up to 64 per row, each 64-block reordered as [w0's k | w1's k] and
+// zero-padded, so that the weights' K tail needs only a masked weight load; stored block-major:
+// out[(k / 64) * M * 64 + m * 64 + j] (a tile's rows at constant offsets, one pointer per step).
 void permute_x(const at::BFloat16* x, int64_t M, int64_t K, int64_t Kp, at::BFloat16* out) {
   const __m512i idx0 = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13), idx1 = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
   for (int64_t m = 0; m < M; ++m) {
@@ -71,13 +79,28 @@ void permute_x(const at::BFloat16* x, int64_t M, int64_t K, int64_t Kp, at::BFlo
       const __mmask32 v0 = n >= 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1);
       const __mmask32 v1 = n >= 64 ? ~__mmask32(0) : n <= 32 ? 0 : __mmask32((1u << (n - 32)) - 1);
       const __m512i a = _mm512_maskz_loadu_epi16(v0, src), b = _mm512_maskz_loadu_epi16(v1, src + 32);
-      _mm512_storeu_si512(out + m * Kp + k, _mm512_permutex2var_epi64(a, idx0, b));
-      _mm512_storeu_si512(out + m * Kp + k + 32, _mm512_permutex2var_epi64(a, idx1, b));
+      at::BFloat16* dst = out + k * M + m * 64;  // block k / 64 of all rows, then row m
+      _mm512_storeu_si512(dst, _mm512_permutex2var_epi64(a, idx0, b));
+      _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi64(a, idx1, b));
     }
   }
 }
 
-// ---- one tile: MR rows of x (stride ldx) times NR weight rows (stride K) -> y (stride ldy)
+// The horizontal sums of 16 accumulators -> out[0..16), by a tree of shuffles and adds
+// that sums 16 vectors in 45 instructions (one _mm512_reduce_add_ps each would take ~10).
+__attribute__((always_inline)) inline void reduce16(const __m512 (&a)[16], float* out) {
+  __m512 b[8], c[4], d[2];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [v0+v2, w0+w2, v1+v3, w1+w3] of v = a[2i], w = a[2i+1]
+    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)  // per 128-bit lane: the partial sums of a[4i .. 4i+3]
+    c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44), _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
+  for (int i = 0; i < 2; ++i)  // 128-bit lanes: c[2i] lanes 0+1, 2+3, c[2i+1] lanes 0+1, 2+3
+    d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88), _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
+  _mm512_store_ps(out, _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], 0x88), _mm512_shuffle_f32x4(d[0], d[1], 0xDD)));
+}
+
+// ---- one tile: MR rows of x times NR weight rows (stride K) -> y (stride ldy). x: fp32 rows of stride
+// ldx; bf16 permuted and block-major (permute_x), ldx = M * 64 between 64-blocks, row m at m * 64.
 
 template <typename T, int MR, int NR>
 void tile(const T* x, int64_t ldx, const int8_t* w, int64_t K, const float* scale, T* y, int64_t ldy,
@@ -107,7 +130,7 @@ void tile(const T* x, int64_t ldx, const int8_t* w, int64_t K, const float* scal
         cvt64_bf16(tail ? _mm512_maskz_loadu_epi8(valid, wp) : _mm512_loadu_si512(wp), t, sign, w0[n], w1[n]);
       }
       for (int m = 0; m < MR; ++m) {
-        const at::BFloat16* xp = x + m * ldx + k;  // permuted, padded rows: always 64 readable values
+        const at::BFloat16* xp = x + (k >> 6) * ldx + m * 64;  // permuted, padded: always 64 readable values
         const __m512bh x0 = (__m512bh)_mm512_loadu_si512(xp), x1 = (__m512bh)_mm512_loadu_si512(xp + 32);
         for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[m][n], x0, w0[n]), x1, w1[n]);
       }
@@ -118,7 +141,7 @@ void tile(const T* x, int64_t ldx, const int8_t* w, int64_t K, const float* scal
       if constexpr (BF16) {  // one row: one channel at a time (8 channels' weights would not fit in registers)
         __m512bh w0, w1;
         cvt64_bf16(tail ? _mm512_maskz_loadu_epi8(valid, wp) : _mm512_loadu_si512(wp), t, sign, w0, w1);
-        const at::BFloat16* xp = x + k;
+        const at::BFloat16* xp = x + (k >> 6) * ldx;
         acc[0][n] = _mm512_dpbf16_ps(acc[0][n], (__m512bh)_mm512_loadu_si512(xp), w0);
         acc[0][n] = _mm512_dpbf16_ps(acc[0][n], (__m512bh)_mm512_loadu_si512(xp + 32), w1);
       } else {
@@ -135,8 +158,73 @@ void tile(const T* x, int64_t ldx, const int8_t* w, int64_t K, const float* scal
   for (; k + STEP <= K; k += STEP) step(k, false, 0);
   if (k < K) step(k, true, (uint64_t(1) << (K - k)) - 1);
 
+  alignas(64) float sums[16];
+  __m512 all[16];
+  for (int i = 0; i < 16; ++i) all[i] = i < MR * NR ? acc[i / NR][i % NR] : _mm512_setzero_ps();
+  reduce16(all, sums);
   for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) y[m * ldy + n] = T(_mm512_reduce_add_ps(acc[m][n]) * scale[n]);
+    for (int n = 0; n < NR; ++n) y[m * ldy + n] = T(sums[m * NR + n] * scale[n]);
+}
+
+// ---- many rows (bf16 x, M > MAX_MR): convert a tile's weights once into an L1 buffer of bf16
+// ([k block][NR channels][64]), then run every group of MAX_MR rows over the buffer, instead of
+// converting the weights again for each group (6 vector instructions per 64 weights, against the 16
+// vdpbf16ps that use them in a group of 8 rows).
+
+template <int NR>
+void convert_tile(const int8_t* w, int64_t K, at::BFloat16* wb, const Tables& tables) {
+  const Tables t = tables;
+  const __m512i sign = _mm512_set1_epi8(char(0x80));
+  const char* next = reinterpret_cast<const char*>(w) + NR * K;  // prefetch the next tile, as tile() does
+  for (int64_t k = 0; k < K; k += 64) {
+    for (int64_t b = k * NR; b < (k + 64) * NR; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
+    const uint64_t valid = K - k >= 64 ? ~uint64_t(0) : (uint64_t(1) << (K - k)) - 1;
+    for (int n = 0; n < NR; ++n) {
+      const int8_t* wp = w + n * K + k;
+      __m512bh w0, w1;
+      cvt64_bf16(K - k >= 64 ? _mm512_loadu_si512(wp) : _mm512_maskz_loadu_epi8(valid, wp), t, sign, w0, w1);
+      at::BFloat16* dst = wb + (k >> 6) * NR * 64 + n * 64;
+      _mm512_store_si512(dst, (__m512i)w0);
+      _mm512_store_si512(dst + 32, (__m512i)w1);
+    }
+  }
+}
+
+template <int MR, int NR>
+void tile_buf(const at::BFloat16* x, int64_t ldx, const at::BFloat16* wb, int64_t blocks, const float* scale,
+              at::BFloat16* y, int64_t ldy) {
+  __m512 acc[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_ps();
+  for (int64_t kb = 0; kb < blocks; ++kb) {
+    __m512bh w0[NR], w1[NR];
+    for (int n = 0; n < NR; ++n) {
+      w0[n] = (__m512bh)_mm512_load_si512(wb + (kb * NR + n) * 64);
+      w1[n] = (__m512bh)_mm512_load_si512(wb + (kb * NR + n) * 64 + 32);
+    }
+    for (int m = 0; m < MR; ++m) {
+      const at::BFloat16* xp = x + kb * ldx + m * 64;
+      const __m512bh x0 = (__m512bh)_mm512_loadu_si512(xp), x1 = (__m512bh)_mm512_loadu_si512(xp + 32);
+      for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[m][n], x0, w0[n]), x1, w1[n]);
+    }
+  }
+  alignas(64) float sums[16];
+  __m512 all[16];
+  for (int i = 0; i < 16; ++i) all[i] = i < MR * NR ? acc[i / NR][i % NR] : _mm512_setzero_ps();
+  reduce16(all, sums);
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) y[m * ldy + n] = at::BFloat16(sums[m * NR + n] * scale[n]);
+}
+
+template <int NR>
+void tile_buf_rows(int mr, const at::BFloat16* x, int64_t ldx, const at::BFloat16* wb, int64_t blocks,
+                   const float* s, at::BFloat16* y, int64_t ldy) {
+  switch (mr) {
+#define PHI4R_CASE(R) case R: if constexpr (R * NR <= 16) return tile_buf<R, NR>(x, ldx, wb, blocks, s, y, ldy); break;
+    PHI4R_CASE(1) PHI4R_CASE(2) PHI4R_CASE(3) PHI4R_CASE(4) PHI4R_CASE(5) PHI4R_CASE(6) PHI4R_CASE(7) PHI4R_CASE(8)
+#undef PHI4R_CASE
+  }
+  TORCH_CHECK(false, "int8_linear: no buffered tile for ", mr, " rows x ", NR, " channels");
 }
 
 constexpr int MAX_MR = 8;  // rows per pass: more would need more than 16 accumulators at NR = 2
@@ -156,17 +244,35 @@ void tile_rows(int mr, const T* x, int64_t ldx, const int8_t* w, int64_t K, cons
   TORCH_CHECK(false, "int8_linear: no tile for ", mr, " rows x ", NR, " channels");
 }
 
-// Channels [n0, n1) for all M rows (x rows of stride ldx), in tiles of NR channels (the last ones one
+// Channels [n0, n1) for all M rows (x as in tile()), in tiles of NR channels (the last ones one
 // channel at a time). s[i] is the scale of channel n0 + i.
 template <typename T, int NR>
 void channels(int64_t n0, int64_t n1, const T* x, int64_t ldx, int64_t M, int64_t K, const int8_t* w,
               const float* s, T* y, int64_t N, const Tables& t) {
+  constexpr bool BF16 = std::is_same_v<T, at::BFloat16>;
+  // Not for long rows: at K = 3584 (the MLP's down projection) converting twice measured faster.
+  const bool buffered = BF16 && M > MAX_MR && K <= 2048;
+  const int64_t blocks = (K + 63) / 64;
+  std::unique_ptr<at::BFloat16, decltype(&std::free)> wbuf(
+      buffered ? static_cast<at::BFloat16*>(std::aligned_alloc(64, NR * blocks * 64 * sizeof(at::BFloat16))) : nullptr,
+      &std::free);
   for (int64_t n = n0; n < n1;) {
     const bool full = n + NR <= n1;
+    if constexpr (BF16) {
+      if (buffered && full) {
+        convert_tile<NR>(w + n * K, K, wbuf.get(), t);
+        for (int64_t m = 0; m < M; m += MAX_MR)
+          tile_buf_rows<NR>(int(std::min<int64_t>(MAX_MR, M - m)), x + m * 64, ldx, wbuf.get(), blocks,
+                            s + (n - n0), y + m * N + n, N);
+        n += NR;
+        continue;
+      }
+    }
     for (int64_t m = 0; m < M; m += MAX_MR) {
       const int mr = int(std::min<int64_t>(MAX_MR, M - m));
-      if (full) tile_rows<T, NR>(mr, x + m * ldx, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t);
-      else tile_rows<T, 1>(mr, x + m * ldx, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t);
+      const T* xm = std::is_same_v<T, at::BFloat16> ? x + m * 64 : x + m * ldx;
+      if (full) tile_rows<T, NR>(mr, xm, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t);
+      else tile_rows<T, 1>(mr, xm, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t);
     }
     n += full ? NR : 1;
   }
@@ -220,7 +326,7 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& weight, c
     const int64_t Kp = (K + 63) / 64 * 64;
     auto xp = torch::empty({M, Kp}, x.options());  // x in the order of the converted weights
     permute_x(x.data_ptr<at::BFloat16>(), M, K, Kp, xp.data_ptr<at::BFloat16>());
-    run(xp.data_ptr<at::BFloat16>(), Kp, M, K, weight.data_ptr<int8_t>(), scales, y.data_ptr<at::BFloat16>(), N);
+    run(xp.data_ptr<at::BFloat16>(), M * 64, M, K, weight.data_ptr<int8_t>(), scales, y.data_ptr<at::BFloat16>(), N);
   } else {
     TORCH_CHECK(x.scalar_type() == at::kFloat, "int8_linear: x must be bf16 or fp32");
     run(x.data_ptr<float>(), K, M, K, weight.data_ptr<int8_t>(), scales, y.data_ptr<float>(), N);
