@@ -6,8 +6,9 @@
 The first feeds each task's teacher trace to the model (20 held-out level-1 instances, seed 0) and
 averages the loss (and how often the model's top token is the right one) over the trace tokens that
 are a place or person name (which the trace copies from the prompt) and over digit tokens; a model
-that does not look names up pays about log(16), a uniform guess among the task's 16 names. The second trains a fresh model of nano's sizes on "find the marker,
-copy the token after it" over 60 tokens and prints accuracy as it learns.
+that does not look names up pays about log(16), a uniform guess among the task's 16 names. The
+second trains a fresh model of nano's sizes on "find the marker, copy the token after it" over 60
+tokens and prints accuracy as it learns.
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@
 
 #include <cstdlib>
 #include <memory>
+#include <type_traits>
 
 namespace {
 
@@ -99,6 +100,17 @@ __attribute__((always_inline)) inline void reduce16(const __m512 (&a)[16], float
   _mm512_store_ps(out, _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], 0x88), _mm512_shuffle_f32x4(d[0], d[1], 0xDD)));
 }
 
+// A tile's MR x NR accumulators -> y (stride ldy): summed, scaled per channel, in y's dtype.
+template <typename T, int MR, int NR>
+__attribute__((always_inline)) inline void store_tile(const __m512 (&acc)[MR][NR], const float* scale, T* y, int64_t ldy) {
+  alignas(64) float sums[16];
+  __m512 all[16];
+  for (int i = 0; i < 16; ++i) all[i] = i < MR * NR ? acc[i / NR][i % NR] : _mm512_setzero_ps();
+  reduce16(all, sums);
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) y[m * ldy + n] = T(sums[m * NR + n] * scale[n]);
+}
+
 // ---- one tile: MR rows of x times NR weight rows (stride K) -> y (stride ldy). x: fp32 rows of stride
 // ldx; bf16 permuted and block-major (permute_x), ldx = M * 64 between 64-blocks, row m at m * 64.
 
@@ -158,12 +170,7 @@ void tile(const T* x, int64_t ldx, const int8_t* w, int64_t K, const float* scal
   for (; k + STEP <= K; k += STEP) step(k, false, 0);
   if (k < K) step(k, true, (uint64_t(1) << (K - k)) - 1);
 
-  alignas(64) float sums[16];
-  __m512 all[16];
-  for (int i = 0; i < 16; ++i) all[i] = i < MR * NR ? acc[i / NR][i % NR] : _mm512_setzero_ps();
-  reduce16(all, sums);
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) y[m * ldy + n] = T(sums[m * NR + n] * scale[n]);
+  store_tile<T, MR, NR>(acc, scale, y, ldy);
 }
 
 // ---- many rows (bf16 x, M > MAX_MR): convert a tile's weights once into an L1 buffer of bf16
@@ -208,23 +215,7 @@ void tile_buf(const at::BFloat16* x, int64_t ldx, const at::BFloat16* wb, int64_
       for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[m][n], x0, w0[n]), x1, w1[n]);
     }
   }
-  alignas(64) float sums[16];
-  __m512 all[16];
-  for (int i = 0; i < 16; ++i) all[i] = i < MR * NR ? acc[i / NR][i % NR] : _mm512_setzero_ps();
-  reduce16(all, sums);
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) y[m * ldy + n] = at::BFloat16(sums[m * NR + n] * scale[n]);
-}
-
-template <int NR>
-void tile_buf_rows(int mr, const at::BFloat16* x, int64_t ldx, const at::BFloat16* wb, int64_t blocks,
-                   const float* s, at::BFloat16* y, int64_t ldy) {
-  switch (mr) {
-#define PHI4R_CASE(R) case R: if constexpr (R * NR <= 16) return tile_buf<R, NR>(x, ldx, wb, blocks, s, y, ldy); break;
-    PHI4R_CASE(1) PHI4R_CASE(2) PHI4R_CASE(3) PHI4R_CASE(4) PHI4R_CASE(5) PHI4R_CASE(6) PHI4R_CASE(7) PHI4R_CASE(8)
-#undef PHI4R_CASE
-  }
-  TORCH_CHECK(false, "int8_linear: no buffered tile for ", mr, " rows x ", NR, " channels");
+  store_tile<at::BFloat16, MR, NR>(acc, scale, y, ldy);
 }
 
 constexpr int MAX_MR = 8;  // rows per pass: more would need more than 16 accumulators at NR = 2
@@ -233,11 +224,12 @@ constexpr int MAX_MR = 8;  // rows per pass: more would need more than 16 accumu
 // multiply-add latency at small M, few enough (<= 16) to stay in the 32 vector registers.
 inline int channels_per_tile(int64_t M) { return M == 1 ? 8 : M <= 4 ? 4 : 2; }
 
-template <typename T, int NR>
-void tile_rows(int mr, const T* x, int64_t ldx, const int8_t* w, int64_t K, const float* s, T* y, int64_t ldy,
-               const Tables& t) {
+// Calls f(std::integral_constant<int, mr>) for a run-time row count mr (1..MAX_MR), so that each
+// tile kind is instantiated for every row count whose MR x NR accumulators fit in registers.
+template <int NR, typename F>
+void for_rows(int mr, F&& f) {
   switch (mr) {
-#define PHI4R_CASE(R) case R: if constexpr (R * NR <= 16) return tile<T, R, NR>(x, ldx, w, K, s, y, ldy, t); break;
+#define PHI4R_CASE(R) case R: if constexpr (R * NR <= 16) return f(std::integral_constant<int, R>{}); break;
     PHI4R_CASE(1) PHI4R_CASE(2) PHI4R_CASE(3) PHI4R_CASE(4) PHI4R_CASE(5) PHI4R_CASE(6) PHI4R_CASE(7) PHI4R_CASE(8)
 #undef PHI4R_CASE
   }
@@ -262,17 +254,18 @@ void channels(int64_t n0, int64_t n1, const T* x, int64_t ldx, int64_t M, int64_
       if (buffered && full) {
         convert_tile<NR>(w + n * K, K, wbuf.get(), t);
         for (int64_t m = 0; m < M; m += MAX_MR)
-          tile_buf_rows<NR>(int(std::min<int64_t>(MAX_MR, M - m)), x + m * 64, ldx, wbuf.get(), blocks,
-                            s + (n - n0), y + m * N + n, N);
+          for_rows<NR>(int(std::min<int64_t>(MAX_MR, M - m)), [&](auto R) {
+            tile_buf<decltype(R)::value, NR>(x + m * 64, ldx, wbuf.get(), blocks, s + (n - n0), y + m * N + n, N);
+          });
         n += NR;
         continue;
       }
     }
     for (int64_t m = 0; m < M; m += MAX_MR) {
       const int mr = int(std::min<int64_t>(MAX_MR, M - m));
-      const T* xm = std::is_same_v<T, at::BFloat16> ? x + m * 64 : x + m * ldx;
-      if (full) tile_rows<T, NR>(mr, xm, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t);
-      else tile_rows<T, 1>(mr, xm, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t);
+      const T* xm = BF16 ? x + m * 64 : x + m * ldx;  // bf16 x is block-major (permute_x)
+      if (full) for_rows<NR>(mr, [&](auto R) { tile<T, decltype(R)::value, NR>(xm, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t); });
+      else for_rows<1>(mr, [&](auto R) { tile<T, decltype(R)::value, 1>(xm, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t); });
     }
     n += full ? NR : 1;
   }
