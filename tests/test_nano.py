@@ -58,7 +58,7 @@ def test_transformers_loads_it_with_phi4r_logits():
 def test_readme_prompt_thinks_and_answers():
     from phi4r import LLM, SamplingParams
 
-    # The README's first command: `phi4r chat "What is 7 + 5?"`.
+    # The README's first command: `phi4r chat --temperature 0 "What is 7 + 5?"`.
     out = LLM().chat([{"role": "user", "content": "What is 7 + 5?"}],
                      SamplingParams(temperature=0, max_tokens=64), use_tqdm=False)[0].outputs[0]
     assert out.reasoning and "7 + 5 = 12" in out.reasoning

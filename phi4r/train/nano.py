@@ -72,7 +72,7 @@ EVAL = {"arithmetic": ([1, 2, 3, 4], 50), "spatialmap": ([1, 2], 50), "calendar"
 RUNS = 5
 EVAL_MAX_TOKENS = 512
 
-NANO_README_PROMPT = "What is 7 + 5?"  # the README's first command: phi4r chat "What is 7 + 5?"
+NANO_README_PROMPT = "What is 7 + 5?"  # the README's first command: phi4r chat --temperature 0 "What is 7 + 5?"
 
 
 def log(msg: str) -> None:
