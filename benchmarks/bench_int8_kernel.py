@@ -18,11 +18,10 @@ it: `taskset -c 1 python benchmarks/bench_int8_kernel.py --threads 1 --rows 1,16
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import median_time  # benchmarks/timing.py: run as scripts, this folder is on sys.path
 
 SHAPES = {"qkv": (1536, 1024), "o": (1024, 1024), "gate_up": (7168, 1024), "down": (1024, 3584), "lm_head": (32000, 1024)}
 LAYERS = 14
@@ -34,17 +33,6 @@ def _copies(n: int, k: int, total: int = 256 * 2**20) -> list[tuple[torch.Tensor
             for _ in range(count)]
 
 
-def _time(fn, args_list, reps: int) -> float:
-    """Median seconds of one call, cycling through args_list."""
-    for a in args_list[:2]:
-        fn(*a)
-    times = []
-    for i in range(reps):
-        a = args_list[i % len(args_list)]
-        start = time.perf_counter()
-        fn(*a)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def load_baseline(path: str):
@@ -84,7 +72,7 @@ def main() -> None:
     pack_mm = torch.ops.aten._weight_int8pack_mm
     rows_list = [int(r) for r in args.rows.split(",")]
     big = torch.ones(128 * 2**20)  # the same measure as bench_engine's roofline: sum of 512 MB
-    read = min(_time(big.sum, [()], 1) for _ in range(5))
+    read = min(median_time(big.sum, [()], 1) for _ in range(5))
     print(f"torch threads {torch.get_num_threads()}; memory read bandwidth {big.nbytes / read / 1e9:.1f} GB/s")
     del big
 
@@ -96,7 +84,7 @@ def main() -> None:
         res = []
         for fn, dtype in ((kernel, torch.bfloat16), (kernel, torch.float32), (pack_mm, torch.bfloat16)):
             x = torch.randn(1, k).to(dtype)
-            sec = _time(fn, [(x, q, s) for q, s in weights[name]], 200)
+            sec = median_time(fn, [(x, q, s) for q, s in weights[name]], 200)
             res.append(n * k / sec / 1e9)
         print(f"| {name} | {n}x{k} | {res[0]:.1f} | {res[1]:.1f} | {res[2]:.1f} |")
 
@@ -125,7 +113,7 @@ def main() -> None:
                 for q, s in step_weights:
                     fn(xs[q.shape[1]], q, s)
             step()
-            return min(_time(step, [()], 5), 1e9) * 1e3
+            return min(median_time(step, [()], 5), 1e9) * 1e3
         if baseline is None:
             t = [step_time(fn) for fn in (kernel, pack_mm, dequant)]
             print(f"| {rows} | {t[0]:.1f} | {t[1]:.1f} | {t[2]:.1f} | {total_bytes / t[0] / 1e6:.1f}"

@@ -23,6 +23,8 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "simd.h"
+
 #include <cstdlib>
 #include <memory>
 #include <type_traits>
@@ -87,26 +89,13 @@ void permute_x(const at::BFloat16* x, int64_t M, int64_t K, int64_t Kp, at::BFlo
   }
 }
 
-// The horizontal sums of 16 accumulators -> out[0..16), by a tree of shuffles and adds
-// that sums 16 vectors in 45 instructions (one _mm512_reduce_add_ps each would take ~10).
-__attribute__((always_inline)) inline void reduce16(const __m512 (&a)[16], float* out) {
-  __m512 b[8], c[4], d[2];
-  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [v0+v2, w0+w2, v1+v3, w1+w3] of v = a[2i], w = a[2i+1]
-    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
-  for (int i = 0; i < 4; ++i)  // per 128-bit lane: the partial sums of a[4i .. 4i+3]
-    c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44), _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
-  for (int i = 0; i < 2; ++i)  // 128-bit lanes: c[2i] lanes 0+1, 2+3, c[2i+1] lanes 0+1, 2+3
-    d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88), _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
-  _mm512_store_ps(out, _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], 0x88), _mm512_shuffle_f32x4(d[0], d[1], 0xDD)));
-}
-
 // A tile's MR x NR accumulators -> y (stride ldy): summed, scaled per channel, in y's dtype.
 template <typename T, int MR, int NR>
 __attribute__((always_inline)) inline void store_tile(const __m512 (&acc)[MR][NR], const float* scale, T* y, int64_t ldy) {
   alignas(64) float sums[16];
   __m512 all[16];
   for (int i = 0; i < 16; ++i) all[i] = i < MR * NR ? acc[i / NR][i % NR] : _mm512_setzero_ps();
-  reduce16(all, sums);
+  _mm512_store_ps(sums, phi4r::reduce16(all));
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NR; ++n) y[m * ldy + n] = T(sums[m * NR + n] * scale[n]);
 }
