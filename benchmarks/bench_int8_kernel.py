@@ -50,6 +50,7 @@ def load_baseline(path: str):
     out = Path(tempfile.gettempdir()) / f"{name}.cpp"
     out.write_text(src)
     return cpp_extension.load(name=name, sources=[str(out)], extra_cflags=["-O3", "-march=native", "-std=c++17", "-fopenmp"],
+                              extra_include_paths=[str(Path(__file__).resolve().parents[1] / "phi4r" / "kernels")],  # simd.h
                               extra_ldflags=["-fopenmp"], verbose=False).int8_linear
 
 
