@@ -41,13 +41,7 @@ _state: dict = {}  # "fn": the kernel or None once decided
 
 def kernel():
     """The checked kernel function, or None (decided once per process)."""
-    if "fn" not in _state:
-        with _lock:
-            if "fn" not in _state:
-                fn = _load()
-                _state["op"] = None if fn is None else build.register_fake("decode_attention", _fake, "attention kernel")
-                _state["fn"] = fn
-    return _state["fn"]
+    return build.decide(_state, _lock, _load, "decode_attention", _fake, "attention kernel")
 
 
 def ready():

@@ -77,6 +77,18 @@ def build(name: str, source: Path, required: tuple[str, ...], what: str, fallbac
 _FAKES: set[str] = set()
 
 
+def decide(state: dict, lock, load, name: str, fake, what: str):
+    """The kernel function a loader module keeps in `state` ("fn", and "op": its dispatcher op
+    `torch.ops.phi4r.<name>`): `load()` once per process under `lock`, then the same answer (or None)."""
+    if "fn" not in state:
+        with lock:
+            if "fn" not in state:
+                fn = load()
+                state["op"] = None if fn is None else register_fake(name, fake, what)
+                state["fn"] = fn
+    return state["fn"]
+
+
 def register_fake(name: str, fake, what: str):
     """The dispatcher op `torch.ops.phi4r.<name>` with `fake` as its shape function (for torch.compile's
     graphs, which cannot call a pybind function), or None (logged) when the build has no such op."""

@@ -38,13 +38,7 @@ _state: dict = {}  # "fn": the kernel or None once decided
 
 def linear():
     """The checked kernel function, or None (decided once per process)."""
-    if "fn" not in _state:
-        with _lock:
-            if "fn" not in _state:
-                fn = _load()
-                _state["op"] = build.register_fake("int8_linear", _fake, "int8 kernel") if fn is not None else None
-                _state["fn"] = fn
-    return _state["fn"]
+    return build.decide(_state, _lock, _load, "int8_linear", _fake, "int8 kernel")
 
 
 def op():
