@@ -6,8 +6,9 @@
 
 On a Phi-4-shaped checkpoint of about 250M parameters (head_dim 128, 4 query heads per KV head,
 SwiGLU, untied lm_head; made once and cached, see `make_bench_checkpoint`), for each dtype (fp32,
-bf16, int8 weight-only) and batch size, it measures prefill and decode tokens/s and peak memory of
-phi4r's engine and of transformers (fp32 and bf16; int8 is compared with transformers bf16). Both
+bf16, int8 weight-only, w8a8: int8 weights and per-token int8 activations) and batch size, it
+measures prefill and decode tokens/s and peak memory of phi4r's engine and of transformers (fp32 and
+bf16; int8 and w8a8 are compared with transformers bf16). Both
 decode greedily and exactly --new-tokens tokens (`ignore_eos` / `min_new_tokens`) from the same
 random prompts of --prompt-len tokens. Every measurement runs in its own subprocess, so peak memory
 is its own and the two libraries never share a process.
@@ -19,7 +20,8 @@ Roofline: decoding reads every linear weight once per step (plus each sequence's
 memory-bound tokens/s = batch * bandwidth / (weight bytes + batch * KV bytes); large batches become
 compute-bound: tokens/s = GEMM FLOP/s / (2 * linear params + attention FLOPs). The roofline is the
 lower of the two, from read bandwidth and GEMM FLOP/s measured at the start of the same run (int8 is
-given the bf16 GEMM rate: its large-batch path dequantizes to bf16).
+given the bf16 GEMM rate: its large-batch path dequantizes to bf16; w8a8 the int8 x int8 -> int32 rate
+of torch._int_mm, and int8 weight bytes plus a bf16 scale and an int32 weight sum per channel).
 """
 from __future__ import annotations
 
@@ -37,8 +39,11 @@ from pathlib import Path
 # Phi-4-reasoning's proportions at about 250M parameters.
 BENCH_SHAPE = {"hidden_size": 1024, "intermediate_size": 3584, "num_hidden_layers": 14, "num_attention_heads": 8,
                "num_key_value_heads": 2, "vocab_size": 32000, "max_position_embeddings": 4096, "rope_theta": 500000.0}
-DTYPES = {"fp32": ("float32", None), "bf16": ("bfloat16", None), "int8": ("bfloat16", "int8")}
-HF_BASELINE = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16"}  # transformers has no CPU int8 to compare with
+DTYPES = {"fp32": ("float32", None), "bf16": ("bfloat16", None), "int8": ("bfloat16", "int8"),
+          "w8a8": ("bfloat16", "w8a8")}
+QUANTIZED = ("int8", "w8a8")
+# transformers has no CPU int8 to compare with
+HF_BASELINE = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16", "w8a8": "bf16"}
 WARMUP_LEN = 16
 DEFAULT_CHECKPOINT = Path(tempfile.gettempdir()) / "phi4r-bench-250m"
 
@@ -47,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                    help=f"checkpoint to run; made with the benchmark shape if missing [{DEFAULT_CHECKPOINT}]")
     p.add_argument("--batches", type=_ints, default=[1, 4, 16, 64], help="batch sizes [1,4,16,64]")
-    p.add_argument("--dtypes", type=_names, default=list(DTYPES), help="fp32,bf16,int8 [all]")
+    p.add_argument("--dtypes", type=_names, default=list(DTYPES), help="fp32,bf16,int8,w8a8 [all]")
     p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per sequence [128]")
     p.add_argument("--new-tokens", type=int, default=64, help="decode steps timed per sequence [64]")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per measurement; the best counts [1]")
@@ -88,13 +93,14 @@ def run(args) -> int:
     print(f"Checkpoint {path}: {model['params'] / 1e6:.1f}M parameters ({model['linear_params'] / 1e6:.1f}M in linear "
           f"layers). Machine: {machine['cpus']} CPUs, {machine['threads']} torch threads, memory read bandwidth "
           f"{machine['read_gbps']:.1f} GB/s (copy {machine['copy_gbps']:.1f}), GEMM {machine['gflops']['fp32']:.0f} "
-          f"GFLOP/s fp32 / {machine['gflops']['bf16']:.0f} bf16. Prompts of {args.prompt_len} tokens, "
+          f"GFLOP/s fp32 / {machine['gflops']['bf16']:.0f} bf16 / {machine['gflops']['w8a8']:.0f} int8 x int8 (GOP/s). "
+          f"Prompts of {args.prompt_len} tokens, "
           f"{args.new_tokens} decode steps timed.{' phi4r decodes through torch.compile.' if args.compile else ''}\n",
           flush=True)
     rows = []
     for dtype in args.dtypes:
         for batch in args.batches:
-            engines = ["phi4r"] + (["transformers"] if args.transformers and dtype != "int8" else [])
+            engines = ["phi4r"] + (["transformers"] if args.transformers and dtype not in QUANTIZED else [])
             for engine in engines:  # back to back, so both see the same machine load
                 spec = {"engine": engine, "dtype": dtype, "batch": batch, "path": str(path),
                         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
@@ -157,6 +163,8 @@ def machine_facts(threads: int | None) -> dict:
         a, b = torch.randn(2048, 1024, dtype=dtype), torch.randn(1024, 4096, dtype=dtype)
         gflops[name] = 2 * 2048 * 1024 * 4096 / min(_timed(torch.mm, a, b) for _ in range(5)) / 1e9
     gflops["int8"] = gflops["bf16"]
+    a, b = torch.randint(-127, 128, (2048, 1024), dtype=torch.int8), torch.randint(-127, 128, (1024, 4096), dtype=torch.int8)
+    gflops["w8a8"] = 2 * 2048 * 1024 * 4096 / min(_timed(torch._int_mm, a, b) for _ in range(5)) / 1e9
     return {"read_gbps": x.nbytes / read / 1e9, "copy_gbps": 2 * x.nbytes / copy / 1e9, "gflops": gflops,
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "loadavg_start": loadavg}
 
@@ -173,9 +181,11 @@ def _timed(fn, *args) -> float:
 
 def roofline(model: dict, machine: dict, row: dict) -> float:
     """Upper bound on decode tokens/s for this row: min(memory-bound, compute-bound)."""
-    weight_bytes = {"fp32": 4, "bf16": 2, "int8": 1}[row["dtype"]] * model["linear_params"]
-    if row["dtype"] == "int8":
+    weight_bytes = {"fp32": 4, "bf16": 2, "int8": 1, "w8a8": 1}[row["dtype"]] * model["linear_params"]
+    if row["dtype"] in QUANTIZED:
         weight_bytes += 2 * model["linear_rows"]  # one bf16 scale per output channel
+    if row["dtype"] == "w8a8":
+        weight_bytes += 4 * model["linear_rows"]  # and an int32 weight sum (the kernel's compensation)
     kv_elem = 4 if row["dtype"] == "fp32" else 2
     context = row["prompt_len"] + row["new_tokens"] / 2  # mean over the timed steps
     kv_bytes = 2 * model["layers"] * model["kv_width"] * kv_elem * context
@@ -320,7 +330,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         base = hf.get((HF_BASELINE[r["dtype"]], r["batch"])) if r["engine"] == "phi4r" else None
-        vs = f" (vs {HF_BASELINE[r['dtype']]})" if base and r["dtype"] == "int8" else ""
+        vs = f" (vs {HF_BASELINE[r['dtype']]})" if base and r["dtype"] in QUANTIZED else ""
         prefill, decode = (f"{r[k] / base[k]:.2f}x{vs}" if base else "" for k in ("prefill_tok_s", "decode_tok_s"))
         lines.append(f"| {r['engine']} | {r['dtype']} | {r['batch']} | {r['prefill_tok_s']:.0f} | "
                      f"{r['decode_tok_s']:.1f} | {r['peak_mb']:.0f} | {prefill} | {decode} | "
@@ -335,13 +345,15 @@ def check_targets(rows: list[dict]) -> list[str]:
     roof = {(r["engine"], r["dtype"], r["batch"]): r["roofline_tok_s"] for r in rows}
     ratios = [(f"batch-1 decode {d}: phi4r / transformers", ("phi4r", d, 1), ("transformers", d, 1), 1.5)
               for d in ("fp32", "bf16")]
-    ratios.append(("batch-1 decode int8: phi4r / transformers bf16", ("phi4r", "int8", 1), ("transformers", "bf16", 1), 2.5))
+    ratios += [(f"batch-1 decode {d}: phi4r / transformers bf16", ("phi4r", d, 1), ("transformers", "bf16", 1), 2.5)
+               for d in QUANTIZED]
     ratios += [(f"aggregate decode {d}: phi4r batch 16 / batch 1", ("phi4r", d, 16), ("phi4r", d, 1), 6.0) for d in DTYPES]
     verdicts = [_verdict(name, decode[a] / decode[b], target) for name, a, b, target in ratios
                 if a in decode and b in decode]
-    if ("phi4r", "int8", 1) in decode:
-        key = ("phi4r", "int8", 1)
-        verdicts.append(_verdict("batch-1 decode int8: phi4r / roofline", decode[key] / roof[key], 0.7))
+    for d in QUANTIZED:
+        key = ("phi4r", d, 1)
+        if key in decode:
+            verdicts.append(_verdict(f"batch-1 decode {d}: phi4r / roofline", decode[key] / roof[key], 0.7))
     return verdicts
 
 

@@ -39,8 +39,10 @@ class LLM:
                  compile: bool | None = None):
         """Load a Hugging Face checkpoint directory ("nano": the model shipped with phi4r).
 
-        quantization="int8": weight-only int8 linear layers (phi4r.quant); activations then default to
-        bf16, the dtype the CPU int8 kernel is fast in. seed: makes unseeded requests reproducible.
+        quantization="int8": weight-only int8 linear layers (phi4r.quant); "w8a8": int8 weights and
+        activations quantized per token (phi4r.quant.W8A8Linear: faster batched decode, a little less
+        accurate); with either, activations default to bf16, the dtype the CPU int8 kernels are fast in.
+        seed: makes unseeded requests reproducible.
         threads: torch's CPU threads (process-wide, `torch.set_num_threads`); None leaves torch's
         setting alone, except for models under SMALL_MODEL parameters, which get one thread.
         prepack: on CPU, keep a oneDNN-prepacked copy of the float linear weights (phi4r.fastlinear;
@@ -52,22 +54,24 @@ class LLM:
         import torch
 
         from . import fastlinear
-        from .quant import quantize_int8
+        from .quant import quantize_int8, quantize_w8a8
         from .tokenizer import Tokenizer
 
         if threads:
             torch.set_num_threads(threads)
 
-        if quantization not in (None, "int8"):
-            raise ValueError(f"quantization must be None or 'int8', got {quantization!r}")
+        if quantization not in (None, "int8", "w8a8"):
+            raise ValueError(f"quantization must be None, 'int8' or 'w8a8', got {quantization!r}")
         path = resolve_model_path(model)
-        if quantization == "int8" and dtype is None:
+        if quantization in ("int8", "w8a8") and dtype is None:
             dtype = "bfloat16"
         net, _ = load_model(path, dtype=dtype, device=device or "cpu")
         if not threads and net.num_parameters() < SMALL_MODEL:  # counted before int8 turns weights into buffers
             torch.set_num_threads(1)
         if quantization == "int8":
             quantize_int8(net)
+        elif quantization == "w8a8":
+            quantize_w8a8(net)
         if net.device.type == "cpu":
             net.eval()  # loaded for inference only (from_model leaves a training loop's module alone)
             if prepack or (prepack is None and fastlinear.fits(net)):

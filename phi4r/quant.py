@@ -1,17 +1,31 @@
-"""Weight-only int8 quantization for CPU decoding (gpt-fast's scheme).
+"""int8 quantization for CPU decoding: weight-only (gpt-fast's scheme) or W8A8 (vLLM's int8 scheme).
 
 Each nn.Linear (lm_head included; embeddings stay as they are: a lookup reads one row) becomes an
-`Int8Linear`: int8 weights plus one scale per output channel, w ~= q * scale, q in [-127, 127]. The
-buffers are `weight` (int8, [out, in], row-major as before: no repacking) and `scales` (bf16, [out]).
-Decoding reads a quarter of the fp32 bytes. Activations are not quantized.
+`Int8Linear` (`quantize_int8`) or a `W8A8Linear` (`quantize_w8a8`). Both quantize the weights the same
+way: int8 plus one scale per output channel, w ~= q * scale, q in [-127, 127], scales bf16 [out].
+Decoding reads a quarter of the fp32 bytes.
 
-The matmul, for CPU activations in bf16 or fp32 and up to KERNEL_MAX_ROWS rows (decode), is
-phi4r's own AVX-512 kernel (phi4r/kernels: compiled on first use, ~30 s once per machine; checked
-against the float reference; PHI4R_INT8_KERNEL=0 turns it off). It converts the int8 weights
-exactly and accumulates in fp32 (bf16 activations: vdpbf16ps; fp32: FMA), returns x's dtype, and
-streams the weights at the memory bandwidth at batch 1 (~3x `_weight_int8pack_mm`). Otherwise
-(no kernel on this CPU, more rows, autograd) it is PyTorch's `aten._weight_int8pack_mm` for bf16 and
-few rows, or dequantize to bf16 + one GEMM; these compute in bf16 and return the activation dtype.
+Int8Linear (weight-only): buffers `weight` (int8, [out, in], row-major as before: no repacking) and
+`scales`. Activations are not quantized. The matmul, for CPU activations in bf16 or fp32 and up to
+KERNEL_MAX_ROWS rows (decode), is phi4r's own AVX-512 kernel (phi4r/kernels: compiled on first use,
+~30 s once per machine; checked against the float reference; PHI4R_INT8_KERNEL=0 turns it off). It
+converts the int8 weights exactly and accumulates in fp32 (bf16 activations: vdpbf16ps; fp32: FMA),
+returns x's dtype, and streams the weights at the memory bandwidth at batch 1 (~3x
+`_weight_int8pack_mm`). Otherwise (no kernel on this CPU, more rows, autograd) it is PyTorch's
+`aten._weight_int8pack_mm` for bf16 and few rows, or dequantize to bf16 + one GEMM; these compute in
+bf16 and return the activation dtype.
+
+W8A8Linear: the activations are quantized too, dynamically, per row (per token), symmetric: row scale
+amax(|row|) / 127 (phi4r.kernels.w8a8.quantize_rows). The product of int8 activations and weights is
+exact in int32, then y = acc * row_scale * channel_scale (fp32) in the activation dtype. Buffers:
+`weight` (int8 in the kernel's layout [ceil(out / 64), ceil(in / 4), 64, 4], phi4r.kernels.w8a8.pack),
+`comp` (int32, 128 * each channel's weight sum, which the kernel's unsigned activations need) and
+`scales`. For CPU activations in bf16 or fp32 (any number of rows: W8A8_KERNEL_MAX_ROWS) it runs phi4r's
+AVX-512 VNNI kernel (vpdpbusd: int8 products at twice vdpbf16ps' rate, so batched decode, which is
+compute-bound, runs up to ~2x faster than Int8Linear; PHI4R_W8A8_KERNEL=0 turns it off); otherwise
+the same numbers in torch (`w8a8_reference`: the rows quantized alike, `torch._int_mm`, or float64
+products where that is missing: exact either way, then the same fp32 scaling). The activation
+quantization costs accuracy that weight-only int8 does not lose, most with outlier features.
 """
 from __future__ import annotations
 
@@ -20,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import int8 as int8_kernel
+from .kernels import w8a8 as w8a8_kernel
 
 # Rows (tokens in the batch) up to which torch's int8 kernel beats dequantize + GEMM on this CPU. Measured on
 # the benchmark checkpoint's linears, one thread, ms per step: rows 1: 29.9 vs 81.9, 4: 39.1 vs 84.8,
@@ -30,16 +45,32 @@ PACKED_MAX_ROWS = 8
 KERNEL_MAX_ROWS = 64
 _KERNEL_DTYPES = (torch.bfloat16, torch.float32)
 _KERNEL = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+# Rows up to which W8A8Linear uses phi4r's W8A8 kernel (None: any; more: w8a8_reference). The kernel
+# beat w8a8_reference (torch._int_mm, which also needs the weights unpacked: +unpack) at every row count
+# measured, one thread, ms, gate_up 7168x1024: rows 32: 1.45 vs 2.69 (+unpack 9.46), 64: 2.40 vs 3.55
+# (11.39), 128: 4.76 vs 6.62 (13.95), 512: 21.4 vs 31.0 (37.4); down 1024x3584, 512 rows: 11.6 vs 14.4
+# (16.9). So prefills (a whole prompt's rows) take it too.
+W8A8_KERNEL_MAX_ROWS: int | None = None
+
+
+def per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int8 [out, in] in [-127, 127], scales bf16 [out]) with weight ~= q * scales[:, None]."""
+    w = weight.detach().float()
+    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    return torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8), scales.to(torch.bfloat16)
+
+
+def _kernel_scales(scales: torch.Tensor) -> torch.Tensor:
+    return scales if scales.dtype in _KERNEL_DTYPES else scales.float()  # after .half()
 
 
 class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor):
         super().__init__()
-        w = weight.detach().float()
-        scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
-        self.out_features, self.in_features = w.shape
-        self.register_buffer("weight", torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scales", scales.to(torch.bfloat16))
+        self.out_features, self.in_features = weight.shape
+        q, scales = per_channel_int8(weight)
+        self.register_buffer("weight", q)
+        self.register_buffer("scales", scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Decode's hot path: as few Python steps as possible (the kernel takes [..., K] as it is).
@@ -48,10 +79,7 @@ class Int8Linear(nn.Module):
             # torch.compile's graphs call the kernel through the dispatcher (an opaque op in the graph).
             kernel = int8_kernel.op() if torch.compiler.is_compiling() else int8_kernel.linear()
             if kernel is not None:
-                scales = self.scales
-                if scales.dtype not in _KERNEL_DTYPES:  # after .half()
-                    scales = scales.float()
-                return kernel(x.contiguous(), self.weight, scales)
+                return kernel(x.contiguous(), self.weight, _kernel_scales(self.scales))
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
         # (torch 2.13's _weight_int8pack_mm crashes (SIGSEGV) when in_features is not a multiple of 32.)
         if _KERNEL is not None and rows.shape[0] <= PACKED_MAX_ROWS and self.in_features % 32 == 0:
@@ -64,6 +92,51 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+class W8A8Linear(nn.Module):
+    """W8A8: int8 weights per output channel (as Int8Linear's) and int8 activations per row, int32 products."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        q, scales = per_channel_int8(weight)
+        packed, comp = w8a8_kernel.pack(q)
+        self.register_buffer("weight", packed)  # the kernel's layout; int8_weight() is [out, in]
+        self.register_buffer("comp", comp)
+        self.register_buffer("scales", scales)
+
+    def int8_weight(self) -> torch.Tensor:
+        """The int8 weights [out, in] (a copy out of the packed layout)."""
+        return w8a8_kernel.unpack(self.weight, self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu  # the kernel has no backward
+                and (W8A8_KERNEL_MAX_ROWS is None or x.numel() <= W8A8_KERNEL_MAX_ROWS * self.in_features)):
+            # torch.compile's graphs call the kernel through the dispatcher (an opaque op in the graph).
+            kernel = w8a8_kernel.op() if torch.compiler.is_compiling() else w8a8_kernel.linear()
+            if kernel is not None:
+                return kernel(x.contiguous(), self.weight, self.comp, _kernel_scales(self.scales))
+        return w8a8_reference(x, self.int8_weight(), self.scales)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, w8a8"
+
+
+def w8a8_reference(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The W8A8 kernel's numbers in torch: x [..., K] quantized per row (quantize_rows), times the int8
+    weights q [N, K] exactly (int32), then (acc * row_scale) * scales in fp32, returned in x's dtype."""
+    xq, xs = w8a8_kernel.quantize_rows(x.reshape(-1, q.shape[1]))
+    acc = None
+    if q.shape[1] > 1:  # (torch 2.13's _int_mm on CPU returns garbage for K = 1: q.T's strides are (1, 1))
+        try:
+            acc = torch._int_mm(xq, q.T)  # int32, exact (oneDNN on CPU: ~300 GOP/s at 64+ rows)
+        except (AttributeError, RuntimeError, NotImplementedError):  # no such op, or a device/shape it lacks
+            pass
+    if acc is None:
+        acc = xq.double() @ q.double().T  # exact too: |sums| < 2^53
+    y = acc.float() * xs * scales.float()
+    return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear of `model` in place by an Int8Linear; returns the model."""
     _replace(model)
@@ -72,9 +145,17 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return model
 
 
-def _replace(model: nn.Module) -> None:
+def quantize_w8a8(model: nn.Module) -> nn.Module:
+    """Replace every bias-free nn.Linear of `model` in place by a W8A8Linear; returns the model."""
+    _replace(model, W8A8Linear)
+    if any(isinstance(m, W8A8Linear) and m.weight.device.type == "cpu" for m in model.modules()):
+        w8a8_kernel.linear()  # compile (first time on this machine) and check the kernel now, not mid-request
+    return model
+
+
+def _replace(model: nn.Module, cls: type[nn.Module] = Int8Linear) -> None:
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Linear) and child.bias is None:
-            setattr(model, name, Int8Linear(child.weight))
+            setattr(model, name, cls(child.weight))
         else:
-            _replace(child)
+            _replace(child, cls)

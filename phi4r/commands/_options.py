@@ -14,8 +14,10 @@ SMALL_MODEL = 100 * 10**6
 
 def add_model_args(p) -> None:
     p.add_argument("--model", default="nano", help="'nano' (the shipped model) or a checkpoint directory [nano]")
-    p.add_argument("--dtype", help="float32, bfloat16 or float16 [the checkpoint's; bfloat16 with int8]")
-    p.add_argument("--quantization", choices=["int8"], help="weight-only int8 linear layers (faster decoding)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 [the checkpoint's; bfloat16 with int8/w8a8]")
+    p.add_argument("--quantization", choices=["int8", "w8a8"],
+                   help="int8: weight-only int8 linear layers (faster decoding); w8a8: int8 weights and per-token "
+                        "int8 activations (faster batched decoding, slightly less accurate)")
     p.add_argument("--threads", type=int, help=f"torch CPU threads [1 for models under {SMALL_MODEL // 10**6}M "
                                                "parameters, else one per core]; fewer is faster on a busy machine")
     p.add_argument("--compile", action="store_true", default=None,

@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--retries", type=int, default=5, help="endpoint retries of a transient failure [5]")
     p.add_argument("--timeout", type=float, default=3600.0, help="endpoint seconds per request [3600]")
     p.add_argument("--dtype", help="local model dtype [the checkpoint's]")
-    p.add_argument("--quantization", choices=["int8"], help="local model weight-only quantization")
+    p.add_argument("--quantization", choices=["int8", "w8a8"],
+                   help="local model quantization: int8 weight-only, or w8a8 (int8 weights and activations)")
     p.add_argument("--max-num-seqs", type=int, default=16, help="local engine samples in flight [16]")
     p.add_argument("--max-model-len", type=int, help="local engine context [the model's]")
     p.add_argument("--no-plots", action="store_true")

@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-body-bytes", type=int, default=defaults.MAX_BODY_BYTES,
                    help=f"largest request body; larger ones get 413 [{defaults.MAX_BODY_BYTES}]")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 [the checkpoint's]")
-    p.add_argument("--quantization", choices=["int8"], help="weight-only int8 linear layers")
+    p.add_argument("--quantization", choices=["int8", "w8a8"],
+                   help="int8: weight-only int8 linear layers; w8a8: int8 weights and per-token int8 activations")
     p.add_argument("--threads", type=int, help="torch CPU threads [1 for models under 100M parameters, else torch's "
                                                "default, one per core]; fewer is "
                                                "faster on a machine busy with other work")

@@ -102,7 +102,7 @@ class LocalBackend:
         where = self.llm.model_path or "in-memory model"
         # Everything that changes the samples, so a resumed run cannot mix engines.
         self.name = (f"local:{where} ({str(self.llm.model.dtype).removeprefix('torch.')}"
-                     f"{', int8' if quantization else ''}, max_num_seqs={self.block}, max_model_len={engine.max_model_len})")
+                     f"{', ' + quantization if quantization else ''}, max_num_seqs={self.block}, max_model_len={engine.max_model_len})")
         self.system_prompt = self.llm.tokenizer.system_prompt
 
     def sampling_defaults(self) -> dict:

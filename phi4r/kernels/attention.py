@@ -82,17 +82,8 @@ def _fake(q, k, v, lengths, scale):
 
 
 def _load():
-    if os.environ.get("PHI4R_ATTENTION_KERNEL", "1") == "0":
-        return None
-    module = build.build(NAME, SOURCE, REQUIRED_FLAGS, "attention kernel", FALLBACK)
-    if module is None:
-        return None
-    fn = module.decode_attention
-    problem = _probe(fn)
-    if problem:
-        log.warning("phi4r attention kernel: %s; %s", problem, FALLBACK)
-        return None
-    return fn
+    return build.load_checked(
+        "PHI4R_ATTENTION_KERNEL", NAME, SOURCE, REQUIRED_FLAGS, "attention kernel", FALLBACK, "decode_attention", _probe)
 
 
 def reference(q, k, v, lengths, scale):

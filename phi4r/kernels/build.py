@@ -77,6 +77,23 @@ def build(name: str, source: Path, required: tuple[str, ...], what: str, fallbac
 _FAKES: set[str] = set()
 
 
+def load_checked(env_var: str, name: str, source: Path, required: tuple[str, ...], what: str, fallback: str,
+                 function: str, probe):
+    """The built module's `function`, checked by `probe(fn)` (None, or what is wrong); None when
+    `env_var`=0 turns the kernel off, it cannot be built here, or the probe finds a problem (logged)."""
+    if os.environ.get(env_var, "1") == "0":
+        return None
+    module = build(name, source, required, what, fallback)
+    if module is None:
+        return None
+    fn = getattr(module, function)
+    problem = probe(fn)
+    if problem:
+        log.warning("phi4r %s: %s; %s", what, problem, fallback)
+        return None
+    return fn
+
+
 def decide(state: dict, lock, load, name: str, fake, what: str):
     """The kernel function a loader module keeps in `state` ("fn", and "op": its dispatcher op
     `torch.ops.phi4r.<name>`): `load()` once per process under `lock`, then the same answer (or None)."""

@@ -17,16 +17,12 @@ Built by build.py on first use (about half a minute; cached per CPU afterwards).
 """
 from __future__ import annotations
 
-import logging
-import os
 import threading
 from pathlib import Path
 
 import torch
 
 from . import build
-
-log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("int8_linear.cpp")
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_bf16")  # vbmi: vpermt2b
@@ -52,17 +48,8 @@ def _fake(x, weight, scales):
 
 
 def _load():
-    if os.environ.get("PHI4R_INT8_KERNEL", "1") == "0":
-        return None
-    module = build.build("phi4r_int8_linear", SOURCE, REQUIRED_FLAGS, "int8 kernel", FALLBACK)
-    if module is None:
-        return None
-    fn = module.int8_linear
-    problem = _probe(fn)
-    if problem:
-        log.warning("phi4r int8 kernel: %s; %s", problem, FALLBACK)
-        return None
-    return fn
+    return build.load_checked(
+        "PHI4R_INT8_KERNEL", "phi4r_int8_linear", SOURCE, REQUIRED_FLAGS, "int8 kernel", FALLBACK, "int8_linear", _probe)
 
 
 def _probe(fn) -> str | None:

@@ -1,0 +1,112 @@
+"""Loader of the W8A8 int8 linear kernel (w8a8_linear.cpp): compiled on first use, checked, or None.
+
+`linear()` returns the kernel's function `w8a8_linear(x, packed, comp, scales)`, or None when it cannot
+be used here, with one logged warning saying why:
+
+- PHI4R_W8A8_KERNEL=0 in the environment (no warning: asked for);
+- not a Linux x86 CPU with AVX-512F/BW/VL and AVX512-VNNI (read from /proc/cpuinfo);
+- compiling fails (torch.utils.cpp_extension with ninja and a C++17 compiler);
+- a numerical probe against the reference disagrees.
+
+The kernel: x [..., K] bf16 or fp32 contiguous; `packed, comp = pack(q)` from int8 weights q [N, K] in
+[-127, 127]; scales [N] (fp32 or bf16, per output channel). It quantizes each row of x to int8
+(`quantize_rows`: symmetric, scale amax / 127), multiplies in int32 (vpdpbusd) and returns
+(xq @ q^T) * row_scale * scales in x's dtype, [..., N].
+
+The build also registers the kernel as the dispatcher op `torch.ops.phi4r.w8a8_linear` (`op()`), with
+a shape function, so a torch.compile graph (the engine's compiled decode step) calls it without a
+graph break. Built by build.py on first use (about half a minute; cached per CPU afterwards).
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+
+from . import build
+
+SOURCE = Path(__file__).with_name("w8a8_linear.cpp")
+REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
+FALLBACK = "using the slower torch W8A8 path"
+TILE = 64  # output channels per packed tile (the kernel's 4 x 16 int32 lanes)
+
+_lock = threading.Lock()
+_state: dict = {}  # "fn": the kernel or None once decided
+
+
+def linear():
+    """The checked kernel function, or None (decided once per process)."""
+    return build.decide(_state, _lock, _load, "w8a8_linear", _fake, "W8A8 kernel")
+
+
+def op():
+    """The same kernel as the dispatcher op `torch.ops.phi4r.w8a8_linear` (for torch.compile's graphs),
+    or None; valid after `linear()` returned the kernel."""
+    return _state.get("op")
+
+
+def _fake(x, packed, comp, scales):
+    return x.new_empty((*x.shape[:-1], scales.shape[0]))
+
+
+# ---- the kernel's weight layout and the scheme's activation quantization (pure torch, any device)
+
+def pack(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 weights q [N, K] -> (packed [Np / 64, ceil(K / 4), 64, 4] int8, comp [Np] int32), N padded
+    to Np (a multiple of 64) and K to a multiple of 4 with zeros; comp[n] = 128 * sum_k q[n, k] (the
+    kernel's activations are xq + 128, unsigned, for vpdpbusd)."""
+    n, k = q.shape
+    n_pad, k4 = -(-n // TILE) * TILE, -(-k // 4)
+    w = torch.zeros(n_pad, 4 * k4, dtype=torch.int8, device=q.device)
+    w[:n, :k] = q
+    packed = w.view(n_pad // TILE, TILE, k4, 4).permute(0, 2, 1, 3).contiguous()
+    return packed, 128 * w.sum(dim=1, dtype=torch.int32)
+
+
+def unpack(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """`pack`'s inverse: the int8 weights [n, k]."""
+    tiles, k4 = packed.shape[:2]
+    return packed.permute(0, 2, 1, 3).reshape(tiles * TILE, 4 * k4)[:n, :k]
+
+
+def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [M, K] -> (int8 [M, K], fp32 scales [M, 1]) as the kernel does: scale = amax(|row|) / 127,
+    q = round_half_even(row * (127 / amax)) clamped to [-127, 127]; a zero row: scale 0, q 0. Both
+    quotients are tensor / tensor (correctly rounded fp32 division, as in the C++; `127 / t` would be
+    127 * reciprocal(t), another rounding)."""
+    rows = rows.float()
+    amax = rows.abs().amax(dim=1, keepdim=True)
+    c127 = torch.full_like(amax, 127.0)
+    inv = torch.where(amax > 0, c127 / amax, torch.zeros_like(amax))
+    q = torch.round(rows * inv).clamp(-127, 127).to(torch.int8)
+    return q, amax / c127
+
+
+def _load():
+    return build.load_checked(
+        "PHI4R_W8A8_KERNEL", "phi4r_w8a8_linear", SOURCE, REQUIRED_FLAGS, "W8A8 kernel", FALLBACK, "w8a8_linear", _probe)
+
+
+def _probe(fn) -> str | None:
+    """Compare with a float64 reference of the same scheme on shapes with N and K tails, every row-pass
+    size (1..6) and more than one pass."""
+    gen = torch.Generator().manual_seed(0)
+    for rows in (1, 3, 6, 11):
+        for dtype in (torch.bfloat16, torch.float32):
+            n, k = 75, 83  # N: one full tile of 64 and a tail; K: not a multiple of 4 nor of 16
+            q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+            scales = (torch.rand(n, generator=gen) / 100).to(torch.bfloat16)
+            x = torch.randn(rows, k, generator=gen).to(dtype)
+            xq, xs = quantize_rows(x)
+            ref = (xq.double() @ q.double().T) * xs.double() * scales.double()
+            packed, comp = pack(q)
+            try:
+                got = fn(x, packed, comp, scales)
+            except Exception as e:  # noqa: BLE001
+                return f"the probe raised {e}"
+            # The int32 products are exact: only the fp32 scaling and the output rounding remain.
+            tol = (2 ** -7 if dtype == torch.bfloat16 else 2 ** -20) * ref.abs().max().item()
+            if got.dtype != dtype or got.shape != ref.shape or (got.double() - ref).abs().max().item() > tol:
+                return f"the probe disagrees with the reference ({rows} rows, {dtype})"
+    return None
