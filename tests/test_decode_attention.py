@@ -15,14 +15,7 @@ from phi4r.sampling import SamplingParams
 from phi4r.tiny import make_checkpoint
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    _, flags = build.cpu()
-    if any(f not in flags for f in attention.REQUIRED_FLAGS):
-        pytest.skip("this CPU lacks the instructions the attention kernel needs")
-    fn = attention.kernel()
-    assert fn is not None, "the CPU supports the attention kernel but it did not build or failed its probe (see the log)"
-    return fn
+KERNEL = (attention, attention.kernel, "attention")  # the `kernel` fixture (conftest.py) builds and probes it
 
 
 def case(B, H, KV, D, lengths, dtype, seed=0, max_len=None):

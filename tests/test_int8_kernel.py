@@ -7,20 +7,13 @@ import pytest
 import torch
 
 from phi4r.api import LLM
-from phi4r.kernels import build, int8
+from phi4r.kernels import int8
 from phi4r.quant import Int8Linear
 from phi4r.sampling import SamplingParams
 from phi4r.tiny import make_checkpoint
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    _, flags = build.cpu()
-    if any(f not in flags for f in int8.REQUIRED_FLAGS):
-        pytest.skip("this CPU lacks the instructions the int8 kernel needs")
-    fn = int8.linear()
-    assert fn is not None, "the CPU supports the int8 kernel but it did not build or failed its probe (see the log)"
-    return fn
+KERNEL = (int8, int8.linear, "int8")  # the `kernel` fixture (conftest.py) builds and probes it
 
 
 def reference(x, q, scales):

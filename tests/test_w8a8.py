@@ -12,7 +12,7 @@ import torch
 from phi4r.api import LLM
 from phi4r.checkpoint import load, read_generation_config
 from phi4r.engine import Engine
-from phi4r.kernels import build, w8a8
+from phi4r.kernels import w8a8
 from phi4r.quant import Int8Linear, W8A8Linear, quantize_w8a8, w8a8_reference
 from phi4r.sampling import SamplingParams
 from phi4r.tiny import make_checkpoint
@@ -20,14 +20,7 @@ from phi4r.tiny import make_checkpoint
 PROMPTS = ["What is 12 + 7?", "The quick brown fox jumps over the lazy dog.", "abc"]
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    _, flags = build.cpu()
-    if any(f not in flags for f in w8a8.REQUIRED_FLAGS):
-        pytest.skip("this CPU lacks the instructions the W8A8 kernel needs")
-    fn = w8a8.linear()
-    assert fn is not None, "the CPU supports the W8A8 kernel but it did not build or failed its probe (see the log)"
-    return fn
+KERNEL = (w8a8, w8a8.linear, "W8A8")  # the `kernel` fixture (conftest.py) builds and probes it
 
 
 @pytest.fixture(scope="module")
