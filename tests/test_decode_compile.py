@@ -13,8 +13,9 @@ from phi4r.engine import Engine
 from phi4r.kernels import int8
 from phi4r.model import DecodeStep, _decode_attention
 from phi4r.quant import quantize_int8
-from phi4r.sampling import SamplingParams
 from phi4r.tiny import make_checkpoint
+
+from engine_runs import greedy_tokens
 
 PROMPTS = ["What is 12 + 7?", "The quick brown fox jumps over the lazy dog.", "abc",
            "def add(a, b):\n    return a + b\n", "Path 0->1->2->0, TotalDistance 17."]
@@ -39,14 +40,7 @@ def make_engine(path, dtype, compile):
 def run(engine, max_tokens):
     # Requests end at different steps and waiting ones take their slots: batch sizes 3, then 2, then 1.
     lengths = [max_tokens, max_tokens * 3 // 10, max_tokens // 2, max_tokens * 3 // 10, max_tokens * 3 // 10]
-    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in lengths]
-    ids = [engine.add_request(None, engine.tokenizer.encode(p), sp) for p, sp in zip(PROMPTS, params)]
-    done = {}
-    while engine.has_unfinished():
-        for d in engine.step():
-            if d.request is not None:
-                done[d.request_id] = d.request.outputs[0].token_ids
-    return [done[i] for i in ids]
+    return greedy_tokens(engine, PROMPTS, lengths)
 
 
 def compiles():

@@ -12,6 +12,8 @@ from phi4r.quant import Int8Linear, quantize_int8
 from phi4r.sampling import LoopGuard, SamplingParams
 from phi4r.tiny import make_checkpoint
 
+from engine_runs import run  # tests/engine_runs.py
+
 PROMPTS = ["What is 12 + 7?", "The quick brown fox jumps over the lazy dog.", "abc",
            "def add(a, b):\n    return a + b\n", "Path 0->1->2->0, TotalDistance 17.", "Über café naïve 東京"]
 
@@ -24,20 +26,6 @@ def ckpt(tmp_path_factory):
 def make_engine(path, **kw):
     model, tokenizer = load(path)
     return Engine(model, tokenizer, generation_config=read_generation_config(path), **kw)
-
-
-def run(engine, prompts, params):
-    """Final RequestOutputs (in prompt order) and every delta, by running the engine to completion."""
-    params = params if isinstance(params, list) else [params] * len(prompts)
-    ids = [engine.add_request(None, engine.tokenizer.encode(p) if isinstance(p, str) else p, sp)
-           for p, sp in zip(prompts, params)]
-    done, deltas = {}, []
-    while engine.has_unfinished():
-        for d in engine.step():
-            deltas.append(d)
-            if d.request is not None:
-                done[d.request_id] = d.request
-    return [done[i] for i in ids], deltas
 
 
 def greedy(**kw):

@@ -17,6 +17,8 @@ from phi4r.quant import Int8Linear, W8A8Linear, quantize_w8a8, w8a8_reference
 from phi4r.sampling import SamplingParams
 from phi4r.tiny import make_checkpoint
 
+from engine_runs import greedy_tokens
+
 PROMPTS = ["What is 12 + 7?", "The quick brown fox jumps over the lazy dog.", "abc"]
 
 
@@ -197,14 +199,7 @@ def test_compiled_decode_calls_the_kernel_and_equals_eager(kernel, tmp_path, cap
         return Engine(model, tokenizer, max_num_seqs=3, generation_config=read_generation_config(path), compile=compile)
 
     def run(e):
-        params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (12, 5, 8)]
-        ids = [e.add_request(None, e.tokenizer.encode(p), sp) for p, sp in zip(PROMPTS, params)]
-        done = {}
-        while e.has_unfinished():
-            for d in e.step():
-                if d.request is not None:
-                    done[d.request_id] = d.request.outputs[0].token_ids
-        return [done[i] for i in ids]
+        return greedy_tokens(e, PROMPTS, [12, 5, 8])
 
     eager = run(engine(False))
     compiled = engine(True)
