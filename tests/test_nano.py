@@ -14,11 +14,11 @@ from phi4r.checkpoint import NANO_DIR
 TEST_SEED = 7
 # (task, level) -> (instances, minimum greedy accuracy): docs/NANO.md's greedy figure minus a margin
 # for a set this small. spatialmap and calendar are not learned (docs/NANO.md says why): spatialmap's
-# floor only catches a model that stopped answering, and calendar (0-4% greedy) is checked for
+# floor only catches a model that stopped answering, and calendar (2% greedy) is checked for
 # well-formed answers only (FORMAT_ONLY), asserted for every task below.
 FLOORS = {
-    ("arithmetic", 1): (24, 0.8),
-    ("arithmetic", 2): (24, 0.5),
+    ("arithmetic", 1): (24, 0.9),
+    ("arithmetic", 2): (24, 0.65),
     ("spatialmap", 1): (24, 0.05),
     ("spatialmap", 2): (24, 0.05),
 }
@@ -73,7 +73,7 @@ def test_greedy_accuracy_on_held_out_instances():
     sizes = {key: n for key, (n, _) in FLOORS.items()} | FORMAT_ONLY
     instances = [i for (name, level), n in sizes.items() for i in get_task(name).generate(n, TEST_SEED, difficulty=level)]
     outputs = llm.chat([[{"role": "user", "content": i.prompt}] for i in instances],
-                       SamplingParams(temperature=0, max_tokens=512), use_tqdm=False)
+                       SamplingParams(temperature=0, max_tokens=768), use_tqdm=False)
     scores: dict[tuple, list[float]] = {}
     answered: dict[str, list[bool]] = {}
     for inst, out in zip(instances, outputs):

@@ -49,8 +49,9 @@ class SpatialMap(ChoiceTask):
                 break
         text, value, distractors = asked["text"], asked["value"], asked["distractors"]
         links = [(names[i], rng.choice(names[:i])) for i in range(1, n)]
-        lines = [f"The {a} is {offset_text(pos[a][0] - pos[b][0], pos[a][1] - pos[b][1])} of the {b}."
-                 for a, b in links]
+        # Numbered, so that "the next sentence" is a lookup of one number, for a reader and a model.
+        lines = [f"{i}. The {a} is {offset_text(pos[a][0] - pos[b][0], pos[a][1] - pos[b][1])} of the {b}."
+                 for i, (a, b) in enumerate(links, 1)]
         options, letter = shuffle_options(rng, value, distractors)
         prompt = (
             "A map of a town (blocks are equal steps on a grid):\n" + "\n".join(lines) + "\n"
@@ -89,27 +90,73 @@ class SpatialMap(ChoiceTask):
                 "subject": subject, "direction": d}
 
     def teacher(self, inst):
+        """Coordinates by sums, then the question, then the options one by one.
+
+        Written for a small model: every fact a step needs is either on its own line or right after
+        a name written the same way each time (`the cafe (3, 2)`), so looking it up is copying what
+        followed that name; each sum or comparison has its operands next to it."""
         ans = inst.answer
         first, ref = ans["order"][0], ans["reference"]
         coords = {first: (0, 0)}
-        steps = [f"Use coordinates (east, north) with the {first} at (0, 0)."]
-        for a, b in ans["links"]:
+        steps = [f"Coordinates (x east, y north): 0. the {first} (0, 0)."]
+        for i, (a, b) in enumerate(ans["links"], 1):
             dx = ans["positions"][a][0] - ans["positions"][b][0]
             dy = ans["positions"][a][1] - ans["positions"][b][1]
-            coords[a] = (coords[b][0] + dx, coords[b][1] + dy)
-            # The sums written out: each number is then a copy or one small addition.
-            sums = ", ".join(f"{base} {'-' if d < 0 else '+'} {abs(d)}" for base, d in zip(coords[b], (dx, dy)))
-            steps.append(f"{a}: {offset_text(dx, dy)} of the {b} {coords[b]}, so ({sums}) = {coords[a]}.")
+            (bx, by) = coords[b]
+            coords[a] = (bx + dx, by + dy)
+            steps.append(f"{i}. The {a} is {offset_text(dx, dy)} of the {b} {place(coords[b])}: "
+                         f"x {bx} {plus(dx)} = {bx + dx}, y {by} {plus(dy)} = {by + dy}, "
+                         f"so the {a} {place(coords[a])}.")
+        seen_from = f"the {ref} {place(coords[ref])}"
         if ans["question"] == "direction":
-            looked_at = [ans["subject"]]
+            subject = ans["subject"]
+            steps.append(f"From {seen_from}, the {subject} {place(coords[subject])}: "
+                         f"{compare(coords[ref], coords[subject])}.")
+            steps += check_options(ans["options"], ans["value"], str)
         elif ans["question"] == "which_object":
-            looked_at = ans["options"]
+            steps.append(f"From {seen_from}, which option is {ans['direction']}?")
+            for letter, x in zip("ABCD", ans["options"]):
+                hit = x == ans["value"]
+                steps.append(f"{letter}. the {x} {place(coords[x])}: {compare(coords[ref], coords[x])}, "
+                             f"{'yes' if hit else 'no'}.")
+                if hit:
+                    break
         else:
-            looked_at = [x for x in ans["order"] if x != ref]
-        steps.append(f"Seen from the {ref} {coords[ref]}:")
-        for x in looked_at:
-            steps.append(f"the {x} {coords[x]} is {direction(coords[ref], coords[x])}.")
-        if ans["question"] == "count":
-            steps.append(f"Places to the {ans['direction']}: {ans['value']}.")
-        steps.append(f"The answer {ans['value']} is option {ans['letter']}.")
+            steps.append(f"From {seen_from}, count the places to the {ans['direction']}:")
+            count = 0
+            for i, x in enumerate(ans["order"]):
+                if x == ref:
+                    steps.append(f"{i}. the {x}: the reference, skip.")
+                    continue
+                hit = direction(coords[ref], coords[x]) == ans["direction"]
+                count += hit
+                steps.append(f"{i}. the {x} {place(coords[x])}: {compare(coords[ref], coords[x])}, "
+                             f"{'yes' if hit else 'no'}, {count}.")
+            steps.append(f"Places to the {ans['direction']}: {count}.")
+            steps += check_options(ans["options"], ans["value"], str)
         return trace(steps, f"Final Answer: {ans['letter']}")
+
+
+def place(xy) -> str:
+    return f"({xy[0]}, {xy[1]})"
+
+
+def plus(d: int) -> str:
+    return f"{'-' if d < 0 else '+'} {abs(d)}"
+
+
+def compare(frm, to) -> str:
+    """`x 3 > 0, y 2 = 2, so east`: each axis compared, then the direction it makes."""
+    parts = [f"{axis} {b} {'>' if b > a else '<' if b < a else '='} {a}" for axis, a, b in zip("xy", frm, to)]
+    return ", ".join(parts) + f", so {direction(frm, to)}"
+
+
+def check_options(options, value, show) -> list[str]:
+    """`A. north: no.` ... up to the option equal to the answer: `C. south: yes.`"""
+    lines = []
+    for letter, option in zip("ABCD", options):
+        hit = option == value
+        lines.append(f"{letter}. {show(option)}: {'yes' if hit else 'no'}.")
+        if hit:
+            break
+    return lines

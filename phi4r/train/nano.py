@@ -8,12 +8,14 @@ Stages (each skipped when done, resumed from its newest checkpoint when interrup
 command again after a kill):
 
 1. tokenizer: a byte-level BPE (`train_bpe`) on the system prompt, prompts and teacher traces of MIX.
-2. sft: a fresh Phi-3 of SIZES, SFT on teacher traces of MIX (`phi4r.train.sft.train_sft`, OUT/sft),
-   then the curriculum PHASES continuing from it on fresh instances (OUT/sft2, OUT/sft3).
-3. grpo: GRPO from the last SFT phase on GRPO_MIX (`phi4r.train.grpo.train_grpo`, the report's reward).
-4. eval: `phi4r eval` of both models on held-out instances (seed EVAL_SEED, never trained on):
+2. warmup: a fresh Phi-3 of SIZES learns to copy random token sequences (`phi4r.train.induction`,
+   OUT/warmup): a few minutes that form the induction heads SFT needs to read facts out of a prompt.
+3. sft: SFT from the warm-up on teacher traces of MIX (`phi4r.train.sft.train_sft`, OUT/sft), then
+   the curriculum PHASES continuing from it on fresh instances (OUT/sft2, OUT/sft3).
+4. grpo: GRPO from the last SFT phase on GRPO_MIX (`phi4r.train.grpo.train_grpo`, the report's reward).
+5. eval: `phi4r eval` of both models on held-out instances (seed EVAL_SEED, never trained on):
    RUNS samples at the checkpoint's temperature 0.8, plus greedy.
-5. report: `OUT/report.md` (the SFT-vs-GRPO table), `OUT/plots/*.png` and `OUT/timings.json`.
+6. report: `OUT/report.md` (the SFT-vs-GRPO table), `OUT/plots/*.png` and `OUT/timings.json`.
 
 docs/NANO.md describes the recipe and its results.
 
@@ -39,29 +41,39 @@ SIZES = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "
          "rope_theta": 10000.0}
 VOCAB_SIZE = 1024
 
-# SFT data: task -> (difficulty levels, instances per level). Levels below the card's range. Two of
-# the card's tasks (spatialmap, calendar) next to arithmetic; maze was dropped after a run where it
-# stayed at chance: its answers need a path search the traces cannot spell out step by step.
-MIX = {"arithmetic": ([1, 2, 3, 4], 1000), "spatialmap": ([1, 2], 2000), "calendar": ([1, 2], 2000)}
+# SFT data: task -> {difficulty level: instances}. Levels below the card's range. Two of the card's
+# tasks next to arithmetic: spatialmap (its trace copies each fact right after a name, the lookup the
+# warm-up teaches) and calendar. Maze (answers need a path search) and sat3 (clauses in a five-symbol
+# alphabet the model does not learn to copy) stayed at chance in earlier runs. Arithmetic is cheap
+# (~75 tokens a conversation; batches are length-bucketed) and weighted up: at temperature 0.8 its
+# answers must be sharp, not just right under argmax.
+MIX = {"arithmetic": {1: 3000, 2: 2500, 3: 400, 4: 400}, "spatialmap": {1: 2000, 2: 2000}, "calendar": {1: 1000, 2: 1000},
+       "copy": {"spatialmap": 1000, "calendar": 500}}
+# "copy": conversations whose answer repeats a task prompt word for word (COPY_PROMPT): every answer
+# token is a lookup, which carries the warm-up's copying over to the chat format and these prompts.
+COPY_PROMPT = "Repeat this text exactly:\n\n"
 SFT_SEED_OFFSET = 1000  # training instances: seed + 1000; GRPO prompts: seed + 2000
 GRPO_SEED_OFFSET = 2000
 EVAL_SEED = 0  # held-out evaluation instances (instance ids embed the seed, so no overlap)
 TEST_SEED = 7  # tests/test_nano.py's held-out set
 
-SFT = {"learning_rate": 2e-3, "warmup_steps": 60, "weight_decay": 0.01, "adam_beta2": 0.98, "max_steps": 750, "bf16": True,
+# lr 5e-4 in phase 1, while the copying carries over from the warm-up (at 1e-3 the name lookups had
+# not formed after 700 steps; the fourth session's 5e-4 formed them in ~150); 1e-3 after. 862 steps
+# of 16 = one pass over MIX's 13,800 conversations.
+SFT = {"learning_rate": 5e-4, "warmup_steps": 30, "weight_decay": 0.01, "adam_beta2": 0.98, "max_steps": 862, "bf16": True,
        "per_device_train_batch_size": 16, "max_length": 1024, "eval_fraction": 0.01, "eval_steps": 100,
        "logging_steps": 10, "save_steps": 100, "save_total_limit": 2}
-# SFT phases 2 and 3 (a curriculum): continue from the previous phase on fresh instances, arithmetic
-# up-weighted. Phase 1 teaches the formats; copying numbers out of the prompt and the sums (what
-# arithmetic needs) emerge later, and short arithmetic sequences make cheap steps.
-MIX2 = {"arithmetic": ([1, 2, 3, 4], 1500), "spatialmap": ([1, 2], 1500), "calendar": ([1, 2], 1500)}
-MIX3 = dict(MIX2)
-SFT2 = {**SFT, "learning_rate": 1e-3, "warmup_steps": 20, "max_steps": 600}
+# SFT phases 2 and 3: continue from the previous phase on fresh instances of the same mix (the
+# lookups and sums of the traces form after the format; fresh data, not a second epoch).
+MIX2 = dict(MIX)
+MIX3 = dict(MIX)
+SFT2 = {**SFT, "learning_rate": 1e-3, "warmup_steps": 20}
 SFT3 = dict(SFT2)
 PHASES = [("sft2", MIX2, 3000, SFT2), ("sft3", MIX3, 4000, SFT3)]  # (run dir, mix, seed offset, config)
-# GRPO: the task where SFT leaves signal (accuracy between ~20% and ~80%): arithmetic's two easiest
-# levels; their completions are short, so a step of 32 prompts x G=8 takes seconds.
-GRPO_MIX = {"arithmetic": ([1, 2], 1000)}
+# GRPO: where SFT leaves signal (accuracy between ~20% and ~80%): arithmetic level 2 (level 1 is at
+# ~100% after SFT, so its groups all score 1 and carry no advantage; levels 3-4 and the card tasks are
+# near 0 or chance, so their rewards are noise); completions are short, a step takes seconds.
+GRPO_MIX = {"arithmetic": {2: 2000}}
 GRPO = {"learning_rate": 1e-4, "warmup_steps": 2, "max_steps": 60, "num_generations": 8, "num_prompts_per_step": 32,
         "per_device_train_batch_size": 64, "max_completion_length": 128, "max_prompt_length": 256,
         "temperature": 1.0, "beta": 0.0, "logging_steps": 1, "save_steps": 10, "save_total_limit": 2,
@@ -70,7 +82,7 @@ GRPO = {"learning_rate": 1e-4, "warmup_steps": 2, "max_steps": 60, "num_generati
 # Evaluation: task -> (levels, instances per level).
 EVAL = {"arithmetic": ([1, 2, 3, 4], 50), "spatialmap": ([1, 2], 50), "calendar": ([1, 2], 50)}
 RUNS = 5
-EVAL_MAX_TOKENS = 512
+EVAL_MAX_TOKENS = 768  # spatialmap's count traces run to ~560 tokens
 
 NANO_README_PROMPT = "What is 7 + 5?"  # the README's first command: phi4r chat --temperature 0 "What is 7 + 5?"
 
@@ -83,8 +95,18 @@ def log(msg: str) -> None:
 def instances(mix: dict, seed: int) -> list:
     from ..tasks import get_task
 
-    return [inst for name, (levels, n) in mix.items() for level in levels
+    return [inst for name, levels in mix.items() if name != "copy" for level, n in levels.items()
             for inst in get_task(name).generate(n, seed, difficulty=level)]
+
+
+def copy_conversations(sources: dict, seed: int) -> list[list[dict]]:
+    """task -> n: n of the task's prompts (its levels 1 and 2 in turn), answered by repeating them."""
+    from ..tasks import get_task
+
+    texts = [inst.prompt for name, n in sources.items() for level in (1, 2)
+             for inst in get_task(name).generate(n // 2, seed, difficulty=level)]
+    return [[{"role": "user", "content": COPY_PROMPT + t},
+             {"role": "assistant", "content": "<think>\nThe text, word for word.\n</think>\n\n" + t}] for t in texts]
 
 
 # A third of the arithmetic prompts are plain questions (no "Answer as" line), so a user's
@@ -101,8 +123,11 @@ def user_prompt(inst, k: int) -> str:
 def sft_conversations(seed: int, mix: dict | None = None, offset: int = SFT_SEED_OFFSET) -> list[list[dict]]:
     from ..tasks import get_task
 
-    return [[{"role": "user", "content": user_prompt(i, k)}, {"role": "assistant", "content": get_task(i.task).teacher(i)}]
-            for k, i in enumerate(instances(mix or MIX, seed + offset))]
+    mix = mix or MIX
+    # The copy prompts are other instances than the taught ones (their own seeds), same tasks.
+    return ([[{"role": "user", "content": user_prompt(i, k)}, {"role": "assistant", "content": get_task(i.task).teacher(i)}]
+             for k, i in enumerate(instances(mix, seed + offset))]
+            + copy_conversations(mix.get("copy", {}), seed + offset + 500))
 
 
 def write_jsonl(path: Path, records) -> Path:
@@ -136,23 +161,15 @@ def _resume(run_dir: Path) -> str | None:
     return "latest" if checkpointing.checkpoints(run_dir) else None
 
 
-def stage_sft(out: Path, seed: int, tok_dir: Path, overrides: dict) -> Path:
-    from .config import SFTConfig
-    from .sft import train_sft
+def stage_warmup(out: Path, seed: int, tok_dir: Path) -> Path:
+    from .induction import InductionConfig, warm_up
 
-    run_dir = out / "sft"
-    if (run_dir / "final" / "config.json").is_file():
-        log(f"sft: done ({run_dir / 'final'})")
-        return run_dir / "final"
-    sizes = out / "sizes.json"
-    sizes.write_text(json.dumps(SIZES, indent=2) + "\n")
-    data = out / "data" / "sft.jsonl"
-    if not data.is_file():
-        write_jsonl(data, ({"messages": m} for m in sft_conversations(seed)))
-    cfg = SFTConfig(output_dir=str(run_dir), init_config=str(sizes), tokenizer=str(tok_dir), data=str(data),
-                    system_prompt=SYSTEM_PROMPT, seed=seed, device="cpu", resume_from_checkpoint=_resume(run_dir),
-                    **{**SFT, **overrides})
-    return train_sft(cfg)
+    final = out / "warmup" / "final"
+    if (final / "config.json").is_file():
+        log(f"warmup: done ({final})")
+        return final
+    return warm_up(InductionConfig(output_dir=str(out / "warmup"), tokenizer=str(tok_dir), sizes=SIZES, seed=seed),
+                   log=log)
 
 
 def stage_sft_phase(out: Path, seed: int, prev_dir: Path, name: str, mix: dict, offset: int, params: dict) -> Path:
@@ -313,7 +330,7 @@ def ship(model_dir: Path, dest: Path | None = None) -> Path:
 
 
 # ---- entry points
-STAGES = ("tokenizer", "sft", "grpo", "eval", "report")
+STAGES = ("tokenizer", "warmup", "sft", "grpo", "eval", "report")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -357,15 +374,17 @@ def run(args) -> int:
         timings_file.write_text(json.dumps(timings, indent=2) + "\n")
         return result
 
-    tok_dir, sft1_dir, grpo_dir = out / "tokenizer", out / "sft" / "final", out / "grpo" / "final"
+    tok_dir, warm_dir, grpo_dir = out / "tokenizer", out / "warmup" / "final", out / "grpo" / "final"
     sft_dir = out / PHASES[-1][0] / "final"  # the SFT model: the last phase's
     sft_over = {"max_steps": args.sft_steps} if args.sft_steps else {}
     grpo_over = {"max_steps": args.grpo_steps} if args.grpo_steps else {}
     if "tokenizer" in stages:
         tok_dir = timed("tokenizer", lambda: stage_tokenizer(out, args.seed))
+    if "warmup" in stages:
+        warm_dir = timed("warmup", lambda: stage_warmup(out, args.seed, tok_dir))
     if "sft" in stages:
-        sft1_dir = timed("sft", lambda: stage_sft(out, args.seed, tok_dir, sft_over))
-        sft_dir = sft1_dir
+        sft_dir = timed("sft", lambda: stage_sft_phase(out, args.seed, warm_dir, "sft", MIX, SFT_SEED_OFFSET,
+                                                       {**SFT, **sft_over}))
         for name, mix, offset, params in PHASES:
             sft_dir = timed(name, lambda prev=sft_dir, name=name, mix=mix, offset=offset, params=params:
                             stage_sft_phase(out, args.seed, prev, name, mix, offset, params))

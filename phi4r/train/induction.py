@@ -1,0 +1,147 @@
+"""A synthetic copy warm-up that forms induction heads in a fresh model before SFT.
+
+A small model trained on teacher traces learns the traces' wording long before it learns to look a
+fact up in the prompt by content (docs/NANO.md: the nano model wrote fluent spatialmap walk-throughs
+about maps it invented). A few minutes on raw token ids that can only be predicted by copying,
+
+    [BOS] noise [SEP] x_1 .. x_L [SEP] x_1 .. x_L noise
+
+with the loss on the second copy, make the model form the two-head circuit that does it (a
+previous-token head feeding an induction head). L is drawn per sequence (4-16) and the copy starts
+at a random offset, so no fixed relative position gives the answer: a model that learns one
+offset scores 0% at every other length. The copy accuracy rises abruptly (a phase transition) after
+150-400 steps at batch 64, AdamW lr 1e-3 with a warm-up; lr 3e-3, or 2e-3 without a warm-up, never
+leave the uniform loss (docs/NANO.md, "Fourth session").
+
+`warm_up(cfg)` trains until the held-out copy accuracy passes `target` (then `extra_steps` more) or
+`max_steps`, writes `output_dir/final` (a Hugging Face directory with the tokenizer) and resumes from
+its newest checkpoint when interrupted.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint as hf
+from . import checkpointing
+from .models import fresh_model
+from .optim import clip_grad_norm, make_optimizer, set_lr
+
+
+@dataclass
+class InductionConfig:
+    output_dir: str
+    tokenizer: str
+    sizes: dict
+    seed: int = 0
+    min_len: int = 4
+    max_len: int = 16
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    bf16: bool = True
+    target: float = 0.9  # held-out copy accuracy that ends the warm-up (after extra_steps more)
+    extra_steps: int = 50
+    max_steps: int = 800
+    eval_steps: int = 20
+    save_steps: int = 100
+
+
+def copy_batch(b: int, max_len: int, min_len: int, vocab: int, bos: int, sep: int, gen: torch.Generator):
+    """ids [b, T] and the mask of the T-1 next-token targets inside the second copy (its first token
+    excluded: right after SEP the position, not the content, says where the copy starts)."""
+    T = 2 * max_len + 3 + max_len // 2
+    ids = torch.randint(0, vocab, (b, T), generator=gen)
+    ids[:, 0] = bos
+    mask = torch.zeros(b, T - 1, dtype=torch.bool)
+    lens = torch.randint(min_len, max_len + 1, (b,), generator=gen).tolist()
+    for i, n in enumerate(lens):
+        first = 1 + int(torch.randint(0, T - 2 * n - 2, (1,), generator=gen))  # position of the first SEP
+        second = first + 1 + n
+        ids[i, first] = ids[i, second] = sep
+        ids[i, second + 1: second + 1 + n] = ids[i, first + 1: first + 1 + n]
+        mask[i, second: second + n] = True  # target t predicts ids[t + 1]
+    return ids, mask
+
+
+def _logits(model, ids: torch.Tensor, bf16: bool) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return model(ids[:, :-1]).float()
+
+
+def copy_accuracy(model, ids: torch.Tensor, mask: torch.Tensor, bf16: bool) -> float:
+    """Argmax accuracy on the copied tokens (tokens 2..L of the second copy)."""
+    inner = mask.clone()
+    inner[:, 1:] &= mask[:, :-1]  # drop each copy's first target
+    inner[:, 0] = False
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        hits = _logits(model, ids, bf16).argmax(-1) == ids[:, 1:]
+    model.train(was)
+    return hits[inner].float().mean().item()
+
+
+def warm_up(cfg: InductionConfig, log=print) -> Path:
+    from ..tokenizer import Tokenizer
+
+    out = Path(cfg.output_dir)
+    final = out / "final"
+    if (final / "config.json").is_file():
+        return final
+    tok = Tokenizer.from_dir(cfg.tokenizer)
+    vocab = min(tok.bos_id, tok.eos_id, tok.pad_id)  # plain (non-special) ids come first
+    model = fresh_model(cfg.sizes, tok, cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    held = copy_batch(128, cfg.max_len, cfg.min_len, vocab, tok.bos_id, tok.eos_id, torch.Generator().manual_seed(12345))
+    step, passed = 0, None
+    resume = checkpointing.checkpoints(out)
+    if resume:
+        model.load_state_dict(hf.load(resume[-1], dtype=torch.float32)[0].state_dict())
+        state = checkpointing.load_state(resume[-1])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        step, passed = state["step"], state["passed"]
+        log(f"warm-up: resumed at step {step}")
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = (out / "metrics.jsonl").open("a")
+    started = time.time()
+    model.train()
+    while step < cfg.max_steps and (passed is None or step < passed + cfg.extra_steps):
+        set_lr(optimizer, cfg.learning_rate * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
+        ids, mask = copy_batch(cfg.batch_size, cfg.max_len, cfg.min_len, vocab, tok.bos_id, tok.eos_id, gen)
+        logp = torch.log_softmax(_logits(model, ids, cfg.bf16), -1).gather(-1, ids[:, 1:, None])[..., 0]
+        loss = -logp[mask].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_grad_norm(model, cfg.max_grad_norm)
+        optimizer.step()
+        step += 1
+        if step % cfg.eval_steps == 0:
+            acc = copy_accuracy(model, *held, cfg.bf16)
+            if passed is None and acc >= cfg.target:
+                passed = step
+            metrics.write(json.dumps({"step": step, "loss": loss.item(), "copy_accuracy": acc}) + "\n")
+            metrics.flush()
+            log(f"warm-up step {step}: loss {loss.item():.3f}, held-out copy accuracy {100 * acc:.1f}% "
+                f"({time.time() - started:.0f} s)")
+        if step % cfg.save_steps == 0:
+            checkpointing.save_checkpoint(out, step, model, tok, {"optimizer": optimizer.state_dict(),
+                                          "generator": gen.get_state(), "step": step, "passed": passed},
+                                          cfg, keep=1)
+    acc = copy_accuracy(model, *held, cfg.bf16)
+    (out / "summary.json").write_text(json.dumps({"steps": step, "passed_at": passed, "copy_accuracy": acc,
+                                                  "config": asdict(cfg)}, indent=2) + "\n")
+    if passed is None:
+        log(f"warm-up: copy accuracy {100 * acc:.1f}% after {step} steps, below the target; continuing anyway")
+    return checkpointing.save_model_dir(final, model, tok)

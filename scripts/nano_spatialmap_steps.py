@@ -1,0 +1,78 @@
+"""Which steps of a spatialmap trace has a model learned? The probe behind docs/NANO.md's sixth session.
+
+    python scripts/nano_spatialmap_steps.py MODEL_DIR [LEVEL]
+
+Feeds the teacher's trace of 40 held-out instances (seed 0) to the model and prints, per kind of
+step, how often the model's top token is right on every token of that step (teacher forcing): the
+name of the next sentence's place, the offsets copied from it, the coordinates looked up by name,
+the sums, the comparisons, the options. A step the model has not learned shows as a low figure
+even when the rest of the trace is fluent.
+"""
+import collections
+import re
+import sys
+
+import torch
+
+from phi4r import load
+from phi4r.tasks import get_task
+from phi4r.train.data import encode_conversation
+
+
+C = r"\(-?\d+, -?\d+\)"
+PAT = {
+ "line_name": r"^\d+\. The (\w+) is",
+ "offset_copy": r"^\d+\. The \w+ is (.+?) of the",
+ "base_name": r"of the (\w+) \(",
+ "base_coords": rf"of the \w+ ({C}):",
+ "x_operand": r"x (-?\d+) [+-] \d+ =",
+ "x_offset": r"x -?\d+ ([+-] \d+) =",
+ "y_offset": r"y -?\d+ ([+-] \d+) =",
+ "x_result": r"x -?\d+ [+-] \d+ = (-?\d+)",
+ "y_result": r"y -?\d+ [+-] \d+ = (-?\d+)",
+ "so_coords": rf"so the \w+ ({C})\.",
+ "ref_name": r"^From the (\w+)",
+ "ref_coords": rf"^From the \w+ ({C})",
+ "subj_name": rf"^From the \w+ {C}, the (\w+)",
+ "subj_coords": rf", the \w+ ({C}): x",
+ "opt_place": r"^[A-D]\. the (\w+) \(",
+ "opt_coords": rf"^[A-D]\. the \w+ ({C})",
+ "cnt_name": r"^\d+\. the (\w+)",
+ "cnt_coords": rf"^\d+\. the \w+ ({C})",
+ "cmp_x": r"x -?\d+ ([<>=]) -?\d+, y",
+ "cmp_y": r"y -?\d+ ([<>=]) -?\d+, so",
+ "dir_word": r", so (\w+)[.,]",
+ "yes_no": r"(yes|no)[.,]",
+ "running": r"(?:yes|no), (\d+)\.",
+ "count_total": r"^Places to the \w+: (\d+)",
+ "opt_value": r"^[A-D]\. ([^:(]+): (?:yes|no)",
+ "final_letter": r"Final Answer: ([A-D])",
+}
+
+
+def main(model_dir, level=1, n=40, seed=0):
+    model, tok = load(model_dir, dtype="float32")
+    task = get_task("spatialmap")
+    hits = collections.defaultdict(list)
+    for inst in task.generate(n, seed, difficulty=level):
+        msgs = [{"role": "user", "content": inst.prompt}, {"role": "assistant", "content": task.teacher(inst)}]
+        ex = encode_conversation(tok, msgs)
+        with torch.no_grad():
+            pred = model(torch.tensor([ex.ids]))[0].argmax(-1)
+        text, spans = "", []
+        for t in range(len(ex.ids)):
+            if ex.mask[t]:
+                piece = tok.decode([ex.ids[t]])
+                spans.append((len(text), len(text) + len(piece), t))
+                text += piece
+        for kind, pat in PAT.items():
+            for m in re.finditer(pat, text, re.M):
+                a, b = m.span(1)
+                toks = [t for (s, e, t) in spans if s < b and e > a and tok.decode([ex.ids[t]]).strip()]
+                hits[kind].append(all(int(pred[t - 1]) == ex.ids[t] for t in toks))
+    print(model_dir, "level", level)
+    print("  ".join(f"{k} {100*sum(v)/len(v):.0f}%({len(v)})" for k in PAT if (v := hits[k])))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)

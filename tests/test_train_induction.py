@@ -1,0 +1,73 @@
+"""The synthetic copy warm-up (phi4r.train.induction): its sequences can only be predicted by
+copying, and an interrupted warm-up resumes to the same model as an uninterrupted one."""
+import json
+
+import torch
+
+from phi4r.train import induction
+
+
+def test_copy_batch_layout():
+    gen = torch.Generator().manual_seed(0)
+    ids, mask = induction.copy_batch(32, 16, 4, vocab=50, bos=60, sep=61, gen=gen)
+    assert ids.shape == (32, 2 * 16 + 3 + 8) and mask.shape == (32, ids.shape[1] - 1)
+    lengths, starts = set(), set()
+    for row, m in zip(ids, mask):
+        assert row[0] == 60 and (row == 61).sum() == 2
+        first, second = (row == 61).nonzero().flatten().tolist()
+        n = second - first - 1
+        lengths.add(n)
+        starts.add(first)
+        assert 4 <= n <= 16
+        assert torch.equal(row[second + 1: second + 1 + n], row[first + 1: first + 1 + n])
+        # The loss covers exactly the predictions of the second copy's tokens.
+        assert m.nonzero().flatten().tolist() == list(range(second, second + n))
+        others = torch.cat([row[1:first], row[second + 1 + n:]])
+        assert (others < 50).all()
+    assert len(lengths) > 5 and len(starts) > 5  # no fixed length or offset to learn instead of copying
+
+
+def test_copy_accuracy_reads_only_the_copied_tokens():
+    class Oracle(torch.nn.Module):
+        """Predicts the true next token everywhere: accuracy 1. Shifted by one: 0."""
+        def __init__(self, ids, shift):
+            super().__init__()
+            self.ids, self.shift = ids, shift
+
+        def forward(self, x):
+            nxt = torch.roll(self.ids[:, 1:], self.shift, dims=1)
+            return torch.nn.functional.one_hot(nxt, 70).float()
+
+    ids, mask = induction.copy_batch(8, 10, 4, vocab=50, bos=60, sep=61, gen=torch.Generator().manual_seed(1))
+    assert induction.copy_accuracy(Oracle(ids, 0), ids, mask, bf16=False) == 1.0
+    assert induction.copy_accuracy(Oracle(ids, 1), ids, mask, bf16=False) < 0.2
+
+
+def test_warm_up_writes_a_model_and_resumes(tmp_path):
+    from phi4r.tokenizer import train_bpe
+
+    tiny_tokenizer_dir = tmp_path / "tok"
+    train_bpe(["copy these words again and again"] * 20, vocab_size=300, split="fine").save(tiny_tokenizer_dir)
+    sizes = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 128, "tie_word_embeddings": True}
+    common = dict(tokenizer=str(tiny_tokenizer_dir), sizes=sizes, seed=3, batch_size=4, max_len=6, eval_steps=2,
+                  save_steps=2, bf16=False, target=2.0)  # an unreachable target: runs max_steps
+    whole = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "a"), max_steps=6, **common),
+                              log=lambda m: None)
+    # Interrupted after 4 steps, then run again with the full budget: resumes from checkpoint-4.
+    induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "b"), max_steps=4, **common), log=lambda m: None)
+    import shutil
+    shutil.rmtree(tmp_path / "b" / "final")
+    resumed = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "b"), max_steps=6, **common),
+                                log=lambda m: None)
+    from phi4r.checkpoint import load
+
+
+    a, _ = load(whole, dtype="float32")
+    b, _ = load(resumed, dtype="float32")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["passed_at"] is None
+    steps = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [2, 4, 6]
