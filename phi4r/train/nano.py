@@ -173,7 +173,8 @@ def stage_warmup(out: Path, seed: int, tok_dir: Path) -> Path:
 
 
 def stage_sft_phase(out: Path, seed: int, prev_dir: Path, name: str, mix: dict, offset: int, params: dict) -> Path:
-    """An SFT phase after the first: continue from `prev_dir` on `mix` (fresh instances)."""
+    """An SFT phase: continue from `prev_dir` (the warm-up, or the previous phase) on `mix`'s
+    instances at seed + `offset` (fresh for each phase)."""
     from .config import SFTConfig
     from .sft import train_sft
 
