@@ -25,5 +25,5 @@ def test_sft_mix_counts_and_held_out_sets():
     for user, _ in convs:
         assert user["content"].removeprefix(nano.COPY_PROMPT) not in held_out
     # Every taught conversation is its task's teacher trace, which the task's verifier accepts.
-    for inst in nano.instances({k: v for k, v in mix.items()}, nano.SFT_SEED_OFFSET):
+    for inst in nano.instances(mix, nano.SFT_SEED_OFFSET):
         assert get_task(inst.task).score(inst, get_task(inst.task).teacher(inst)) == 1.0

@@ -7,7 +7,7 @@ an earlier one by exact offsets, so every answer follows from geometry.
 from __future__ import annotations
 
 from .base import Instance, trace
-from .choice import ChoiceTask, format_options, number_distractors, shuffle_options
+from .choice import LETTERS, ChoiceTask, format_options, number_distractors, shuffle_options
 
 PLACES = ["bank", "cafe", "library", "park", "school", "museum", "bakery", "hotel", "pharmacy",
           "cinema", "gym", "station", "market", "church", "zoo", "stadium"]
@@ -112,10 +112,10 @@ class SpatialMap(ChoiceTask):
             subject = ans["subject"]
             steps.append(f"From {seen_from}, the {subject} {place(coords[subject])}: "
                          f"{compare(coords[ref], coords[subject])}.")
-            steps += check_options(ans["options"], ans["value"], str)
+            steps += check_options(ans["options"], ans["value"])
         elif ans["question"] == "which_object":
             steps.append(f"From {seen_from}, which option is {ans['direction']}?")
-            for letter, x in zip("ABCD", ans["options"]):
+            for letter, x in zip(LETTERS, ans["options"]):
                 hit = x == ans["value"]
                 steps.append(f"{letter}. the {x} {place(coords[x])}: {compare(coords[ref], coords[x])}, "
                              f"{'yes' if hit else 'no'}.")
@@ -133,7 +133,7 @@ class SpatialMap(ChoiceTask):
                 steps.append(f"{i}. the {x} {place(coords[x])}: {compare(coords[ref], coords[x])}, "
                              f"{'yes' if hit else 'no'}, {count}.")
             steps.append(f"Places to the {ans['direction']}: {count}.")
-            steps += check_options(ans["options"], ans["value"], str)
+            steps += check_options(ans["options"], ans["value"])
         return trace(steps, f"Final Answer: {ans['letter']}")
 
 
@@ -151,12 +151,12 @@ def compare(frm, to) -> str:
     return ", ".join(parts) + f", so {direction(frm, to)}"
 
 
-def check_options(options, value, show) -> list[str]:
+def check_options(options, value) -> list[str]:
     """`A. north: no.` ... up to the option equal to the answer: `C. south: yes.`"""
     lines = []
-    for letter, option in zip("ABCD", options):
+    for letter, option in zip(LETTERS, options):
         hit = option == value
-        lines.append(f"{letter}. {show(option)}: {'yes' if hit else 'no'}.")
+        lines.append(f"{letter}. {option}: {'yes' if hit else 'no'}.")
         if hit:
             break
     return lines

@@ -65,11 +65,8 @@ SFT = {"learning_rate": 5e-4, "warmup_steps": 30, "weight_decay": 0.01, "adam_be
        "logging_steps": 10, "save_steps": 100, "save_total_limit": 2}
 # SFT phases 2 and 3: continue from the previous phase on fresh instances of the same mix (the
 # lookups and sums of the traces form after the format; fresh data, not a second epoch).
-MIX2 = dict(MIX)
-MIX3 = dict(MIX)
 SFT2 = {**SFT, "learning_rate": 1e-3, "warmup_steps": 20}
-SFT3 = dict(SFT2)
-PHASES = [("sft2", MIX2, 3000, SFT2), ("sft3", MIX3, 4000, SFT3)]  # (run dir, mix, seed offset, config)
+PHASES = [("sft2", MIX, 3000, SFT2), ("sft3", MIX, 4000, SFT2)]  # (run dir, mix, seed offset, config)
 # GRPO: where SFT leaves signal (accuracy between ~20% and ~80%): arithmetic level 2 (level 1 is at
 # ~100% after SFT, so its groups all score 1 and carry no advantage; levels 3-4 and the card tasks are
 # near 0 or chance, so their rewards are noise); completions are short, a step takes seconds.
