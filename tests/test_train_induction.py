@@ -43,15 +43,21 @@ def test_copy_accuracy_reads_only_the_copied_tokens():
     assert induction.copy_accuracy(Oracle(ids, 1), ids, mask, bf16=False) < 0.2
 
 
-def test_warm_up_writes_a_model_and_resumes(tmp_path):
+def tiny_setup(tmp_path) -> dict:
+    """A tokenizer with digits and a one-layer model size: the warm-up's common settings, with an
+    unreachable target so that it runs max_steps."""
     from phi4r.tokenizer import train_bpe
 
-    tiny_tokenizer_dir = tmp_path / "tok"
-    train_bpe(["copy these words again and again"] * 20, vocab_size=300, split="fine").save(tiny_tokenizer_dir)
+    tok_dir = tmp_path / "tok"
+    train_bpe(["copy 1 2 3 these words - 4 5 6 7 8 9 0 again"] * 20, vocab_size=300, split="fine").save(tok_dir)
     sizes = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
              "intermediate_size": 64, "max_position_embeddings": 128, "tie_word_embeddings": True}
-    common = dict(tokenizer=str(tiny_tokenizer_dir), sizes=sizes, seed=3, batch_size=4, max_len=6, eval_steps=2,
-                  save_steps=2, bf16=False, target=2.0)  # an unreachable target: runs max_steps
+    return dict(tokenizer=str(tok_dir), sizes=sizes, seed=3, batch_size=4, eval_steps=2, save_steps=2, bf16=False,
+                target=2.0)
+
+
+def test_warm_up_writes_a_model_and_resumes(tmp_path):
+    common = {**tiny_setup(tmp_path), "max_len": 6}
     whole = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "a"), max_steps=6, **common),
                               log=lambda m: None)
     # Interrupted after 4 steps, then run again with the full budget: resumes from checkpoint-4.
@@ -71,3 +77,41 @@ def test_warm_up_writes_a_model_and_resumes(tmp_path):
     assert summary["steps"] == 6 and summary["passed_at"] is None
     steps = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [2, 4, 6]
+
+
+def test_recall_batch_repeats_each_record_and_masks_only_the_lookups():
+    values = [40, 41, 42, 43]  # a vocabulary of 1000 makes a noise token used three times unlikely
+    ids, mask = induction.recall_batch(6, 96, 4, vocab=1000, bos=1001, values=values, gen=torch.Generator().manual_seed(2))
+    assert ids.shape == (6, 96) and mask.shape == (6, 95)
+    for row, m in zip(ids, mask):
+        assert row[0] == 1001
+        keys = [k for k in row[1:].unique().tolist() if k not in values and (row == k).sum() == 3]
+        assert len(keys) == 4
+        targets = set(m.nonzero().flatten().tolist())
+        expected = set()
+        for k in keys:
+            at = (row == k).nonzero().flatten().tolist()
+            first = row[at[0] + 1: at[0] + 4].tolist()
+            assert all(v in values for v in first)
+            for a in at[1:]:
+                assert row[a + 1: a + 4].tolist() == first  # the same record every time
+                expected |= {a, a + 1, a + 2}  # target t predicts ids[t + 1]: the three values
+        assert targets == expected  # the first use of a key is never a target
+        noise = [t for t in row[1:].tolist() if t not in keys and t not in values]
+        assert noise and all(t < 1000 for t in noise)
+
+
+def test_recall_warm_up_continues_from_a_model(tmp_path):
+    from phi4r.checkpoint import load
+
+    common = {**tiny_setup(tmp_path), "max_steps": 2}
+    copy = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "copy"), max_len=6, **common),
+                             log=lambda m: None)
+    recall = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "recall"), task="recall",
+                                                         init=str(copy), recall_len=64, recall_keys=2, **common),
+                               log=lambda m: None)
+    a, _ = load(copy, dtype="float32")
+    b, _ = load(recall, dtype="float32")
+    assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    summary = json.loads((tmp_path / "recall" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["config"]["init"] == str(copy)

@@ -13,6 +13,12 @@ offset scores 0% at every other length. The copy accuracy rises abruptly (a phas
 150-400 steps at batch 64, AdamW lr 1e-3 with a warm-up; lr 3e-3, or 2e-3 without a warm-up, never
 leave the uniform loss (docs/NANO.md, "Fourth session").
 
+`task="recall"` (`recall_batch`) trains the same lookup at long range instead: records
+`key v v v` scattered over 320 noise tokens, each used three times. Started from the copy warm-up
+it plateaus at 65% (docs/NANO.md, "Seventh session"): the values after the first are copied, the
+first one, looked up by the key alone from far back, mostly is not; so the nano recipe keeps its
+lookups short rather than running this stage.
+
 `warm_up(cfg)` trains until the held-out copy accuracy passes `target` (then `extra_steps` more) or
 `max_steps`, writes `output_dir/final` (a Hugging Face directory with the tokenizer) and resumes from
 its newest checkpoint when interrupted.
@@ -54,6 +60,10 @@ class InductionConfig:
     max_steps: int = 800
     eval_steps: int = 20
     save_steps: int = 100
+    task: str = "copy"  # "copy" (copy_batch) or "recall" (recall_batch)
+    init: str | None = None  # start from this model directory instead of a fresh model
+    recall_len: int = 320
+    recall_keys: int = 8
 
 
 def copy_batch(b: int, max_len: int, min_len: int, vocab: int, bos: int, sep: int, gen: torch.Generator):
@@ -73,16 +83,50 @@ def copy_batch(b: int, max_len: int, min_len: int, vocab: int, bos: int, sep: in
     return ids, mask
 
 
+def recall_batch(b: int, T: int, n_keys: int, vocab: int, bos: int, values: list[int], gen: torch.Generator,
+                 n_values: int = 3, uses: int = 3, slot: int = 6):
+    """ids [b, T] and the target mask for long-range lookups, the shape of a spatialmap record.
+
+    Noise tokens, among which `n_keys` keys each occur `uses` times, always followed by the same
+    `n_values` tokens drawn from the small alphabet `values` (digits and signs, like coordinates):
+    `... k 3 -1 ... k 3 -1 ...`. The loss is on the values after every occurrence but the first,
+    which only a copy keyed by the key token, from up to T tokens back, can predict; the values'
+    own tokens repeat everywhere, so after the first one the copy must keep its place in the
+    record rather than key on the last token."""
+    ids = torch.empty(b, T, dtype=torch.long)
+    mask = torch.zeros(b, T - 1, dtype=torch.bool)
+    alphabet = torch.tensor(values)
+    slots = (T - 1) // slot
+    for i in range(b):
+        perm = torch.randperm(vocab, generator=gen)
+        perm = perm[~torch.isin(perm, alphabet)]
+        keys, noise = perm[:n_keys], perm[n_keys:]
+        ids[i] = noise[torch.randint(0, len(noise), (T,), generator=gen)]
+        ids[i, 0] = bos
+        chosen = torch.randperm(slots, generator=gen)[: n_keys * uses].view(n_keys, uses).sort(-1).values
+        for k in range(n_keys):
+            value = alphabet[torch.randint(0, len(alphabet), (n_values,), generator=gen)]
+            for j, s in enumerate(chosen[k].tolist()):
+                at = 1 + s * slot + int(torch.randint(0, slot - n_values, (1,), generator=gen))
+                ids[i, at] = keys[k]
+                ids[i, at + 1: at + 1 + n_values] = value
+                if j:
+                    mask[i, at: at + n_values] = True  # target t predicts ids[t + 1]
+    return ids, mask
+
+
 def _logits(model, ids: torch.Tensor, bf16: bool) -> torch.Tensor:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return model(ids[:, :-1]).float()
 
 
-def copy_accuracy(model, ids: torch.Tensor, mask: torch.Tensor, bf16: bool) -> float:
-    """Argmax accuracy on the copied tokens (tokens 2..L of the second copy)."""
+def copy_accuracy(model, ids: torch.Tensor, mask: torch.Tensor, bf16: bool, drop_first: bool = True) -> float:
+    """Argmax accuracy on the copied tokens (tokens 2..L of the second copy; with drop_first False,
+    every masked target: a recall batch's values)."""
     inner = mask.clone()
-    inner[:, 1:] &= mask[:, :-1]  # drop each copy's first target
-    inner[:, 0] = False
+    if drop_first:
+        inner[:, 1:] &= mask[:, :-1]  # drop each copy's first target
+        inner[:, 0] = False
     was = model.training
     model.eval()
     with torch.no_grad():
@@ -100,10 +144,21 @@ def warm_up(cfg: InductionConfig, log=print) -> Path:
         return final
     tok = Tokenizer.from_dir(cfg.tokenizer)
     vocab = min(tok.bos_id, tok.eos_id, tok.pad_id)  # plain (non-special) ids come first
-    model = fresh_model(cfg.sizes, tok, cfg.seed)
+    if cfg.init:
+        model = hf.load(cfg.init, dtype=torch.float32)[0]
+    else:
+        model = fresh_model(cfg.sizes, tok, cfg.seed)
     optimizer = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    held = copy_batch(128, cfg.max_len, cfg.min_len, vocab, tok.bos_id, tok.eos_id, torch.Generator().manual_seed(12345))
+    recall = cfg.task == "recall"
+    values = sorted({i for d in "0123456789" for i in tok.encode(f" {d}") + tok.encode(d)} | set(tok.encode(" -")))
+
+    def batch(b, g):
+        if recall:
+            return recall_batch(b, cfg.recall_len, cfg.recall_keys, vocab, tok.bos_id, values, g)
+        return copy_batch(b, cfg.max_len, cfg.min_len, vocab, tok.bos_id, tok.eos_id, g)
+
+    held = batch(128 if not recall else 32, torch.Generator().manual_seed(12345))
     step, passed = 0, None
     resume = checkpointing.checkpoints(out)
     if resume:
@@ -119,7 +174,7 @@ def warm_up(cfg: InductionConfig, log=print) -> Path:
     model.train()
     while step < cfg.max_steps and (passed is None or step < passed + cfg.extra_steps):
         set_lr(optimizer, cfg.learning_rate * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
-        ids, mask = copy_batch(cfg.batch_size, cfg.max_len, cfg.min_len, vocab, tok.bos_id, tok.eos_id, gen)
+        ids, mask = batch(cfg.batch_size, gen)
         logp = torch.log_softmax(_logits(model, ids, cfg.bf16), -1).gather(-1, ids[:, 1:, None])[..., 0]
         loss = -logp[mask].mean()
         optimizer.zero_grad(set_to_none=True)
@@ -128,7 +183,7 @@ def warm_up(cfg: InductionConfig, log=print) -> Path:
         optimizer.step()
         step += 1
         if step % cfg.eval_steps == 0:
-            acc = copy_accuracy(model, *held, cfg.bf16)
+            acc = copy_accuracy(model, *held, cfg.bf16, drop_first=not recall)
             if passed is None and acc >= cfg.target:
                 passed = step
             metrics.write(json.dumps({"step": step, "loss": loss.item(), "copy_accuracy": acc}) + "\n")
@@ -139,7 +194,7 @@ def warm_up(cfg: InductionConfig, log=print) -> Path:
             checkpointing.save_checkpoint(out, step, model, tok, {"optimizer": optimizer.state_dict(),
                                           "generator": gen.get_state(), "step": step, "passed": passed},
                                           cfg, keep=1)
-    acc = copy_accuracy(model, *held, cfg.bf16)
+    acc = copy_accuracy(model, *held, cfg.bf16, drop_first=not recall)
     (out / "summary.json").write_text(json.dumps({"steps": step, "passed_at": passed, "copy_accuracy": acc,
                                                   "config": asdict(cfg)}, indent=2) + "\n")
     if passed is None:
