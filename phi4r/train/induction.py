@@ -16,8 +16,8 @@ leave the uniform loss (docs/NANO.md, "Fourth session").
 `task="recall"` (`recall_batch`) trains the same lookup at long range instead: records
 `key v v v` scattered over 320 noise tokens, each used three times. Started from the copy warm-up
 it plateaus at 65% (docs/NANO.md, "Seventh session"): the values after the first are copied, the
-first one, looked up by the key alone from far back, mostly is not; so the nano recipe keeps its
-lookups short rather than running this stage.
+first one, looked up by the key alone from far back, mostly is not; it is not part of the nano
+recipe.
 
 `warm_up(cfg)` trains until the held-out copy accuracy passes `target` (then `extra_steps` more) or
 `max_steps`, writes `output_dir/final` (a Hugging Face directory with the tokenizer) and resumes from
