@@ -2,6 +2,7 @@
 copying, and an interrupted warm-up resumes to the same model as an uninterrupted one."""
 import json
 
+import pytest
 import torch
 
 from phi4r.train import induction
@@ -99,6 +100,8 @@ def test_recall_batch_repeats_each_record_and_masks_only_the_lookups():
         assert targets == expected  # the first use of a key is never a target
         noise = [t for t in row[1:].tolist() if t not in keys and t not in values]
         assert noise and all(t < 1000 for t in noise)
+    with pytest.raises(ValueError, match="need 145 tokens, T is 64"):
+        induction.recall_batch(1, 64, 8, vocab=1000, bos=1001, values=values, gen=torch.Generator())
 
 
 def test_recall_warm_up_continues_from_a_model(tmp_path):
