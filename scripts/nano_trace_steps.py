@@ -6,8 +6,8 @@ Feeds the teacher's trace of 40 held-out instances (seed 0) to the model and pri
 step, how often the model's top token is right on every token of that step (teacher forcing).
 Spatialmap: the name of the next sentence's place, the offsets copied from it, the coordinates
 looked up by name, the sums, the comparisons, the options. Calendar: a person's free blocks copied
-from the prompt, the running intersection, the slot. A step the model
-has not learned shows as a low figure even when the rest of the trace is fluent.
+from the prompt, the running intersection, the slot. A step the model has not learned shows as a
+low figure even when the rest of the trace is fluent.
 """
 import collections
 import re

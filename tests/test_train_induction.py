@@ -1,10 +1,13 @@
-"""The synthetic copy warm-up (phi4r.train.induction): its sequences can only be predicted by
-copying, and an interrupted warm-up resumes to the same model as an uninterrupted one."""
+"""The synthetic warm-ups (phi4r.train.induction): copy and recall sequences can only be predicted by
+copying, an interrupted warm-up resumes to the same model as an uninterrupted one, and the recall
+warm-up continues from a given model."""
 import json
+import shutil
 
 import pytest
 import torch
 
+from phi4r.checkpoint import load
 from phi4r.train import induction
 
 
@@ -63,13 +66,9 @@ def test_warm_up_writes_a_model_and_resumes(tmp_path):
                               log=lambda m: None)
     # Interrupted after 4 steps, then run again with the full budget: resumes from checkpoint-4.
     induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "b"), max_steps=4, **common), log=lambda m: None)
-    import shutil
     shutil.rmtree(tmp_path / "b" / "final")
     resumed = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "b"), max_steps=6, **common),
                                 log=lambda m: None)
-    from phi4r.checkpoint import load
-
-
     a, _ = load(whole, dtype="float32")
     b, _ = load(resumed, dtype="float32")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
@@ -105,8 +104,6 @@ def test_recall_batch_repeats_each_record_and_masks_only_the_lookups():
 
 
 def test_recall_warm_up_continues_from_a_model(tmp_path):
-    from phi4r.checkpoint import load
-
     common = {**tiny_setup(tmp_path), "max_steps": 2}
     copy = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "copy"), max_len=6, **common),
                              log=lambda m: None)

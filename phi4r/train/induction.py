@@ -85,7 +85,7 @@ def copy_batch(b: int, max_len: int, min_len: int, vocab: int, bos: int, sep: in
 
 def recall_batch(b: int, T: int, n_keys: int, vocab: int, bos: int, values: list[int], gen: torch.Generator,
                  n_values: int = 3, uses: int = 3, slot: int = 6):
-    """ids [b, T] and the target mask for long-range lookups, the shape of a spatialmap record.
+    """ids [b, T] and the target mask for long-range lookups of records like `(zoo -3 5)`.
 
     Noise tokens, among which `n_keys` keys each occur `uses` times, always followed by the same
     `n_values` tokens drawn from the small alphabet `values` (digits and signs, like coordinates):
@@ -153,7 +153,8 @@ def warm_up(cfg: InductionConfig, log=print) -> Path:
     optimizer = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     recall = cfg.task == "recall"
-    values = sorted({i for d in "0123456789" for i in tok.encode(f" {d}") + tok.encode(d)} | set(tok.encode(" -")))
+    if recall:  # the record values: digits with and without a leading space, and the minus sign
+        values = sorted({i for d in "0123456789" for i in tok.encode(f" {d}") + tok.encode(d)} | set(tok.encode(" -")))
 
     def batch(b, g):
         if recall:
