@@ -5,9 +5,9 @@
 Feeds the teacher's trace of 40 held-out instances (seed 0) to the model and prints, per kind of
 step, how often the model's top token is right on every token of that step (teacher forcing).
 Spatialmap: the name of the next sentence's place, the offsets copied from it, the coordinates
-looked up by name, the sums, the comparisons, the options. Calendar: a person's free blocks copied
-from the prompt, the running intersection, the slot. A step the model has not learned shows as a
-low figure even when the rest of the trace is fluent.
+looked up by a place's record `(cafe`, the sums, the comparisons, the options. Calendar: a
+person's free blocks copied from the prompt, the running intersection, the slot. A step the model
+has not learned shows as a low figure even when the rest of the trace is fluent.
 """
 import collections
 import re
@@ -20,26 +20,27 @@ from phi4r.tasks import get_task
 from phi4r.train.data import encode_conversation
 
 
-C = r"\(-?\d+, -?\d+\)"
+C = r"-?\d+ -?\d+"  # the coordinates in a record `(cafe 3 2)`
 SPATIALMAP = {
  "line_name": r"^\d+\. The (\w+) is",
  "offset_copy": r"^\d+\. The \w+ is (.+?) of the",
  "base_name": r"of the (\w+) \(",
- "base_coords": rf"of the \w+ ({C}):",
+ "base_record_name": r"of the \w+ \((\w+) ",
+ "base_coords": rf"of the \w+ \(\w+ ({C})\):",
  "x_operand": r"x (-?\d+) [+-] \d+ =",
  "x_offset": r"x -?\d+ ([+-] \d+) =",
  "y_offset": r"y -?\d+ ([+-] \d+) =",
  "x_result": r"x -?\d+ [+-] \d+ = (-?\d+)",
  "y_result": r"y -?\d+ [+-] \d+ = (-?\d+)",
- "so_coords": rf"so the \w+ ({C})\.",
+ "so_coords": rf"so \(\w+ ({C})\)\.",
  "ref_name": r"^From the (\w+)",
- "ref_coords": rf"^From the \w+ ({C})",
- "subj_name": rf"^From the \w+ {C}, the (\w+)",
- "subj_coords": rf", the \w+ ({C}): x",
- "opt_place": r"^[A-D]\. the (\w+) \(",
- "opt_coords": rf"^[A-D]\. the \w+ ({C})",
+ "ref_coords": rf"^From the \w+ \(\w+ ({C})\)",
+ "subj_name": rf"^From the \w+ \(\w+ {C}\) to the (\w+)",
+ "subj_coords": rf" to the \w+ \(\w+ ({C})\): x",
+ "opt_place": r"^[A-D]\. (\w+) \(",
+ "opt_coords": rf"^[A-D]\. \w+ \(\w+ ({C})\)",
  "cnt_name": r"^\d+\. the (\w+)",
- "cnt_coords": rf"^\d+\. the \w+ ({C})",
+ "cnt_coords": rf"^\d+\. the \w+ \(\w+ ({C})\)",
  "cmp_x": r"x -?\d+ ([<>=]) -?\d+, y",
  "cmp_y": r"y -?\d+ ([<>=]) -?\d+, so",
  "dir_word": r", so (\w+)[.,]",

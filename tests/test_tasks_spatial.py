@@ -123,21 +123,26 @@ def test_spatialmap_teacher_writes_each_placement_as_true_sums():
     for inst in spatial.generate(20, 3, difficulty=2):
         text = spatial.teacher(inst)
         found = re.findall(r"x (-?\d+) ([+-]) (\d+) = (-?\d+), y (-?\d+) ([+-]) (\d+) = (-?\d+), "
-                           r"so the \w+ \((-?\d+), (-?\d+)\)\.", text)
+                           r"so \(\w+ (-?\d+) (-?\d+)\)\.", text)
         assert len(found) == len(inst.answer["links"])
         for x, sx, dx, rx, y, sy, dy, ry, cx, cy in found:
             assert int(x) + (1 if sx == "+" else -1) * int(dx) == int(rx) == int(cx)
             assert int(y) + (1 if sy == "+" else -1) * int(dy) == int(ry) == int(cy)
 
 
-def test_spatialmap_teacher_names_a_place_with_its_own_coordinates_everywhere():
-    """The trace's lookups are copies: wherever `the X (a, b)` appears, (a, b) is X's one position
-    (relative to the first place), and the trace ends on the option the verifier accepts."""
+def test_spatialmap_teacher_keeps_each_place_in_one_record_everywhere():
+    """The trace's lookups are copies: wherever the record `(X a b)` appears, (a, b) is X's one
+    position (relative to the first place); the prompt never has a name glued to a bracket, so
+    every earlier `(X` is followed by the same coordinates; the trace ends on the option the
+    verifier accepts."""
     for inst in spatial.generate(30, 4, difficulty=1):
         text = spatial.teacher(inst)
         pos = inst.answer["positions"]
         x0, y0 = pos[inst.answer["order"][0]]
-        for name, x, y in re.findall(r"the (\w+) \((-?\d+), (-?\d+)\)", text):
+        records = re.findall(r"\((\w+) (-?\d+) (-?\d+)\)", text)
+        assert {name for name, _, _ in records} >= set(inst.answer["order"])
+        for name, x, y in records:
             assert (int(x), int(y)) == (pos[name][0] - x0, pos[name][1] - y0)
+        assert not re.search(r"\(\w", inst.prompt.replace("(blocks", "").replace("(same", ""))
         assert re.search(r"^[A-D]\. .*yes[,.]", text, re.M)
         assert spatial.score(inst, text) == 1.0

@@ -92,32 +92,36 @@ class SpatialMap(ChoiceTask):
     def teacher(self, inst):
         """Coordinates by sums, then the question, then the options one by one.
 
-        Written for a small model: every fact a step needs is either on its own line or right after
-        a name written the same way each time (`the cafe (3, 2)`), so looking it up is copying what
-        followed that name; each sum or comparison has its operands next to it."""
+        Written for a small model, whose lookups are copies of what followed a token before: a
+        place's coordinates are kept in a record `(cafe 3 2)`. The record's name token (no leading
+        space) never occurs in the prompt and is followed by the same coordinates every time, so
+        the lookup `(cafe` -> `3 2` has one answer wherever the model looks; prompt names (`the
+        cafe`) are followed by different words each time. Each sum or comparison has its operands
+        next to it. (The recipe's recall warm-up is what teaches the model to find a record by its
+        name, however far back it is.)"""
         ans = inst.answer
         first, ref = ans["order"][0], ans["reference"]
         coords = {first: (0, 0)}
-        steps = [f"Coordinates (x east, y north): 0. the {first} (0, 0)."]
+        steps = [f"Coordinates (x east, y north): 0. the {first} {record(first, (0, 0))}."]
         for i, (a, b) in enumerate(ans["links"], 1):
             dx = ans["positions"][a][0] - ans["positions"][b][0]
             dy = ans["positions"][a][1] - ans["positions"][b][1]
             (bx, by) = coords[b]
             coords[a] = (bx + dx, by + dy)
-            steps.append(f"{i}. The {a} is {offset_text(dx, dy)} of the {b} {place(coords[b])}: "
+            steps.append(f"{i}. The {a} is {offset_text(dx, dy)} of the {b} {record(b, coords[b])}: "
                          f"x {bx} {plus(dx)} = {bx + dx}, y {by} {plus(dy)} = {by + dy}, "
-                         f"so the {a} {place(coords[a])}.")
-        seen_from = f"the {ref} {place(coords[ref])}"
+                         f"so {record(a, coords[a])}.")
+        seen_from = f"the {ref} {record(ref, coords[ref])}"
         if ans["question"] == "direction":
             subject = ans["subject"]
-            steps.append(f"From {seen_from}, the {subject} {place(coords[subject])}: "
+            steps.append(f"From {seen_from} to the {subject} {record(subject, coords[subject])}: "
                          f"{compare(coords[ref], coords[subject])}.")
             steps += check_options(ans["options"], ans["value"])
         elif ans["question"] == "which_object":
             steps.append(f"From {seen_from}, which option is {ans['direction']}?")
             for letter, x in zip(LETTERS, ans["options"]):
                 hit = x == ans["value"]
-                steps.append(f"{letter}. the {x} {place(coords[x])}: {compare(coords[ref], coords[x])}, "
+                steps.append(f"{letter}. {x} {record(x, coords[x])}: {compare(coords[ref], coords[x])}, "
                              f"{'yes' if hit else 'no'}.")
                 if hit:
                     break
@@ -130,15 +134,17 @@ class SpatialMap(ChoiceTask):
                     continue
                 hit = direction(coords[ref], coords[x]) == ans["direction"]
                 count += hit
-                steps.append(f"{i}. the {x} {place(coords[x])}: {compare(coords[ref], coords[x])}, "
+                steps.append(f"{i}. the {x} {record(x, coords[x])}: {compare(coords[ref], coords[x])}, "
                              f"{'yes' if hit else 'no'}, {count}.")
             steps.append(f"Places to the {ans['direction']}: {count}.")
             steps += check_options(ans["options"], ans["value"])
         return trace(steps, f"Final Answer: {ans['letter']}")
 
 
-def place(xy) -> str:
-    return f"({xy[0]}, {xy[1]})"
+def record(name: str, xy) -> str:
+    """`(cafe 3 2)`: a place's name glued to the bracket (a token the prompt never has), then its
+    coordinates right after it."""
+    return f"({name} {xy[0]} {xy[1]})"
 
 
 def plus(d: int) -> str:
