@@ -4,6 +4,7 @@ import re
 
 from phi4r.tasks import get_task
 from phi4r.tasks.choice import parse_letter
+from phi4r.tasks.spatialmap import ORIGIN
 
 maze, spatial = get_task("maze"), get_task("spatialmap")
 
@@ -142,7 +143,7 @@ def test_spatialmap_teacher_keeps_each_place_in_one_record_everywhere():
         records = re.findall(r"\((\w+) (-?\d+) (-?\d+)\)", text)
         assert {name for name, _, _ in records} >= set(inst.answer["order"])
         for name, x, y in records:
-            assert (int(x), int(y)) == (pos[name][0] - x0, pos[name][1] - y0)
+            assert (int(x), int(y)) == (pos[name][0] - x0 + ORIGIN, pos[name][1] - y0 + ORIGIN)
         assert not re.search(r"\(\w", inst.prompt.replace("(blocks", "").replace("(same", ""))
         assert re.search(r"^[A-D]\. .*yes[,.]", text, re.M)
         assert spatial.score(inst, text) == 1.0
