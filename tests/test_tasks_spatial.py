@@ -147,3 +147,20 @@ def test_spatialmap_teacher_keeps_each_place_in_one_record_everywhere():
         assert not re.search(r"\(\w", inst.prompt.replace("(blocks", "").replace("(same", ""))
         assert re.search(r"^[A-D]\. .*yes[,.]", text, re.M)
         assert spatial.score(inst, text) == 1.0
+
+
+def test_spatialmap_teacher_sums_are_unsigned_and_axes_are_named():
+    """At levels 1-2 the first place at (ORIGIN, ORIGIN) keeps every coordinate non-negative; each
+    comparison names its axis' direction, and the direction is those names put together."""
+    compared = 0
+    for level in (1, 2):
+        for inst in spatial.generate(40, 6, difficulty=level):
+            text = spatial.teacher(inst)
+            assert not re.search(r"\(\w+ -?\d+ -\d+\)|\(\w+ -\d+", text)
+            for x, cx, nx, y, cy, ny, word in re.findall(
+                    r"x (\d+) ([<>=]) \d+ (\w+), y (\d+) ([<>=]) \d+ (\w+), so (\w+)", text):
+                compared += 1
+                assert nx == {">": "east", "<": "west", "=": "same"}[cx]
+                assert ny == {">": "north", "<": "south", "=": "same"}[cy]
+                assert word == (ny if ny != "same" else "") + (nx if nx != "same" else "")
+    assert compared > 80

@@ -159,8 +159,15 @@ def plus(d: int) -> str:
 
 
 def compare(frm, to) -> str:
-    """`x 3 > 0, y 2 = 2, so east`: each axis compared, then the direction it makes."""
-    parts = [f"{axis} {b} {'>' if b > a else '<' if b < a else '='} {a}" for axis, a, b in zip("xy", frm, to)]
+    """`x 3 > 0 east, y 2 = 2 same, so east`: each axis compared and named right after its
+    comparison, so the direction is the two names put together (north/south first), not a
+    nine-way mapping of two symbols."""
+    names = {"x": ("east", "west"), "y": ("north", "south")}
+    parts = []
+    for axis, a, b in zip("xy", frm, to):
+        more, less = names[axis]
+        parts.append(f"{axis} {b} {'>' if b > a else '<' if b < a else '='} {a} "
+                     f"{more if b > a else less if b < a else 'same'}")
     return ", ".join(parts) + f", so {direction(frm, to)}"
 
 
