@@ -158,9 +158,9 @@ def test_spatialmap_teacher_sums_are_unsigned_and_axes_are_named():
             text = spatial.teacher(inst)
             assert not re.search(r"\(\w+ -?\d+ -\d+\)|\(\w+ -\d+", text)
             for x, cx, nx, y, cy, ny, word in re.findall(
-                    r"x (\d+) ([<>=]) \d+ (\w+), y (\d+) ([<>=]) \d+ (\w+), so (\w+)", text):
+                    r"x (\d+) vs (\d+) (\w+), y (\d+) vs (\d+) (\w+), so (\w+)", text):
                 compared += 1
-                assert nx == {">": "east", "<": "west", "=": "same"}[cx]
-                assert ny == {">": "north", "<": "south", "=": "same"}[cy]
+                assert nx == ("east" if int(x) > int(cx) else "west" if int(x) < int(cx) else "same")
+                assert ny == ("north" if int(y) > int(cy) else "south" if int(y) < int(cy) else "same")
                 assert word == (ny if ny != "same" else "") + (nx if nx != "same" else "")
     assert compared > 80

@@ -159,15 +159,15 @@ def plus(d: int) -> str:
 
 
 def compare(frm, to) -> str:
-    """`x 3 > 0 east, y 2 = 2 same, so east`: each axis compared and named right after its
-    comparison, so the direction is the two names put together (north/south first), not a
-    nine-way mapping of two symbols."""
+    """`x 4 vs 7 west, y 2 vs 2 same, so west`: per axis the place's coordinate, the reference's,
+    then the direction they make, decided with both numbers already written (a symbol before the
+    reference's number had to look it up and compare in one token: 0% right when equal); the
+    direction is the two names put together (north/south first)."""
     names = {"x": ("east", "west"), "y": ("north", "south")}
     parts = []
     for axis, a, b in zip("xy", frm, to):
         more, less = names[axis]
-        parts.append(f"{axis} {b} {'>' if b > a else '<' if b < a else '='} {a} "
-                     f"{more if b > a else less if b < a else 'same'}")
+        parts.append(f"{axis} {b} vs {a} {more if b > a else less if b < a else 'same'}")
     return ", ".join(parts) + f", so {direction(frm, to)}"
 
 
