@@ -32,6 +32,8 @@ SPATIALMAP = {
  "y_offset": r"y -?\d+ ([+-] \d+) =",
  "x_result": r"x -?\d+ [+-] \d+ = (-?\d+)",
  "y_result": r"y -?\d+ [+-] \d+ = (-?\d+)",
+ "x_last": r"x [^,]*= (-?\d+), y",
+ "y_last": r"y [^,]*= (-?\d+), so \(",
  "so_coords": rf"so \(\w+ ({C})\)\.",
  "ref_name": r"^From the (\w+)",
  "ref_coords": rf"^From the \w+ \(\w+ ({C})\)",

@@ -121,14 +121,24 @@ def test_letter_extraction():
 
 
 def test_spatialmap_teacher_writes_each_placement_as_true_sums():
+    """Each placement's sums count in steps of one (`7 + 3 = 8 + 2 = 9 + 1 = 10`): every step moves
+    one and has one less to go, and the last value is the record's coordinate."""
+    steps = 0
     for inst in spatial.generate(20, 3, difficulty=2):
         text = spatial.teacher(inst)
-        found = re.findall(r"x (-?\d+) ([+-]) (\d+) = (-?\d+), y (-?\d+) ([+-]) (\d+) = (-?\d+), "
-                           r"so \(\w+ (-?\d+) (-?\d+)\)\.", text)
+        found = re.findall(r"x ([^,]+), y ([^,]+), so \(\w+ (-?\d+) (-?\d+)\)\.", text)
         assert len(found) == len(inst.answer["links"])
-        for x, sx, dx, rx, y, sy, dy, ry, cx, cy in found:
-            assert int(x) + (1 if sx == "+" else -1) * int(dx) == int(rx) == int(cx)
-            assert int(y) + (1 if sy == "+" else -1) * int(dy) == int(ry) == int(cy)
+        for *chains, cx, cy in found:
+            for chain, result in zip(chains, (cx, cy)):
+                terms = chain.split(" = ")
+                pairs = [re.fullmatch(r"(-?\d+) ([+-]) (\d+)", t).groups() for t in terms[:-1]]
+                for (a, sign, n), (b, sign2, m) in zip(pairs, pairs[1:]):
+                    assert sign == sign2 and int(m) == int(n) - 1
+                    assert int(b) == int(a) + (1 if sign == "+" else -1)
+                    steps += 1
+                a, sign, n = pairs[-1]
+                assert int(n) <= 1 and int(terms[-1]) == int(a) + (1 if sign == "+" else -1) * int(n) == int(result)
+    assert steps > 50
 
 
 def test_spatialmap_teacher_keeps_each_place_in_one_record_everywhere():
