@@ -87,7 +87,7 @@ def test_spatialmap_answers_follow_from_the_text():
     for inst in spatial.generate(45, seed=2):
         pos = positions_from_prompt(inst.prompt)
         assert len(pos) == inst.meta["num_objects"]
-        question = inst.prompt.splitlines()[-6]
+        question = inst.prompt.splitlines()[-6].removeprefix("Question: ")
         options = dict(re.findall(r"^([A-D])\. (.+)$", inst.prompt, re.M))
         m = re.match(r"In which direction is the (\w+) from the (\w+)\?", question)
         if m:
@@ -174,3 +174,27 @@ def test_spatialmap_teacher_sums_are_unsigned_and_axes_are_named():
                 assert ny == ("north" if int(y) > int(cy) else "south" if int(y) < int(cy) else "same")
                 assert word == (ny if ny != "same" else "") + (nx if nx != "same" else "")
     assert compared > 80
+
+
+def test_spatialmap_teacher_copies_the_question_then_follows_its_order():
+    """The trace restates the prompt's question line word for word; a direction question is then
+    answered subject first, as the question names it, and a count goes through the places by the
+    prompt's numbers (`2. The bank`)."""
+    kinds = set()
+    for inst in spatial.generate(30, 8, difficulty=1):
+        text = spatial.teacher(inst)
+        asked = re.search(r"^Question: .+$", inst.prompt, re.M).group(0)
+        assert re.findall(r"^Question: .+$", text, re.M) == [asked]
+        after = text.split(asked + "\n", 1)[1].splitlines()
+        kinds.add(inst.answer["question"])
+        if m := re.match(r"Question: In which direction is the (\w+) from the (\w+)\?", asked):
+            assert re.match(rf"The {m.group(1)} \(\w+ \d+ \d+\) from the {m.group(2)} ", after[0])
+        else:
+            assert after[0].startswith(f"From the {inst.answer['reference']} (")
+        if inst.answer["question"] == "count":
+            numbered = dict(re.findall(r"^(\d+)\. The (\w+) is", inst.prompt, re.M))
+            counted = re.findall(r"^(\d+)\. The (\w+)[ :]", "\n".join(after), re.M)
+            assert counted[0] == ("0", inst.answer["order"][0])
+            assert all(numbered[i] == name for i, name in counted[1:])
+            assert len(counted) == len(inst.answer["order"])
+    assert kinds == {"direction", "which_object", "count"}

@@ -56,7 +56,7 @@ class SpatialMap(ChoiceTask):
         prompt = (
             "A map of a town (blocks are equal steps on a grid):\n" + "\n".join(lines) + "\n"
             "Northeast means both north and east; north means due north (same east-west position); "
-            f"likewise for the other directions.\n{text}\n{format_options(options)}\n"
+            f"likewise for the other directions.\nQuestion: {text}\n{format_options(options)}\n"
             'Answer as "Final Answer: X" where X is the letter.'
         )
         return Instance(id="", task=self.name, prompt=prompt, category=question, difficulty=difficulty,
@@ -73,36 +73,38 @@ class SpatialMap(ChoiceTask):
         subject, ref = rng.sample(names, 2)
         d = direction(pos[ref], pos[subject])
         if question == "direction":
-            text = f"In which direction is the {subject} from the {ref}?"
             value, distractors = d, rng.sample([x for x in DIRECTIONS if x != d], 3)
         elif question == "which_object":
             others = [x for x in names if x != ref and direction(pos[ref], pos[x]) != d]
             if len(others) != len(names) - 2 or len(others) < 3:
                 return None  # the answer must be the only place in that direction
-            text = f"Which place is to the {d} of the {ref}?"
             value, distractors = subject, rng.sample(others, 3)
         else:
             subject, d = None, rng.choice(DIRECTIONS)
             value = sum(direction(pos[ref], pos[x]) == d for x in names if x != ref)
-            text = f"How many places are to the {d} of the {ref}?"
             distractors = number_distractors(rng, value)
-        return {"text": text, "value": value, "distractors": distractors, "reference": ref,
-                "subject": subject, "direction": d}
+        asked = {"question": question, "value": value, "distractors": distractors, "reference": ref,
+                 "subject": subject, "direction": d}
+        return asked | {"text": question_text(asked)}
 
     def teacher(self, inst):
-        """Coordinates by sums, then the question, then the options one by one.
+        """Coordinates by sums, then the question copied, then the options one by one.
 
         Written for a small model, whose lookups are copies of what followed a token before: a
         place's coordinates are kept in a record `(cafe 3 2)`. The record's name token (no leading
         space) never occurs in the prompt and is followed by the same coordinates every time, so
         the lookup `(cafe` -> `3 2` has one answer wherever the model looks; prompt names (`the
         cafe`) are followed by different words each time. Each sum or comparison has its operands
-        next to it. (The recipe's recall warm-up is what teaches the model to find a record by its
-        name, however far back it is.)"""
+        next to it. The question is copied word for word after `Question:` (as in the prompt), so
+        the kind of question and its places are on the line above the step that uses them: without
+        it the model answered direction questions with the which-place line. A count goes through
+        the places as the prompt numbers them (`2. The bank`), so the next name is a copy too.
+        (The recipe's recall warm-up is what teaches the model to find a record by its name,
+        however far back it is.)"""
         ans = inst.answer
         first, ref = ans["order"][0], ans["reference"]
         coords = {first: (ORIGIN, ORIGIN)}
-        steps = [f"Coordinates (x east, y north): 0. the {first} {record(first, coords[first])}."]
+        steps = [f"Coordinates (x east, y north): 0. The {first} {record(first, coords[first])}."]
         for i, (a, b) in enumerate(ans["links"], 1):
             dx = ans["positions"][a][0] - ans["positions"][b][0]
             dy = ans["positions"][a][1] - ans["positions"][b][1]
@@ -111,34 +113,42 @@ class SpatialMap(ChoiceTask):
             steps.append(f"{i}. The {a} is {offset_text(dx, dy)} of the {b} {record(b, coords[b])}: "
                          f"x {count_sum(bx, dx)}, y {count_sum(by, dy)}, "
                          f"so {record(a, coords[a])}.")
-        seen_from = f"the {ref} {record(ref, coords[ref])}"
+        steps.append(f"Question: {question_text(ans)}")
         if ans["question"] == "direction":
             subject = ans["subject"]
-            steps.append(f"From {seen_from} to the {subject} {record(subject, coords[subject])}: "
-                         f"{compare(coords[ref], coords[subject])}.")
-            steps += check_options(ans["options"], ans["value"])
-        elif ans["question"] == "which_object":
-            steps.append(f"From {seen_from}, which option is {ans['direction']}?")
+            # In the question's order: the subject, then the place it is seen from.
+            steps.append(f"The {subject} {record(subject, coords[subject])} from the {ref} "
+                         f"{record(ref, coords[ref])}: {compare(coords[ref], coords[subject])}.")
+            return trace(steps + check_options(ans["options"], ans["value"]), f"Final Answer: {ans['letter']}")
+        steps.append(f"From the {ref} {record(ref, coords[ref])}:")
+        if ans["question"] == "which_object":
             for letter, x in zip(LETTERS, ans["options"]):
                 hit = x == ans["value"]
                 steps.append(f"{letter}. {x} {record(x, coords[x])}: {compare(coords[ref], coords[x])}, "
                              f"{'yes' if hit else 'no'}.")
                 if hit:
                     break
-        else:
-            steps.append(f"From {seen_from}, count the places to the {ans['direction']}:")
-            count = 0
-            for i, x in enumerate(ans["order"]):
-                if x == ref:
-                    steps.append(f"{i}. the {x}: the reference, skip.")
-                    continue
-                hit = direction(coords[ref], coords[x]) == ans["direction"]
-                count += hit
-                steps.append(f"{i}. the {x} {record(x, coords[x])}: {compare(coords[ref], coords[x])}, "
-                             f"{'yes' if hit else 'no'}, {count}.")
-            steps.append(f"Places to the {ans['direction']}: {count}.")
-            steps += check_options(ans["options"], ans["value"])
-        return trace(steps, f"Final Answer: {ans['letter']}")
+            return trace(steps, f"Final Answer: {ans['letter']}")
+        count = 0
+        for i, x in enumerate(ans["order"]):
+            if x == ref:
+                steps.append(f"{i}. The {x}: the reference, skip.")
+                continue
+            hit = direction(coords[ref], coords[x]) == ans["direction"]
+            count += hit
+            steps.append(f"{i}. The {x} {record(x, coords[x])}: {compare(coords[ref], coords[x])}, "
+                         f"{'yes' if hit else 'no'}, {count}.")
+        steps.append(f"Places to the {ans['direction']}: {count}.")
+        return trace(steps + check_options(ans["options"], ans["value"]), f"Final Answer: {ans['letter']}")
+
+
+def question_text(ans) -> str:
+    """The question as the prompt words it."""
+    if ans["question"] == "direction":
+        return f"In which direction is the {ans['subject']} from the {ans['reference']}?"
+    if ans["question"] == "which_object":
+        return f"Which place is to the {ans['direction']} of the {ans['reference']}?"
+    return f"How many places are to the {ans['direction']} of the {ans['reference']}?"
 
 
 # The first place's coordinates: far enough from 0 that on the maps of levels 1-2 (grids of 7 and 8
