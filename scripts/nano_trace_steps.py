@@ -5,8 +5,9 @@
 Feeds the teacher's trace of 40 held-out instances (seed 0) to the model and prints, per kind of
 step, how often the model's top token is right on every token of that step (teacher forcing).
 Spatialmap: the name of the next sentence's place, the offsets copied from it, the coordinates
-looked up by a place's record `(cafe`, the sums, the comparisons, the options. Calendar: a
-person's free blocks copied from the prompt, the running intersection, the slot. A step the model
+looked up by a place's record `(cafe`, the sums, the comparisons, the options. Calendar: each
+person's line copied into day records, a day's records looked up, the blocks of each step of the
+sweep, its later start and earlier end, the sums and fits, the slot. A step the model
 has not learned shows as a low figure even when the rest of the trace is fluent.
 """
 import collections
@@ -56,17 +57,26 @@ SPATIALMAP = {
  "final_letter": r"Final Answer: ([A-D])",
 }
 T = r"\d\d:\d\d-\d\d:\d\d"  # a block of time
+M = r"\d\d:\d\d"  # a time
+P = r"(?!(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)\w*:)"  # a line that starts with a person, not a day
 CALENDAR = {
- "day": r"^(\w+): \w+ free",
- "person": r"^\w+: (\w+) free",
- "first_block": rf"^\w+: \w+ free ({T}|none)",
- "later_blocks": rf"^\w+: \w+ free {T}((?:, {T})+)",
- "common_first": rf"; common so far ({T}|none)",
- "common_later": rf"; common so far {T}((?:, {T})+)",
- "within_or_outside": rf"^\w+: (?:within|outside) {T}: (.+)$",
- "fitting_block": rf"^\w+: ({T}) fits",
- "slot": rf"fits \d+ minutes: ({T})\.",
- "nothing": r"^\w+: (nothing) long enough",
+ "duration": r"^Meeting of (\d+)",
+ "person": rf"^{P}(\w+): [\(\[]",
+ "first_records": rf"^{P}\w+: (\(.*)$",
+ "later_records": rf"^{P}\w+: (\[.*)$",
+ "day": r"^(\w+): \(\w+ ",
+ "header_first": r"^\w+: \(\w+ ([^)]*)\) \[",
+ "header_later": r"\) \[\w+ ([^\]]*)\]$",
+ "pair_first": rf"^\w+ ({T}), \w+ {T}:",
+ "pair_later": rf"^\w+ {T}, \w+ ({T}):",
+ "later_start": rf"later start ({M})",
+ "earlier_end": rf"earlier end ({M})",
+ "ends_first": rf"earlier end {M} (\w+)",
+ "overlap_or_none": rf"earlier end {M} \w+(, none|, {M}|, buffers|, hours|, outside)",
+ "sum": rf"{M} \+ \d+ = ({M})",
+ "fit": rf"= {M} vs {M} (fits|too short)",
+ "nothing": r"^\w+: (nothing) fits",
+ "slot": rf"constraint is (\w+ {T})\.",
  "final": r"Final Answer: (.+)",
 }
 PATTERNS = {"spatialmap": SPATIALMAP, "calendar": CALENDAR}
