@@ -125,9 +125,11 @@ def test_teacher_records_copy_each_line_and_the_sweep_is_true():
                     assert blocks == (", ".join(spec["availability"][person].get(day, [])) or "none")
                     for again in re.findall(rf"\{o}{k} ([^{c}]*)\{c}", text):
                         assert again == blocks
-            for a, b, c, d, lo, hi, who in re.findall(
-                    r"^\w+ (\S+)-(\S+), \w+ (\S+)-(\S+): later start (\S+), earlier end (\S+) (\w+)", text, re.M):
+            for a, b, c, d, a2, c2, lo, b2, d2, hi, who in re.findall(
+                    r"^\w+ (\S+)-(\S+), \w+ (\S+)-(\S+): start (\S+) vs (\S+) later (\S+), "
+                    r"end (\S+) vs (\S+) earlier (\S+) (\w+)", text, re.M):
                 steps += 1
+                assert (a2, c2, b2, d2) == (a, c, b, d)
                 assert minutes(lo) == max(minutes(a), minutes(c)) and minutes(hi) == min(minutes(b), minutes(d))
                 assert who == ("both" if b == d else first if minutes(b) < minutes(d) else second)
             for t0, n, t1, end, verdict in re.findall(r"(\d\d:\d\d) \+ (\d+) = (\d\d:\d\d) vs (\d\d:\d\d) (fits|too short)", text):

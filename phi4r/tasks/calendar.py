@@ -270,8 +270,8 @@ def sweep(xs, ys, names, steps, fit=None):
         (a, b), (c, d) = xs[i], ys[j]
         lo, hi = max(a, c), min(b, d)
         first = names[0] if b < d else names[1] if d < b else "both"
-        line = (f"{names[0]} {block(a, b)}, {names[1]} {block(c, d)}: later start {hm(lo)}, "
-                f"earlier end {hm(hi)} {first}" + ("" if lo < hi else ", none"))
+        line = (f"{names[0]} {block(a, b)}, {names[1]} {block(c, d)}: start {hm(a)} vs {hm(c)} later {hm(lo)}, "
+                f"end {hm(b)} vs {hm(d)} earlier {hm(hi)} {first}" + ("" if lo < hi else ", none"))
         found = None
         if lo < hi:
             common.append((lo, hi))
