@@ -5,9 +5,10 @@
 Feeds the teacher's trace of 40 held-out instances (seed 0) to the model and prints, per kind of
 step, how often the model's top token is right on every token of that step (teacher forcing).
 Spatialmap: the name of the next sentence's place, the offsets copied from it, the coordinates
-looked up by name, the sums, the comparisons, the options. Calendar: a person's free blocks copied
-from the prompt, the running intersection, the slot. A step the model has not learned shows as a
-low figure even when the rest of the trace is fluent.
+looked up by a place's record `(cafe`, the sums, the comparisons, the options. Calendar: each
+person's line copied into day records, a day's records looked up, the blocks of each step of the
+sweep, its later start and earlier end, the sums and fits, the slot. A step the model
+has not learned shows as a low figure even when the rest of the trace is fluent.
 """
 import collections
 import re
@@ -20,28 +21,34 @@ from phi4r.tasks import get_task
 from phi4r.train.data import encode_conversation
 
 
-C = r"\(-?\d+, -?\d+\)"
+C = r"-?\d+ -?\d+"  # the coordinates in a record `(cafe 3 2)`
 SPATIALMAP = {
  "line_name": r"^\d+\. The (\w+) is",
  "offset_copy": r"^\d+\. The \w+ is (.+?) of the",
  "base_name": r"of the (\w+) \(",
- "base_coords": rf"of the \w+ ({C}):",
+ "base_record_name": r"of the \w+ \((\w+) ",
+ "base_coords": rf"of the \w+ \(\w+ ({C})\):",
  "x_operand": r"x (-?\d+) [+-] \d+ =",
  "x_offset": r"x -?\d+ ([+-] \d+) =",
  "y_offset": r"y -?\d+ ([+-] \d+) =",
  "x_result": r"x -?\d+ [+-] \d+ = (-?\d+)",
  "y_result": r"y -?\d+ [+-] \d+ = (-?\d+)",
- "so_coords": rf"so the \w+ ({C})\.",
- "ref_name": r"^From the (\w+)",
- "ref_coords": rf"^From the \w+ ({C})",
- "subj_name": rf"^From the \w+ {C}, the (\w+)",
- "subj_coords": rf", the \w+ ({C}): x",
- "opt_place": r"^[A-D]\. the (\w+) \(",
- "opt_coords": rf"^[A-D]\. the \w+ ({C})",
- "cnt_name": r"^\d+\. the (\w+)",
- "cnt_coords": rf"^\d+\. the \w+ ({C})",
- "cmp_x": r"x -?\d+ ([<>=]) -?\d+, y",
- "cmp_y": r"y -?\d+ ([<>=]) -?\d+, so",
+ "x_last": r"x [^,]*= (-?\d+), y",
+ "y_last": r"y [^,]*= (-?\d+), so \(",
+ "so_coords": rf"so \(\w+ ({C})\)\.",
+ "question": r"^Question: (.+)$",
+ "ref_name": rf"(?:^From|^The \w+ \(\w+ {C}\) from) the (\w+)",
+ "ref_coords": rf"(?:^From|^The \w+ \(\w+ {C}\) from) the \w+ \(\w+ ({C})\)",
+ "subj_name": rf"^The (\w+) \(\w+ {C}\) from the",
+ "subj_coords": rf"^The \w+ \(\w+ ({C})\) from the",
+ "opt_place": r"^[A-D]\. (\w+) \(",
+ "opt_coords": rf"^[A-D]\. \w+ \(\w+ ({C})\)",
+ "cnt_name": r"^\d+\. The (\w+)(?: \(|:)",
+ "cnt_coords": rf"^\d+\. The \w+ \(\w+ ({C})\)",
+ "ref_x": r"x -?\d+ vs (-?\d+) \w+, y",
+ "name_x": r"x -?\d+ vs -?\d+ (\w+), y",
+ "ref_y": r"y -?\d+ vs (-?\d+) \w+, so",
+ "name_y": r"y -?\d+ vs -?\d+ (\w+), so",
  "dir_word": r", so (\w+)[.,]",
  "yes_no": r"(yes|no)[.,]",
  "running": r"(?:yes|no), (\d+)\.",
@@ -50,17 +57,28 @@ SPATIALMAP = {
  "final_letter": r"Final Answer: ([A-D])",
 }
 T = r"\d\d:\d\d-\d\d:\d\d"  # a block of time
+M = r"\d\d:\d\d"  # a time
+P = r"(?!(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)\w*:)"  # a line that starts with a person, not a day
 CALENDAR = {
- "day": r"^(\w+): \w+ free",
- "person": r"^\w+: (\w+) free",
- "first_block": rf"^\w+: \w+ free ({T}|none)",
- "later_blocks": rf"^\w+: \w+ free {T}((?:, {T})+)",
- "common_first": rf"; common so far ({T}|none)",
- "common_later": rf"; common so far {T}((?:, {T})+)",
- "within_or_outside": rf"^\w+: (?:within|outside) {T}: (.+)$",
- "fitting_block": rf"^\w+: ({T}) fits",
- "slot": rf"fits \d+ minutes: ({T})\.",
- "nothing": r"^\w+: (nothing) long enough",
+ "duration": r"^Meeting of (\d+)",
+ "person": rf"^{P}(\w+): [\(\[]",
+ "first_records": rf"^{P}\w+: (\(.*)$",
+ "later_records": rf"^{P}\w+: (\[.*)$",
+ "day": r"^(\w+): \(\w+ ",
+ "header_first": r"^\w+: \(\w+ ([^)]*)\) \[",
+ "header_later": r"\) \[\w+ ([^\]]*)\]$",
+ "pair_first": rf"^\w+ ({T}), \w+ {T}:",
+ "pair_later": rf"^\w+ {T}, \w+ ({T}):",
+ "start_copy": rf": start ({M} vs {M}) later",
+ "later_start": rf"later ({M}), end",
+ "end_copy": rf", end ({M} vs {M}) earlier",
+ "earlier_end": rf"earlier ({M}) \w+",
+ "ends_first": rf"earlier {M} (\w+)",
+ "overlap_or_none": rf"earlier {M} \w+(, none|, {M}|, buffers|, hours|, outside)",
+ "sum": rf"{M} \+ \d+ = ({M})",
+ "fit": rf"= {M} vs {M} (fits|too short)",
+ "nothing": r"^\w+: (nothing) fits",
+ "slot": rf"constraint is (\w+ {T})\.",
  "final": r"Final Answer: (.+)",
 }
 PATTERNS = {"spatialmap": SPATIALMAP, "calendar": CALENDAR}

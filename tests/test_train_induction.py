@@ -115,3 +115,21 @@ def test_recall_warm_up_continues_from_a_model(tmp_path):
     assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     summary = json.loads((tmp_path / "recall" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["config"]["init"] == str(copy)
+
+
+def test_nano_recipe_runs_the_recall_stage_from_the_warm_up(tmp_path, monkeypatch):
+    """`phi4r train nano`'s warmup and recall stages: OUT/warmup, then OUT/recall continuing from it
+    with the recipe's RECALL settings (160-token records); a finished stage is not run again."""
+    from phi4r.train import nano
+
+    setup = tiny_setup(tmp_path)
+    monkeypatch.setattr(nano, "SIZES", {**setup["sizes"], "max_position_embeddings": 256})
+    quick = {"max_steps": 2, "batch_size": 2, "eval_steps": 2, "bf16": False}
+    warm = nano.stage_induction(tmp_path, 3, setup["tokenizer"], "warmup", max_len=6, **quick)
+    recall = nano.stage_induction(tmp_path, 3, setup["tokenizer"], "recall", init=str(warm), **{**nano.RECALL, **quick})
+    assert warm == tmp_path / "warmup" / "final" and recall == tmp_path / "recall" / "final"
+    config = json.loads((tmp_path / "recall" / "summary.json").read_text())["config"]
+    assert config["task"] == "recall" and config["recall_len"] == 160 and config["init"] == str(warm)
+    stamp = (recall / "model.safetensors").stat().st_mtime_ns
+    assert nano.stage_induction(tmp_path, 3, setup["tokenizer"], "recall", init=str(warm), **nano.RECALL) == recall
+    assert (recall / "model.safetensors").stat().st_mtime_ns == stamp

@@ -56,7 +56,7 @@ class SpatialMap(ChoiceTask):
         prompt = (
             "A map of a town (blocks are equal steps on a grid):\n" + "\n".join(lines) + "\n"
             "Northeast means both north and east; north means due north (same east-west position); "
-            f"likewise for the other directions.\n{text}\n{format_options(options)}\n"
+            f"likewise for the other directions.\nQuestion: {text}\n{format_options(options)}\n"
             'Answer as "Final Answer: X" where X is the letter.'
         )
         return Instance(id="", task=self.name, prompt=prompt, category=question, difficulty=difficulty,
@@ -73,81 +73,118 @@ class SpatialMap(ChoiceTask):
         subject, ref = rng.sample(names, 2)
         d = direction(pos[ref], pos[subject])
         if question == "direction":
-            text = f"In which direction is the {subject} from the {ref}?"
             value, distractors = d, rng.sample([x for x in DIRECTIONS if x != d], 3)
         elif question == "which_object":
             others = [x for x in names if x != ref and direction(pos[ref], pos[x]) != d]
             if len(others) != len(names) - 2 or len(others) < 3:
                 return None  # the answer must be the only place in that direction
-            text = f"Which place is to the {d} of the {ref}?"
             value, distractors = subject, rng.sample(others, 3)
         else:
             subject, d = None, rng.choice(DIRECTIONS)
             value = sum(direction(pos[ref], pos[x]) == d for x in names if x != ref)
-            text = f"How many places are to the {d} of the {ref}?"
             distractors = number_distractors(rng, value)
-        return {"text": text, "value": value, "distractors": distractors, "reference": ref,
-                "subject": subject, "direction": d}
+        asked = {"question": question, "value": value, "distractors": distractors, "reference": ref,
+                 "subject": subject, "direction": d}
+        return asked | {"text": question_text(asked)}
 
     def teacher(self, inst):
-        """Coordinates by sums, then the question, then the options one by one.
+        """Coordinates by sums, then the question copied, then the options one by one.
 
-        Written for a small model: every fact a step needs is either on its own line or right after
-        a name written the same way each time (`the cafe (3, 2)`), so looking it up is copying what
-        followed that name; each sum or comparison has its operands next to it."""
+        Written for a small model, whose lookups are copies of what followed a token before: a
+        place's coordinates are kept in a record `(cafe 3 2)`. The record's name token (no leading
+        space) never occurs in the prompt and is followed by the same coordinates every time, so
+        the lookup `(cafe` -> `3 2` has one answer wherever the model looks; prompt names (`the
+        cafe`) are followed by different words each time. Each sum or comparison has its operands
+        next to it. The question is copied word for word after `Question:` (as in the prompt), so
+        the kind of question and its places are on the line above the step that uses them: without
+        it the model answered direction questions with the which-place line. A count goes through
+        the places as the prompt numbers them (`2. The bank`), so the next name is a copy too.
+        (The recipe's recall warm-up is what teaches the model to find a record by its name,
+        however far back it is.)"""
         ans = inst.answer
         first, ref = ans["order"][0], ans["reference"]
-        coords = {first: (0, 0)}
-        steps = [f"Coordinates (x east, y north): 0. the {first} (0, 0)."]
+        coords = {first: (ORIGIN, ORIGIN)}
+        steps = [f"Coordinates (x east, y north): 0. The {first} {record(first, coords[first])}."]
         for i, (a, b) in enumerate(ans["links"], 1):
             dx = ans["positions"][a][0] - ans["positions"][b][0]
             dy = ans["positions"][a][1] - ans["positions"][b][1]
             (bx, by) = coords[b]
             coords[a] = (bx + dx, by + dy)
-            steps.append(f"{i}. The {a} is {offset_text(dx, dy)} of the {b} {place(coords[b])}: "
-                         f"x {bx} {plus(dx)} = {bx + dx}, y {by} {plus(dy)} = {by + dy}, "
-                         f"so the {a} {place(coords[a])}.")
-        seen_from = f"the {ref} {place(coords[ref])}"
+            steps.append(f"{i}. The {a} is {offset_text(dx, dy)} of the {b} {record(b, coords[b])}: "
+                         f"x {count_sum(bx, dx)}, y {count_sum(by, dy)}, "
+                         f"so {record(a, coords[a])}.")
+        steps.append(f"Question: {question_text(ans)}")
         if ans["question"] == "direction":
             subject = ans["subject"]
-            steps.append(f"From {seen_from}, the {subject} {place(coords[subject])}: "
-                         f"{compare(coords[ref], coords[subject])}.")
-            steps += check_options(ans["options"], ans["value"])
-        elif ans["question"] == "which_object":
-            steps.append(f"From {seen_from}, which option is {ans['direction']}?")
+            # In the question's order: the subject, then the place it is seen from.
+            steps.append(f"The {subject} {record(subject, coords[subject])} from the {ref} "
+                         f"{record(ref, coords[ref])}: {compare(coords[ref], coords[subject])}.")
+            return trace(steps + check_options(ans["options"], ans["value"]), f"Final Answer: {ans['letter']}")
+        steps.append(f"From the {ref} {record(ref, coords[ref])}:")
+        if ans["question"] == "which_object":
             for letter, x in zip(LETTERS, ans["options"]):
                 hit = x == ans["value"]
-                steps.append(f"{letter}. the {x} {place(coords[x])}: {compare(coords[ref], coords[x])}, "
+                steps.append(f"{letter}. {x} {record(x, coords[x])}: {compare(coords[ref], coords[x])}, "
                              f"{'yes' if hit else 'no'}.")
                 if hit:
                     break
-        else:
-            steps.append(f"From {seen_from}, count the places to the {ans['direction']}:")
-            count = 0
-            for i, x in enumerate(ans["order"]):
-                if x == ref:
-                    steps.append(f"{i}. the {x}: the reference, skip.")
-                    continue
-                hit = direction(coords[ref], coords[x]) == ans["direction"]
-                count += hit
-                steps.append(f"{i}. the {x} {place(coords[x])}: {compare(coords[ref], coords[x])}, "
-                             f"{'yes' if hit else 'no'}, {count}.")
-            steps.append(f"Places to the {ans['direction']}: {count}.")
-            steps += check_options(ans["options"], ans["value"])
-        return trace(steps, f"Final Answer: {ans['letter']}")
+            return trace(steps, f"Final Answer: {ans['letter']}")
+        count = 0
+        for i, x in enumerate(ans["order"]):
+            if x == ref:
+                steps.append(f"{i}. The {x}: the reference, skip.")
+                continue
+            hit = direction(coords[ref], coords[x]) == ans["direction"]
+            count += hit
+            steps.append(f"{i}. The {x} {record(x, coords[x])}: {compare(coords[ref], coords[x])}, "
+                         f"{'yes' if hit else 'no'}, {count}.")
+        steps.append(f"Places to the {ans['direction']}: {count}.")
+        return trace(steps + check_options(ans["options"], ans["value"]), f"Final Answer: {ans['letter']}")
 
 
-def place(xy) -> str:
-    return f"({xy[0]}, {xy[1]})"
+def question_text(ans) -> str:
+    """The question as the prompt words it."""
+    if ans["question"] == "direction":
+        return f"In which direction is the {ans['subject']} from the {ans['reference']}?"
+    if ans["question"] == "which_object":
+        return f"Which place is to the {ans['direction']} of the {ans['reference']}?"
+    return f"How many places are to the {ans['direction']} of the {ans['reference']}?"
 
 
-def plus(d: int) -> str:
-    return f"{'-' if d < 0 else '+'} {abs(d)}"
+# The first place's coordinates: far enough from 0 that on the maps of levels 1-2 (grids of 7 and 8
+# blocks a side) no coordinate is negative, so every sum is `a + d` or `a - d` with a, d >= 0 and a
+# non-negative result, the sums a small model gets right (signed sums from an origin at (0, 0) were
+# right 36-49% of the time, unsigned additions 96%).
+ORIGIN = 7
+
+
+def record(name: str, xy) -> str:
+    """`(cafe 3 2)`: a place's name glued to the bracket (a token the prompt never has), then its
+    coordinates right after it."""
+    return f"({name} {xy[0]} {xy[1]})"
+
+
+def count_sum(a: int, d: int) -> str:
+    """`7 + 3 = 8 + 2 = 9 + 1 = 10`: a sum as steps of one, each step the next (or previous) number
+    and one less to go, so no step needs more than counting (written in one step, `a - d` with a
+    non-negative result was right 45% of the time, signed sums 36-49%)."""
+    sign, n = ("-" if d < 0 else "+"), abs(d)
+    if n == 0:
+        return f"{a} + 0 = {a}"
+    step = -1 if d < 0 else 1
+    return " = ".join(f"{a + k * step} {sign} {n - k}" for k in range(n)) + f" = {a + d}"
 
 
 def compare(frm, to) -> str:
-    """`x 3 > 0, y 2 = 2, so east`: each axis compared, then the direction it makes."""
-    parts = [f"{axis} {b} {'>' if b > a else '<' if b < a else '='} {a}" for axis, a, b in zip("xy", frm, to)]
+    """`x 4 vs 7 west, y 2 vs 2 same, so west`: per axis the place's coordinate, the reference's,
+    then the direction they make, decided with both numbers already written (a symbol before the
+    reference's number had to look it up and compare in one token: 0% right when equal); the
+    direction is the two names put together (north/south first)."""
+    names = {"x": ("east", "west"), "y": ("north", "south")}
+    parts = []
+    for axis, a, b in zip("xy", frm, to):
+        more, less = names[axis]
+        parts.append(f"{axis} {b} vs {a} {more if b > a else less if b < a else 'same'}")
     return ", ".join(parts) + f", so {direction(frm, to)}"
 
 

@@ -17,7 +17,7 @@ leave the uniform loss (docs/NANO.md, "Fourth session").
 `key v v v` scattered over noise, each used three times. From the copy warm-up, the values after
 the first are copied within ~100 steps; the first, found by the key alone, comes later and abruptly
 (at 160 tokens: 18% at step 100, 94% at step 225; at 320 tokens it was still 17% at step 300;
-docs/NANO.md, "Seventh session"). It is not part of the nano recipe yet.
+docs/NANO.md, "Seventh session"). The nano recipe runs it at 160 tokens after the copy warm-up.
 
 `warm_up(cfg)` trains until the held-out copy accuracy passes `target` (then `extra_steps` more) or
 `max_steps`, writes `output_dir/final` (a Hugging Face directory with the tokenizer) and resumes from

@@ -10,12 +10,14 @@ command again after a kill):
 1. tokenizer: a byte-level BPE (`train_bpe`) on the system prompt, prompts and teacher traces of MIX.
 2. warmup: a fresh Phi-3 of SIZES learns to copy random token sequences (`phi4r.train.induction`,
    OUT/warmup): a few minutes that form the induction heads SFT needs to read facts out of a prompt.
-3. sft: SFT from the warm-up on teacher traces of MIX (`phi4r.train.sft.train_sft`, OUT/sft), then
+3. recall: the warm-up model learns to find a record by its key alone, 160 tokens back (the same
+   module, `task="recall"`, OUT/recall): the lookup spatialmap's trace needs for a place's record.
+4. sft: SFT from the recall stage on teacher traces of MIX (`phi4r.train.sft.train_sft`, OUT/sft), then
    the curriculum PHASES continuing from it on fresh instances (OUT/sft2, OUT/sft3).
-4. grpo: GRPO from the last SFT phase on GRPO_MIX (`phi4r.train.grpo.train_grpo`, the report's reward).
-5. eval: `phi4r eval` of both models on held-out instances (seed EVAL_SEED, never trained on):
+5. grpo: GRPO from the last SFT phase on GRPO_MIX (`phi4r.train.grpo.train_grpo`, the report's reward).
+6. eval: `phi4r eval` of both models on held-out instances (seed EVAL_SEED, never trained on):
    RUNS samples at the checkpoint's temperature 0.8, plus greedy.
-6. report: `OUT/report.md` (the SFT-vs-GRPO table), `OUT/plots/*.png` and `OUT/timings.json`.
+7. report: `OUT/report.md` (the SFT-vs-GRPO table), `OUT/plots/*.png` and `OUT/timings.json`.
 
 docs/NANO.md describes the recipe and its results.
 
@@ -47,7 +49,7 @@ VOCAB_SIZE = 1024
 # alphabet the model does not learn to copy) stayed at chance in earlier runs. Arithmetic is cheap
 # (~75 tokens a conversation; batches are length-bucketed) and weighted up: at temperature 0.8 its
 # answers must be sharp, not just right under argmax.
-MIX = {"arithmetic": {1: 3000, 2: 2500, 3: 400, 4: 400}, "spatialmap": {1: 2000, 2: 2000}, "calendar": {1: 1000, 2: 1000},
+MIX = {"arithmetic": {1: 3000, 2: 2500, 3: 400, 4: 400}, "spatialmap": {1: 2000, 2: 2000}, "calendar": {1: 2000, 2: 2000},
        "copy": {"spatialmap": 1000, "calendar": 500}}
 # "copy": conversations whose answer repeats a task prompt word for word (COPY_PROMPT): every answer
 # token is a lookup, which carries the warm-up's copying over to the chat format and these prompts.
@@ -57,10 +59,16 @@ GRPO_SEED_OFFSET = 2000
 EVAL_SEED = 0  # held-out evaluation instances (instance ids embed the seed, so no overlap)
 TEST_SEED = 7  # tests/test_nano.py's held-out set
 
+# The recall stage (`phi4r.train.induction`, task="recall"): records `key v v v` over 160 noise
+# tokens, from the copy warm-up; the lookup by key forms abruptly after ~200 steps (~3 minutes). At
+# 320 tokens it had not formed by step 320 (docs/NANO.md, "Seventh session").
+RECALL = {"task": "recall", "recall_len": 160, "batch_size": 32, "warmup_steps": 20, "eval_steps": 25,
+          "target": 0.9, "extra_steps": 25, "max_steps": 400}
+
 # lr 5e-4 in phase 1, while the copying carries over from the warm-up (at 1e-3 the name lookups had
-# not formed after 700 steps; the fourth session's 5e-4 formed them in ~150); 1e-3 after. 862 steps
-# of 16 = one pass over MIX's 13,800 conversations.
-SFT = {"learning_rate": 5e-4, "warmup_steps": 30, "weight_decay": 0.01, "adam_beta2": 0.98, "max_steps": 862, "bf16": True,
+# not formed after 700 steps; the fourth session's 5e-4 formed them in ~150); 1e-3 after. 988 steps
+# of 16 = one pass over MIX's 15,800 conversations.
+SFT = {"learning_rate": 5e-4, "warmup_steps": 30, "weight_decay": 0.01, "adam_beta2": 0.98, "max_steps": 988, "bf16": True,
        "per_device_train_batch_size": 16, "max_length": 1024, "eval_fraction": 0.01, "eval_steps": 100,
        "logging_steps": 10, "save_steps": 100, "save_total_limit": 2}
 # SFT phases 2 and 3: continue from the previous phase on fresh instances of the same mix (the
@@ -79,7 +87,7 @@ GRPO = {"learning_rate": 1e-4, "warmup_steps": 2, "max_steps": 60, "num_generati
 # Evaluation: task -> (levels, instances per level).
 EVAL = {"arithmetic": ([1, 2, 3, 4], 50), "spatialmap": ([1, 2], 50), "calendar": ([1, 2], 50)}
 RUNS = 5
-EVAL_MAX_TOKENS = 768  # spatialmap's count traces run to ~560 tokens
+EVAL_MAX_TOKENS = 768  # the longest traces: spatialmap ~650 tokens, calendar ~500 (a clock time is one token)
 
 NANO_README_PROMPT = "What is 7 + 5?"  # the README's first command: phi4r chat --temperature 0 "What is 7 + 5?"
 
@@ -158,19 +166,21 @@ def _resume(run_dir: Path) -> str | None:
     return "latest" if checkpointing.checkpoints(run_dir) else None
 
 
-def stage_warmup(out: Path, seed: int, tok_dir: Path) -> Path:
+def stage_induction(out: Path, seed: int, tok_dir: Path, name: str, **options) -> Path:
+    """A synthetic stage of `phi4r.train.induction` in OUT/`name`: the copy warm-up (no options) or
+    the recall stage (RECALL, from the warm-up's model)."""
     from .induction import InductionConfig, warm_up
 
-    final = out / "warmup" / "final"
+    final = out / name / "final"
     if (final / "config.json").is_file():
-        log(f"warmup: done ({final})")
+        log(f"{name}: done ({final})")
         return final
-    return warm_up(InductionConfig(output_dir=str(out / "warmup"), tokenizer=str(tok_dir), sizes=SIZES, seed=seed),
-                   log=log)
+    return warm_up(InductionConfig(output_dir=str(out / name), tokenizer=str(tok_dir), sizes=SIZES, seed=seed,
+                                   **options), log=log)
 
 
 def stage_sft_phase(out: Path, seed: int, prev_dir: Path, name: str, mix: dict, offset: int, params: dict) -> Path:
-    """An SFT phase: continue from `prev_dir` (the warm-up, or the previous phase) on `mix`'s
+    """An SFT phase: continue from `prev_dir` (the recall stage, or the previous phase) on `mix`'s
     instances at seed + `offset` (fresh for each phase)."""
     from .config import SFTConfig
     from .sft import train_sft
@@ -328,7 +338,7 @@ def ship(model_dir: Path, dest: Path | None = None) -> Path:
 
 
 # ---- entry points
-STAGES = ("tokenizer", "warmup", "sft", "grpo", "eval", "report")
+STAGES = ("tokenizer", "warmup", "recall", "sft", "grpo", "eval", "report")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -373,15 +383,19 @@ def run(args) -> int:
         return result
 
     tok_dir, warm_dir, grpo_dir = out / "tokenizer", out / "warmup" / "final", out / "grpo" / "final"
+    recall_dir = out / "recall" / "final"
     sft_dir = out / PHASES[-1][0] / "final"  # the SFT model: the last phase's
     sft_over = {"max_steps": args.sft_steps} if args.sft_steps else {}
     grpo_over = {"max_steps": args.grpo_steps} if args.grpo_steps else {}
     if "tokenizer" in stages:
         tok_dir = timed("tokenizer", lambda: stage_tokenizer(out, args.seed))
     if "warmup" in stages:
-        warm_dir = timed("warmup", lambda: stage_warmup(out, args.seed, tok_dir))
+        warm_dir = timed("warmup", lambda: stage_induction(out, args.seed, tok_dir, "warmup"))
+    if "recall" in stages:
+        recall_dir = timed("recall", lambda: stage_induction(out, args.seed, tok_dir, "recall",
+                                                                 init=str(warm_dir), **RECALL))
     if "sft" in stages:
-        sft_dir = timed("sft", lambda: stage_sft_phase(out, args.seed, warm_dir, "sft", MIX, SFT_SEED_OFFSET,
+        sft_dir = timed("sft", lambda: stage_sft_phase(out, args.seed, recall_dir, "sft", MIX, SFT_SEED_OFFSET,
                                                        {**SFT, **sft_over}))
         for name, mix, offset, params in PHASES:
             sft_dir = timed(name, lambda prev=sft_dir, name=name, mix=mix, offset=offset, params=params:
