@@ -2,7 +2,7 @@
 reads with phi4r's logits, and a model that really solves the tasks it was trained on.
 
 The accuracy floors are docs/NANO.md's greedy figures (seed 0 evaluation set) minus a margin, checked
-on a different held-out set (seed TEST_SEED, never trained on: training used seeds 1000 and 2000).
+on a different held-out set (seed TEST_SEED, never trained on: training used seeds 1000 to 4500).
 """
 import json
 
@@ -13,16 +13,18 @@ from phi4r.checkpoint import NANO_DIR
 
 TEST_SEED = 7
 # (task, level) -> (instances, minimum greedy accuracy): docs/NANO.md's greedy figure minus a margin
-# for a set this small. spatialmap and calendar are not learned (docs/NANO.md says why): spatialmap's
-# floor only catches a model that stopped answering, and calendar (2% greedy) is checked for
-# well-formed answers only (FORMAT_ONLY), asserted for every task below.
+# for a set this small (seed 0 there, seed 7 here). The card tasks are also held to a floor over both
+# levels together (TASK_FLOORS), where 48 instances allow a tighter margin: above chance (spatialmap
+# has 4 options, 25%) and above calendar's baselines (docs/NANO.md: at most 21% over levels 1-2).
 FLOORS = {
     ("arithmetic", 1): (24, 0.9),
-    ("arithmetic", 2): (24, 0.65),
-    ("spatialmap", 1): (24, 0.05),
-    ("spatialmap", 2): (24, 0.05),
+    ("arithmetic", 2): (24, 0.8),
+    ("spatialmap", 1): (24, 0.2),
+    ("spatialmap", 2): (24, 0.2),
+    ("calendar", 1): (24, 0.4),
+    ("calendar", 2): (24, 0.2),
 }
-FORMAT_ONLY = {("calendar", 1): 12, ("calendar", 2): 12}
+TASK_FLOORS = {"spatialmap": 0.29, "calendar": 0.4}
 
 
 def test_files_are_complete():
@@ -70,7 +72,7 @@ def test_greedy_accuracy_on_held_out_instances():
     from phi4r.tasks import get_task
 
     llm = LLM(max_num_seqs=64)
-    sizes = {key: n for key, (n, _) in FLOORS.items()} | FORMAT_ONLY
+    sizes = {key: n for key, (n, _) in FLOORS.items()}
     instances = [i for (name, level), n in sizes.items() for i in get_task(name).generate(n, TEST_SEED, difficulty=level)]
     outputs = llm.chat([[{"role": "user", "content": i.prompt}] for i in instances],
                        SamplingParams(temperature=0, max_tokens=768), use_tqdm=False)
@@ -84,5 +86,8 @@ def test_greedy_accuracy_on_held_out_instances():
     accuracy = {key: sum(s) / len(s) for key, s in scores.items()}
     for key, (_, floor) in FLOORS.items():
         assert accuracy[key] >= floor, (key, accuracy)
+    for name, floor in TASK_FLOORS.items():
+        pooled = [s for (task, _), level_scores in scores.items() if task == name for s in level_scores]
+        assert sum(pooled) / len(pooled) >= floor, (name, accuracy)
     for task, flags in answered.items():  # a think block, then an answer the verifier can read
         assert sum(flags) / len(flags) >= 0.9, (task, sum(flags) / len(flags))
