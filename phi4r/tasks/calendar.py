@@ -252,11 +252,15 @@ def day_key(day: str, brackets) -> str:
     return brackets[0] + (day if brackets == FIRST else day[:3])
 
 
+def record(day: str, blocks, brackets) -> str:
+    """`(Monday 08:30-09:30, 12:30-13:00)`, or `(Tuesday none)`: a day's free blocks as (start, end)."""
+    return f"{day_key(day, brackets)} {fmt_intervals(blocks)}{brackets[1]}"
+
+
 def records(days_free: dict, days: list[str], brackets) -> str:
-    """`(Monday 08:30-09:30, 12:30-13:00) (Tuesday none)`: one record per day offered, in the
-    prompt's order, so writing them is copying the person's line."""
-    return " ".join(f"{day_key(d, brackets)} {', '.join(days_free.get(d, [])) or 'none'}{brackets[1]}"
-                    for d in days)
+    """One record per day offered, in the prompt's order, so writing them is copying the person's
+    line. `days_free`: day -> list of (start, end)."""
+    return " ".join(record(d, days_free.get(d, []), brackets) for d in days)
 
 
 def sweep(xs, ys, names, steps, fit=None):
@@ -330,19 +334,19 @@ def sweep_trace(spec: dict) -> str:
     if "blocked" in c:
         head += f", not during {c['blocked']}"
     steps = [head + ". Check the days in order."]
-    avail = spec["availability"]
-    steps.append(f"{people[0]}: {records(avail[people[0]], days, FIRST)}")
-    common = {d: [parse_block(x) for x in avail[people[0]].get(d, [])] for d in days}
+    free = {name: {d: list(map(parse_block, blocks)) for d, blocks in days_free.items()}
+            for name, days_free in spec["availability"].items()}
+    steps.append(f"{people[0]}: {records(free[people[0]], days, FIRST)}")
+    common = {d: free[people[0]].get(d, []) for d in days}
     for k, person in enumerate(people[1:], 2):
         last = k == len(people)
-        steps.append(f"{person}: {records(avail[person], days, LATER)}")
+        steps.append(f"{person}: {records(free[person], days, LATER)}")
         for day in days:
             if last and c.get("no_weekends") and day in WEEKEND:
                 steps.append(f"{day}: weekend, skipped.")
                 continue
-            theirs = [parse_block(x) for x in avail[person].get(day, [])]
-            steps.append(f"{day}: {day_key(day, FIRST)} {fmt_intervals(common[day])}{FIRST[1]} "
-                         f"{day_key(day, LATER)} {fmt_intervals(theirs)}{LATER[1]}")
+            theirs = free[person].get(day, [])
+            steps.append(f"{day}: {record(day, common[day], FIRST)} {record(day, theirs, LATER)}")
             common[day], found = sweep(common[day], theirs, ("common" if k > 2 else people[0], person),
                                        steps, fitter(c) if last else None)
             if found:
@@ -353,6 +357,6 @@ def sweep_trace(spec: dict) -> str:
                 steps.append(f"{day}: nothing fits.")
         if not last:
             # The common blocks so far become the first record of the next sweep.
-            steps.append(f"Common: {records({d: [block(*x) for x in common[d]] for d in days}, days, FIRST)}")
+            steps.append(f"Common: {records(common, days, FIRST)}")
     steps.append("No day has a slot that satisfies every constraint.")
     return trace(steps, f"Final Answer: {NO_SLOT}")

@@ -103,6 +103,7 @@ class SpatialMap(ChoiceTask):
         however far back it is.)"""
         ans = inst.answer
         first, ref = ans["order"][0], ans["reference"]
+        answer = f"Final Answer: {ans['letter']}"
         coords = {first: (ORIGIN, ORIGIN)}
         steps = [f"Coordinates (x east, y north): 0. The {first} {record(first, coords[first])}."]
         for i, (a, b) in enumerate(ans["links"], 1):
@@ -119,7 +120,7 @@ class SpatialMap(ChoiceTask):
             # In the question's order: the subject, then the place it is seen from.
             steps.append(f"The {subject} {record(subject, coords[subject])} from the {ref} "
                          f"{record(ref, coords[ref])}: {compare(coords[ref], coords[subject])}.")
-            return trace(steps + check_options(ans["options"], ans["value"]), f"Final Answer: {ans['letter']}")
+            return trace(steps + check_options(ans["options"], ans["value"]), answer)
         steps.append(f"From the {ref} {record(ref, coords[ref])}:")
         if ans["question"] == "which_object":
             for letter, x in zip(LETTERS, ans["options"]):
@@ -128,7 +129,7 @@ class SpatialMap(ChoiceTask):
                              f"{'yes' if hit else 'no'}.")
                 if hit:
                     break
-            return trace(steps, f"Final Answer: {ans['letter']}")
+            return trace(steps, answer)
         count = 0
         for i, x in enumerate(ans["order"]):
             if x == ref:
@@ -139,7 +140,7 @@ class SpatialMap(ChoiceTask):
             steps.append(f"{i}. The {x} {record(x, coords[x])}: {compare(coords[ref], coords[x])}, "
                          f"{'yes' if hit else 'no'}, {count}.")
         steps.append(f"Places to the {ans['direction']}: {count}.")
-        return trace(steps + check_options(ans["options"], ans["value"]), f"Final Answer: {ans['letter']}")
+        return trace(steps + check_options(ans["options"], ans["value"]), answer)
 
 
 def question_text(ans) -> str:
@@ -168,10 +169,10 @@ def count_sum(a: int, d: int) -> str:
     """`7 + 3 = 8 + 2 = 9 + 1 = 10`: a sum as steps of one, each step the next (or previous) number
     and one less to go, so no step needs more than counting (written in one step, `a - d` with a
     non-negative result was right 45% of the time, signed sums 36-49%)."""
-    sign, n = ("-" if d < 0 else "+"), abs(d)
+    n = abs(d)
     if n == 0:
         return f"{a} + 0 = {a}"
-    step = -1 if d < 0 else 1
+    sign, step = ("-", -1) if d < 0 else ("+", 1)
     return " = ".join(f"{a + k * step} {sign} {n - k}" for k in range(n)) + f" = {a + d}"
 
 
