@@ -109,4 +109,9 @@ def _run(args) -> int:
         return 2
     print(main_table(summary))
     print(f"\nreport: {os.path.join(args.out, 'report.md')}")
-    return 0
+    errors, retry = summary["metrics"]["overall"]["errors"], summary["errors_to_retry"]
+    if errors:  # refused samples are a final result (exit 0); transient failures leave the run unfinished
+        print(f"{errors} samples got no answer (errors in {args.out}/samples.jsonl, scored wrong)"
+              + (f"; {retry} failed for a transient reason: run the same command again to ask them again"
+                 if retry else ""), file=sys.stderr)
+    return 1 if retry else 0

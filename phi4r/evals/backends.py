@@ -29,6 +29,13 @@ class Completion:
     response_tokens: int | None
     reasoning_tokens: int | None
     text: str | None = None  # the raw generated text, when the backend has it
+    error: str | None = None  # why there is no answer (the request was refused or failed): scored wrong
+    retry: bool = False  # the error may pass (server busy or down): a resumed run asks again
+    max_tokens: int | None = None  # the smaller completion budget the backend had to use to fit the context
+
+    @classmethod
+    def failed(cls, error: str, retry: bool = False) -> "Completion":
+        return cls(None, None, "error", None, None, error=error, retry=retry)
 
     def answer_text(self) -> str:
         """What the task grades, the same for every backend: the content after the thinking.
@@ -42,7 +49,8 @@ class Completion:
 
 
 class BackendError(RuntimeError):
-    """A backend failed for good (after its retries): the run stops; finished samples stay logged."""
+    """The backend cannot answer at all (a wrong URL or key, a server that stays down): the run stops;
+    finished samples stay logged. A request refused or failed on its own is a `Completion.failed`."""
 
 
 class Backend(Protocol):
@@ -114,6 +122,7 @@ class LocalBackend:
         return {"temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k, "max_tokens": gc.get("max_new_tokens")}
 
     def complete(self, jobs, sampling, system_prompt):
+        from ..engine import ContextLengthError
         from ..sampling import SamplingParams
 
         engine, tokenizer = self.llm.engine, self.llm.tokenizer
@@ -121,6 +130,7 @@ class LocalBackend:
         for job in jobs:
             blocks[job.instance.task, job.instance.id, job.run // self.block][job.run % self.block] = job
         wanted: dict[str, dict[int, Job]] = {}
+        budgets: dict[str, int] = {}  # request id -> the completion budget the context left, when smaller
         try:
             for (_, _, block), by_index in blocks.items():
                 job = next(iter(by_index.values()))
@@ -134,10 +144,15 @@ class LocalBackend:
                 ids = tokenizer.encode_chat([{"role": "user", "content": job.instance.prompt}],
                                             system_prompt=system_prompt)
                 try:
-                    wanted[engine.add_request(None, ids, params)] = by_index
-                except ValueError as e:  # e.g. a prompt longer than the context: retrying cannot help
-                    raise ValueError(f"{job.instance.task} instance {job.instance.id}: {e}") from None
-            left = len(jobs)
+                    request_id = engine.add_request(None, ids, params)
+                    wanted[request_id] = by_index
+                    # The engine gives a completion what the context leaves: record when that is less.
+                    if params.max_tokens and params.max_tokens > engine.max_model_len - len(ids):
+                        budgets[request_id] = engine.max_model_len - len(ids)
+                except ContextLengthError as e:  # this prompt's fault alone: a wrong answer, not the end
+                    for refused in by_index.values():
+                        yield refused, Completion.failed(f"refused by the engine: {e}")
+            left = sum(map(len, wanted.values()))
             while left:
                 for delta in engine.step():
                     by_index = wanted.get(delta.request_id, {})
@@ -149,8 +164,9 @@ class LocalBackend:
                         if out.finish_reason == "abort":  # not an answer: never grade it
                             raise BackendError(f"the engine aborted request {delta.request_id}")
                         left -= 1
-                        yield by_index[delta.index], Completion(out.reasoning, out.content, out.finish_reason,
-                                                                len(out.token_ids), out.reasoning_tokens, out.text)
+                        yield by_index[delta.index], Completion(
+                            out.reasoning, out.content, out.finish_reason, len(out.token_ids), out.reasoning_tokens,
+                            out.text, max_tokens=budgets.get(delta.request_id))
         finally:
             for request_id in wanted:  # interrupted: leave no work behind in a shared engine
                 engine.abort(request_id)

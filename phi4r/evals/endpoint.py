@@ -2,12 +2,23 @@
 
 One request per (instance, run), `concurrency` in flight. Transient failures (connection errors,
 timeouts, 408/409/425/429/5xx) are retried with exponential backoff and jitter, honouring
-Retry-After; anything else, or running out of retries, raises `BackendError` naming the endpoint and
-the last error, so a dead server is never mistaken for wrong answers.
+Retry-After. One sample never ends the run: a request the server refuses (400, 413, 422: a prompt
+longer than the context, ...) or one still failing after its retries becomes a logged error, scored
+wrong. Only what fails every request stops it with `BackendError` (401/403/404: a wrong key, URL or
+model; `concurrency` requests in a row failing after their retries: the server is down), so a dead
+server is never mistaken for wrong answers.
+
+The context: `max_tokens` is clamped to the `max_model_len` that `/v1/models` reports (vLLM and
+phi4r serve do). The endpoint does not count the prompt's tokens for us, so a completion that does
+not fit is refused; when the refusal states the prompt's token count (vLLM's, phi4r's and
+llama.cpp's messages do), the request is sent once more with the budget the context leaves, which is
+what the local engine and vLLM (max_tokens unset) do, and the sample records that budget.
 """
 from __future__ import annotations
 
+import json
 import random
+import re
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -19,9 +30,27 @@ from ..reasoning import split_reasoning
 from .backends import BackendError, Completion, derive_seed, messages
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
+FATAL = {401, 403, 404, 405}  # every request would get the same: stop, don't score
 
 # The card's recommended sampling; servers often drop a model's generation_config, so send it.
 CARD_SAMPLING = {"temperature": 0.8, "top_p": 0.95, "top_k": 50}
+
+# How servers state the context and the prompt's length in a refusal (vLLM, phi4r, OpenAI).
+_CONTEXT = [re.compile(p) for p in (r"maximum context length is (\d+)", r"max_model_len\) is (\d+)")]
+_PROMPT = [re.compile(p) for p in (r"(\d+) (?:tokens )?in the (?:messages|prompt|input)", r"has (\d+) input tokens",
+                                   r"prompt has (\d+) tokens", r"prompt contains at least (\d+)")]
+
+
+class Refused(Exception):
+    """The server refused this request: asking again gets the same answer."""
+
+    def __init__(self, message: str, body: str):
+        super().__init__(message)
+        self.body = body
+
+
+class Unavailable(Exception):
+    """Transient failures outlasted the retries: a later (resumed) run may succeed."""
 
 
 def chat_url(url: str) -> str:
@@ -30,6 +59,26 @@ def chat_url(url: str) -> str:
     if url.endswith("/chat/completions"):
         return url
     return url + ("/chat/completions" if url.endswith("/v1") else "/v1/chat/completions")
+
+
+def _first_int(patterns, text: str) -> int | None:
+    return next((int(m.group(1)) for p in patterns if (m := p.search(text))), None)
+
+
+def fitting_budget(refusal: str, max_tokens: int | None, max_model_len: int | None) -> int | None:
+    """The max_tokens that fits the context, from a refusal that states the prompt's length; None
+    when the refusal is not about the completion's length (e.g. the prompt alone is too long)."""
+    try:  # llama.cpp's exceed_context_size_error carries the numbers as fields
+        error = json.loads(refusal).get("error") or {}
+        context, prompt = error.get("n_ctx"), error.get("n_prompt_tokens")
+    except (ValueError, AttributeError):
+        context = prompt = None
+    context = context or _first_int(_CONTEXT, refusal) or max_model_len
+    prompt = prompt or _first_int(_PROMPT, refusal)
+    if not (isinstance(context, int) and isinstance(prompt, int)) or prompt >= context:
+        return None
+    room = context - prompt
+    return room if max_tokens is None or max_tokens > room else None
 
 
 class EndpointBackend:
@@ -48,17 +97,30 @@ class EndpointBackend:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=30.0),
                                    limits=httpx.Limits(max_connections=concurrency))
-        self.model = model or self._served_model()
-        self.name = f"{self.url} ({self.model})"
+        entry = self._served_model(model)
+        self.model = model or entry["id"]
+        limit = entry.get("max_model_len")
+        self.max_model_len = limit if isinstance(limit, int) and limit > 0 else None
+        # The context decides which samples fit, so a resumed run must see the same one.
+        self.name = f"{self.url} ({self.model}" + (f", max_model_len={self.max_model_len})" if self.max_model_len else ")")
 
-    def _served_model(self) -> str:
-        """The first model the server lists, as the `model` field most servers require."""
+    def _served_model(self, model: str | None) -> dict:
+        """The `/v1/models` entry of `model` (the first listed when None), for its id and context.
+        A given model needs no listing, but a server that cannot be reached stops us here."""
         url = self.url.removesuffix("/chat/completions") + "/models"
-        data = self._request("GET", url)
         try:
-            return data["data"][0]["id"]
-        except (KeyError, IndexError, TypeError):
-            raise BackendError(f"{url} lists no model; pass --served-model") from None
+            entries = [e for e in self._request("GET", url)["data"] if model is None or e.get("id") == model]
+            return entries[0] if model is None else (entries or [{}])[0]
+        except Unavailable as e:
+            raise BackendError(str(e)) from None
+        except BackendError:  # a wrong key or URL
+            if model is None:
+                raise
+            return {}
+        except (Refused, KeyError, IndexError, TypeError, AttributeError, ValueError):
+            if model is None:
+                raise BackendError(f"{url} lists no model; pass --served-model") from None
+            return {}
 
     def sampling_defaults(self) -> dict:
         return dict(CARD_SAMPLING)
@@ -74,11 +136,13 @@ class EndpointBackend:
                 if r.status_code == 200:
                     return r.json()
                 error = f"HTTP {r.status_code}: {r.text[:500]}"
-                if r.status_code not in RETRYABLE:
+                if r.status_code in FATAL:
                     raise BackendError(f"{url} rejected the request ({error})")
+                if r.status_code not in RETRYABLE:
+                    raise Refused(f"{url} refused the request ({error})", r.text)
                 retry_after = r.headers.get("retry-after")
             if attempt == self.retries:
-                raise BackendError(f"{url} failed {attempt + 1} times; last error: {error}")
+                raise Unavailable(f"{url} failed {attempt + 1} times; last error: {error}")
             time.sleep(self._delay(attempt, retry_after))
         raise AssertionError("unreachable")
 
@@ -97,6 +161,8 @@ class EndpointBackend:
         for key in ("temperature", "top_p", "max_tokens"):
             if sampling.get(key) is not None:
                 body[key] = sampling[key]
+        if self.max_model_len and body.get("max_tokens", 0) > self.max_model_len:
+            body["max_tokens"] = self.max_model_len  # never more than any prompt could leave
         if sampling.get("top_k"):  # 0/None: leave top-k off (and unsent, for servers that reject it)
             body["top_k"] = sampling["top_k"]
         if sampling.get("thinking_budget") is not None:  # vLLM's name, which phi4r serve shares
@@ -104,17 +170,29 @@ class EndpointBackend:
         return body
 
     def _complete_one(self, job, sampling, system_prompt) -> Completion:
-        data = self._request("POST", self.url, self._body(job, sampling, system_prompt))
+        body = self._body(job, sampling, system_prompt)
+        try:
+            data = self._request("POST", self.url, body)
+        except Refused as e:
+            budget = fitting_budget(e.body, body.get("max_tokens"), self.max_model_len)
+            if budget is None:
+                raise
+            body["max_tokens"] = budget  # the prompt fits; the completion gets what the context leaves
+            data = self._request("POST", self.url, body)
         try:
             choice = data["choices"][0]
             message = choice["message"]
         except (KeyError, IndexError, TypeError):
-            raise BackendError(f"{self.url} returned no choice: {str(data)[:500]}") from None
-        return completion_from_message(message, choice.get("finish_reason"), data.get("usage") or {})
+            raise Unavailable(f"{self.url} returned no choice: {str(data)[:500]}") from None
+        completion = completion_from_message(message, choice.get("finish_reason"), data.get("usage") or {})
+        if body.get("max_tokens") != sampling.get("max_tokens"):
+            completion.max_tokens = body["max_tokens"]
+        return completion
 
     def complete(self, jobs, sampling, system_prompt):
-        """Yield (job, completion) as requests finish. On a permanent failure, requests not yet
-        started are cancelled, those in flight are still collected, then `BackendError` is raised."""
+        """Yield (job, completion) as requests finish; a refused or failed request yields a failed
+        completion. On a `BackendError`, requests not yet started are cancelled, those in flight are
+        still collected, then it is raised."""
         stop = threading.Event()
 
         def work(job):
@@ -122,6 +200,10 @@ class EndpointBackend:
                 return None
             try:
                 return self._complete_one(job, sampling, system_prompt)
+            except Refused as e:
+                return Completion.failed(str(e))
+            except Unavailable as e:
+                return Completion.failed(str(e), retry=True)
             except BackendError:
                 stop.set()  # at once, so this worker starts no further request
                 raise
@@ -129,7 +211,7 @@ class EndpointBackend:
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
         try:
             pending = {pool.submit(work, job): job for job in jobs}
-            failure = None
+            failure, failed_in_a_row = None, 0
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -139,8 +221,14 @@ class EndpointBackend:
                     except BackendError as e:
                         failure = failure or e
                         continue
-                    if completion is not None:
-                        yield job, completion
+                    if completion is None:
+                        continue
+                    failed_in_a_row = failed_in_a_row + 1 if completion.retry else 0
+                    if failed_in_a_row >= max(3, self.concurrency) and failure is None:
+                        stop.set()  # the server is down: stop asking, rather than fail every sample
+                        failure = BackendError(f"{failed_in_a_row} requests in a row failed after their retries; "
+                                               f"last: {completion.error}")
+                    yield job, completion
             if failure is not None:
                 raise failure
         finally:

@@ -1,7 +1,8 @@
 """The sample log: one JSON line per scored (instance, run), appended and flushed as each finishes.
 
 It is the evaluation's only state, so an interrupted run resumes by reading it back: pairs already
-in the log are skipped, and a pair is never written twice.
+in the log are skipped, and a pair is written twice only to replace a transient failure (`"retry":
+true`, the server busy or down), which a resumed run asks again: the later line wins.
 """
 from __future__ import annotations
 
@@ -37,14 +38,20 @@ class SampleLog:
                 sample = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{self.path}:{n}: corrupt sample log line ({e.msg})") from None
-            self.samples.setdefault(sample_key(sample), sample)
+            key = sample_key(sample)
+            if not self.settled(key):
+                self.samples[key] = sample
 
     def __contains__(self, key: tuple) -> bool:
         return key in self.samples
 
+    def settled(self, key: tuple) -> bool:
+        """Logged for good: an answer, or an error that asking again would not change."""
+        return key in self.samples and not self.samples[key].get("retry")
+
     def append(self, sample: dict) -> None:
         key = sample_key(sample)
-        if key in self.samples:
+        if self.settled(key):
             raise ValueError(f"sample {key} is already in {self.path}")
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,7 @@ def summarize(samples: list[dict], runs: int) -> dict:
                       for k in pass_ks(runs)} if groups and len(complete) == len(groups) else {},
         "mean_tokens": mean(tokens) if tokens else None,
         "mean_reasoning_tokens": mean(reasoning) if reasoning else None,
+        "errors": sum(s.get("error") is not None for s in samples),  # no answer (refused, failed): scored 0
         "truncation_rate": mean(s.get("finish_reason") == "length" for s in samples) if samples else None,
         "details": detail_means(samples),
     }

@@ -33,6 +33,7 @@ def _rows(runs: int, pass_ks: list[str]) -> list[tuple[str, Callable[[dict], str
         ("mean response tokens", lambda m: num(m["mean_tokens"])),
         ("mean reasoning tokens", lambda m: num(m["mean_reasoning_tokens"])),
         ("truncated (%)", lambda m: pct(m["truncation_rate"])),
+        ("errors (no answer, scored 0)", lambda m: str(m["errors"])),
     ]
 
 

@@ -2,7 +2,10 @@
 
 The sample log in `out_dir` is the state: a run that is interrupted (killed, a failing endpoint,
 Ctrl-C) is resumed by calling `run_eval` again with the same settings, which skips the pairs already
-scored. `config.json` pins the settings that decide the samples, so a resumed run cannot mix models
+scored. A sample the backend could not answer is logged with its error and scored wrong: a refusal
+(e.g. a prompt longer than the context) is final, as asking again gets the same answer, while a
+transient failure (the server busy or down beyond the retries) is asked again by a resumed run.
+`config.json` pins the settings that decide the samples, so a resumed run cannot mix models
 or sampling parameters.
 """
 from __future__ import annotations
@@ -29,7 +32,14 @@ class EvalConfigError(ValueError):
 
 def score_sample(job: Job, completion: Completion) -> dict:
     inst = job.instance
+    if completion.error is not None:
+        return {"task": inst.task, "id": inst.id, "run": job.run, "category": inst.category,
+                "difficulty": inst.difficulty, "seed": job.seed, "prompt": inst.prompt, "text": None,
+                "reasoning": None, "content": None, "response_tokens": None, "reasoning_tokens": None,
+                "finish_reason": completion.finish_reason, "extracted": None, "score": 0.0, "details": {},
+                "error": completion.error, "retry": completion.retry}
     result = get_task(inst.task).check(inst, completion.answer_text())
+    budget = {} if completion.max_tokens is None else {"max_tokens": completion.max_tokens}
     return {
         "task": inst.task, "id": inst.id, "run": job.run, "category": inst.category, "difficulty": inst.difficulty,
         "seed": job.seed, "prompt": inst.prompt,
@@ -37,7 +47,7 @@ def score_sample(job: Job, completion: Completion) -> dict:
         "reasoning": completion.reasoning, "content": completion.content,
         "response_tokens": completion.response_tokens, "reasoning_tokens": completion.reasoning_tokens,
         "finish_reason": completion.finish_reason,
-        "extracted": result.extracted, "score": result.score, "details": result.details,
+        "extracted": result.extracted, "score": result.score, "details": result.details, **budget,
     }
 
 
@@ -76,7 +86,7 @@ def run_eval(backend: Backend, tasks: list[str], out_dir, *, runs: int = 1, limi
     with SampleLog(out / SAMPLES_FILE) as log:
         # Per-instance seeds are hashes, independent of which other instances are evaluated.
         seeds = {(i.task, i.id): derive_seed(seed, i.task, i.id) for i in instances}
-        jobs = [Job(i, r, seeds[i.task, i.id]) for i in instances for r in range(runs) if (i.task, i.id, r) not in log]
+        jobs = [Job(i, r, seeds[i.task, i.id]) for i in instances for r in range(runs) if not log.settled((i.task, i.id, r))]
         total = len(instances) * runs
         with tqdm(total=total, initial=total - len(jobs), desc="eval", unit="sample", disable=not progress) as bar:
             for job, completion in backend.complete(jobs, sampling, system_prompt):
@@ -93,6 +103,7 @@ def run_eval(backend: Backend, tasks: list[str], out_dir, *, runs: int = 1, limi
 
     settings = {"backend": backend.name, "tasks": tasks, "runs": runs, "limit": limit, "seed": seed,
                 "difficulty": difficulty, "data": data or {}, "sampling": sampling, "system_prompt": system_prompt}
-    summary = {"settings": settings, "metrics": breakdown(selected, runs)}
+    summary = {"settings": settings, "metrics": breakdown(selected, runs),
+               "errors_to_retry": sum(bool(s.get("retry")) for s in selected)}
     write_report(out, summary, selected, plots=plots)
     return summary
