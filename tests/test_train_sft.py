@@ -42,7 +42,7 @@ def test_loss_falls_on_a_fixed_batch(ckpt, tmp_path):
 
 
 def test_resume_after_kill_reproduces_the_uninterrupted_run(ckpt, tmp_path):
-    # 24 conversations (22 train), batch 4: 5 steps per epoch, so 8 steps cross an epoch boundary and
+    # 24 conversations (18 train, 6 held out), batch 4: 4 steps per epoch, so 8 steps cross an epoch boundary and
     # the resumed run must pick up the data position, optimizer moments and schedule exactly.
     full = tmp_path / "full"
     train_sft(config(ckpt, full, max_steps=8, save_steps=3, eval_fraction=0.1, eval_steps=4, save_total_limit=None))
@@ -102,3 +102,38 @@ def test_cli_tokenizer_then_sft_from_scratch(tmp_path):
     saved = (out / "train_config.yaml").read_text()
     assert "max_steps: 3" in saved and "learning_rate: 0.001" in saved  # the resolved config, flags applied
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_step_losses_are_their_batches_and_eval_loss_is_not_one_conversation(tmp_path, capsys):
+    # The shipped nano model fits arithmetic levels 1-2 but not 3-6, and 20 instances cycle levels
+    # 1-6: grouped by length, one batch is all short (easy) conversations and the next all long
+    # (hard) ones, so the step losses jump (0.03 -> 2.35) with no fault in training. With weights
+    # the learning rate cannot move, each logged loss must be its batch's loss under the shipped
+    # model, and eval_loss must average a held-out set, not one conversation.
+    from phi4r.checkpoint import load
+    from phi4r.train import data
+    from phi4r.train.sft import MIN_HELDOUT
+
+    out = tmp_path / "run"
+    train_sft(SFTConfig(model="nano", output_dir=str(out), tasks=["arithmetic"], n_per_task=20, max_steps=2,
+                        logging_steps=1, learning_rate=1e-12, save_steps=1000))
+    assert "15 train / 5 held-out" in capsys.readouterr().out and MIN_HELDOUT >= 5  # 5% of 20 would be 1
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    model, tokenizer = load("nano", dtype=torch.float32)
+    examples = [data.encode_conversation(tokenizer, c) for c in data.teacher_conversations(["arithmetic"], 20, 0)]
+    train, heldout = data.split_heldout(examples, 0.05, 0, MIN_HELDOUT)
+    order = data.BatchOrder(len(train), 8, 0, [len(e.ids) for e in train])
+
+    def mean_nll(batch):  # token mean over the assistant tokens, one conversation at a time (no padding)
+        total = count = 0.0
+        for e in batch:
+            ids, mask = torch.tensor([e.ids]), torch.tensor(e.mask[1:], dtype=torch.bool)
+            with torch.no_grad():
+                nll = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0], ids[0, 1:], reduction="none")
+            total, count = total + nll[mask].sum().item(), count + mask.sum().item()
+        return total / count
+
+    for step, record in enumerate(records):
+        assert record["loss"] == pytest.approx(mean_nll([train[i] for i in order.batch(step)]), rel=1e-3)
+    assert records[-1]["eval_loss"] == pytest.approx(mean_nll(heldout), rel=1e-3)

@@ -61,6 +61,15 @@ def chat_url(url: str) -> str:
     return url + ("/chat/completions" if url.endswith("/v1") else "/v1/chat/completions")
 
 
+def error_message(text: str) -> str:
+    """`error.message` of an OpenAI-shaped error body, else the body as it is."""
+    try:
+        message = json.loads(text)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return text
+    return message if isinstance(message, str) else text
+
+
 def _first_int(patterns, text: str) -> int | None:
     return next((int(m.group(1)) for p in patterns if (m := p.search(text))), None)
 
@@ -135,7 +144,7 @@ class EndpointBackend:
             else:
                 if r.status_code == 200:
                     return r.json()
-                error = f"HTTP {r.status_code}: {r.text[:500]}"
+                error = f"HTTP {r.status_code}: {error_message(r.text)[:500]}"
                 if r.status_code in FATAL:
                     raise BackendError(f"{url} rejected the request ({error})")
                 if r.status_code not in RETRYABLE:

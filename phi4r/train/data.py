@@ -98,11 +98,12 @@ def teacher_conversations(names: list[str], n_per_task: int, seed: int, difficul
             for inst in task_instances(names, n_per_task, seed, difficulty)]
 
 
-def split_heldout(items: list, fraction: float, seed: int) -> tuple[list, list]:
-    """(train, held-out): a seeded shuffle, then the first `fraction` (at least one when > 0) held out."""
+def split_heldout(items: list, fraction: float, seed: int, at_least: int = 0) -> tuple[list, list]:
+    """(train, held-out): a seeded shuffle, then the first `fraction` held out: at least one when
+    > 0, and at least `at_least` while that leaves three quarters to train on."""
     order = list(range(len(items)))
     random.Random(f"heldout-{seed}").shuffle(order)
-    k = max(1, round(fraction * len(items))) if fraction > 0 and len(items) > 1 else 0
+    k = max(1, round(fraction * len(items)), min(at_least, len(items) // 4)) if fraction > 0 and len(items) > 1 else 0
     return [items[i] for i in order[k:]], [items[i] for i in order[:k]]
 
 

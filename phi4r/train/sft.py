@@ -26,6 +26,9 @@ from .optim import clip_grad_norm, lr_at, make_optimizer, set_lr
 from .run import Run
 
 PLOT_KEYS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
+# An eval_loss over one or two conversations says little about the model (and a small data set
+# holding out 5% holds out one): hold out at least this many while a quarter of the data allows.
+MIN_HELDOUT = 8
 
 
 def load_conversations(cfg) -> list[list[dict]]:
@@ -93,7 +96,7 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None) -> Path:
             examples.append(ex)
         else:
             dropped += 1
-    train, heldout = data_mod.split_heldout(examples, cfg.eval_fraction, cfg.seed)
+    train, heldout = data_mod.split_heldout(examples, cfg.eval_fraction, cfg.seed, MIN_HELDOUT)
     global_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * dist.world_size()
     order = data_mod.BatchOrder(len(train), global_batch, cfg.seed,
                                 [len(e.ids) for e in train] if cfg.group_by_length else None)
@@ -103,9 +106,14 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None) -> Path:
     ddp = dist.wrap(model, device)
     optimizer = make_optimizer(model, cfg)
     step = run.restore(optimizer, data_position)
+    # The logged loss is the mean over each step's batch (before its update), so it follows what the
+    # batches hold; grouped by length, one batch can be all short (easy) conversations and the next
+    # all long (hard) ones. eval_loss, always over the same held-out set, is the one to compare.
+    grouping = ("; batches grouped by length, so a step's loss follows its batch's lengths: compare eval_loss"
+                if cfg.group_by_length else "")
     run.begin(step, f"{len(train)} train / {len(heldout)} held-out conversations ({dropped} longer than "
                     f"max_length={max_length} dropped), global batch {global_batch}, {total} steps, "
-                    f"{dist.world_size()} process(es) on {device}")
+                    f"{dist.world_size()} process(es) on {device}{grouping}")
 
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
