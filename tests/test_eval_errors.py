@@ -4,14 +4,13 @@ a completion that would overrun the context gets what the context leaves, locall
 import json
 
 import pytest
+from test_eval_endpoint import Server, flaky_app
 
 from phi4r.api import LLM
 from phi4r.cli import main
 from phi4r.evals import LocalBackend, run_eval
 from phi4r.server.app import create_app
 from phi4r.tiny import make_checkpoint
-
-from test_eval_endpoint import Server
 
 CONTEXT = 600  # arithmetic prompts fit (~490 tokens with the system prompt), sat3's (~800-900) do not
 FIELDS = ["max_tokens", "reasoning", "content", "response_tokens", "score"]
@@ -53,3 +52,14 @@ def test_refused_samples_are_logged_and_the_run_completes(checkpoint, tmp_path, 
             assert [r[f] for f in FIELDS] == [a[key][f] for f in FIELDS]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["by_task"]["sat3"]["errors"] == 2 and summary["errors_to_retry"] == 0
+
+
+def test_transient_failures_left_make_the_cli_exit_1_until_a_resume_asks_them_again(tmp_path, capsys):
+    with Server(flaky_app([503, 503])) as server:
+        args = ["eval", "--endpoint", server.url, "--tasks", "arithmetic", "--limit", "3", "--retries", "0",
+                "--concurrency", "1", "--out", str(tmp_path), "--quiet", "--no-plots"]
+        assert main(args) == 1  # finished and reported, but two samples are still to be asked
+        err = capsys.readouterr().err
+        assert "2 samples got no answer" in err and "2 failed for a transient reason: run the same command" in err
+        assert main(args) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["metrics"]["overall"]["errors"] == 0

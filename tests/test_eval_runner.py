@@ -155,3 +155,34 @@ def test_report_files(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert matplotlib.image.imread(png).shape[0] > 100  # decodes as an image
         assert f"(plots/{name}.png)" in report
+
+
+def test_errors_are_scored_wrong_refusals_are_final_and_transient_failures_asked_again(tmp_path):
+    class Failing(CountingTeacher):
+        """Refuses instance 0 for good; fails instance 1 transiently on its first call only."""
+
+        def complete(self, jobs, sampling, system_prompt):
+            for job, completion in TeacherBackend.complete(self, jobs, sampling, system_prompt):
+                key = job.instance.id, job.run
+                self.calls[key] += 1
+                if job.instance.id == first[0]:
+                    completion = Completion.failed("HTTP 400: the prompt is too long")
+                elif job.instance.id == first[1] and self.calls[key] == 1:
+                    completion = Completion.failed("HTTP 503: busy", retry=True)
+                yield job, completion
+
+    first = [i.id for i in get_task("sat3").generate(3, 0)]
+    backend, kwargs = Failing(), dict(runs=2, limit=3, progress=False, plots=False)
+    summary = run_eval(backend, ["sat3"], tmp_path, **kwargs)
+    m = summary["metrics"]["overall"]
+    assert m["errors"] == 4 and summary["errors_to_retry"] == 2 and m["mean"] == pytest.approx(1 / 3)
+    assert m["truncation_rate"] == 0.0 and m["majority_vote"] == pytest.approx(1 / 3)
+    assert "| errors (no answer, scored 0) | 4 |" in (tmp_path / "report.md").read_text()
+
+    summary = run_eval(backend, ["sat3"], tmp_path, **kwargs)  # resumed: only the transient failures again
+    assert backend.calls == {(i, r): 1 + (i == first[1]) for i in first for r in range(2)}
+    m = summary["metrics"]["overall"]
+    assert m["errors"] == 2 and summary["errors_to_retry"] == 0 and m["mean"] == pytest.approx(2 / 3)
+    rows = logged(tmp_path)  # the failure's line stays, the answer after it wins when read back
+    assert len(rows) == 8 and sum(bool(r.get("retry")) for r in rows) == 2
+    assert run_eval(TeacherBackend(), ["sat3"], tmp_path, **kwargs)["metrics"] == summary["metrics"]

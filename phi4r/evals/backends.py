@@ -34,7 +34,7 @@ class Completion:
     max_tokens: int | None = None  # the smaller completion budget the backend had to use to fit the context
 
     @classmethod
-    def failed(cls, error: str, retry: bool = False) -> "Completion":
+    def failed(cls, error: str, retry: bool = False) -> Completion:
         return cls(None, None, "error", None, None, error=error, retry=retry)
 
     def answer_text(self) -> str:

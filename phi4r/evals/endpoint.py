@@ -5,7 +5,7 @@ timeouts, 408/409/425/429/5xx) are retried with exponential backoff and jitter, 
 Retry-After. One sample never ends the run: a request the server refuses (400, 413, 422: a prompt
 longer than the context, ...) or one still failing after its retries becomes a logged error, scored
 wrong. Only what fails every request stops it with `BackendError` (401/403/404: a wrong key, URL or
-model; `concurrency` requests in a row failing after their retries: the server is down), so a dead
+model; `concurrency` (at least 3) requests in a row failing after their retries: the server is down), so a dead
 server is never mistaken for wrong answers.
 
 The context: `max_tokens` is clamped to the `max_model_len` that `/v1/models` reports (vLLM and
