@@ -111,7 +111,9 @@ def _run(args) -> int:
     print(f"\nreport: {os.path.join(args.out, 'report.md')}")
     errors, retry = summary["metrics"]["overall"]["errors"], summary["errors_to_retry"]
     if errors:  # refused samples are a final result (exit 0); transient failures leave the run unfinished
-        print(f"{errors} samples got no answer (errors in {args.out}/samples.jsonl, scored wrong)"
+        example = next(iter(summary["first_errors"].values()))
+        print(f"{errors} sample{'s' * (errors != 1)} got no answer (scored wrong; errors in {args.out}/samples.jsonl, "
+              f"e.g. {example[:300]})"
               + (f"; {retry} failed for a transient reason: run the same command again to ask them again"
                  if retry else ""), file=sys.stderr)
     return 1 if retry else 0

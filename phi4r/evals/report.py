@@ -71,6 +71,9 @@ def render_markdown(summary: dict, plot_files: list[str]) -> str:
     ]
     for task, m in summary["metrics"]["by_task"].items():
         parts += [f"## {task}", breakdown_table(task, summary, "category"), breakdown_table(task, summary, "difficulty")]
+        if m["errors"]:
+            parts.append(f"{m['errors']} of {m['samples']} samples got no answer (scored 0; errors in "
+                         f"samples.jsonl), e.g. {summary.get('first_errors', {}).get(task, '-')}")
         if m["details"]:
             parts.append("Verifier details (mean over samples): "
                          + ", ".join(f"{k} {v:.3g}" for k, v in m["details"].items()))

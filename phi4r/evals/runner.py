@@ -104,6 +104,10 @@ def run_eval(backend: Backend, tasks: list[str], out_dir, *, runs: int = 1, limi
     settings = {"backend": backend.name, "tasks": tasks, "runs": runs, "limit": limit, "seed": seed,
                 "difficulty": difficulty, "data": data or {}, "sampling": sampling, "system_prompt": system_prompt}
     summary = {"settings": settings, "metrics": breakdown(selected, runs),
-               "errors_to_retry": sum(bool(s.get("retry")) for s in selected)}
+               "errors_to_retry": sum(bool(s.get("retry")) for s in selected),
+               "first_errors": {}}  # task -> the first error logged, so the report says why
+    for s in selected:
+        if s.get("error") is not None:
+            summary["first_errors"].setdefault(s["task"], f"{s['id']} run {s['run']}: {s['error']}")
     write_report(out, summary, selected, plots=plots)
     return summary

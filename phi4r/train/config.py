@@ -77,7 +77,8 @@ class SFTConfig(TrainConfig):
     per_device_train_batch_size: int = opt(8, "conversations per forward/backward on each process")
     gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step; global batch = per_device * accum * processes")
     num_train_epochs: float = opt(1.0, "epochs when --max-steps is not given")
-    eval_fraction: float = opt(0.05, "share of conversations held out for the evaluation loss")
+    eval_fraction: float = opt(0.05, "share of conversations held out for the evaluation loss "
+                                     "(at least 8 while that leaves 3/4 to train on)")
     eval_steps: int = opt(100, "evaluate the held-out loss every N steps (and at the end)")
     group_by_length: bool = opt(True, "batch conversations of similar length together (less padding)")
 
