@@ -179,7 +179,8 @@ def test_errors_are_scored_wrong_refusals_are_final_and_transient_failures_asked
     assert m["truncation_rate"] == 0.0 and m["majority_vote"] == pytest.approx(1 / 3)
     report = (tmp_path / "report.md").read_text()
     assert "| errors (no answer, scored 0) | 4 |" in report
-    assert f"4 of 6 samples got no answer (scored 0; errors in samples.jsonl), e.g. {first[0]} run 0: HTTP 400" in report
+    assert f"4 of 6 samples got no answer (scored 0; errors in samples.jsonl), e.g. {first[0]} run 0: HTTP 400" \
+        in report
 
     summary = run_eval(backend, ["sat3"], tmp_path, **kwargs)  # resumed: only the transient failures again
     assert backend.calls == {(i, r): 1 + (i == first[1]) for i in first for r in range(2)}
