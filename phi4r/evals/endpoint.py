@@ -5,8 +5,8 @@ timeouts, 408/409/425/429/5xx) are retried with exponential backoff and jitter, 
 Retry-After. One sample never ends the run: a request the server refuses (400, 413, 422: a prompt
 longer than the context, ...) or one still failing after its retries becomes a logged error, scored
 wrong. Only what fails every request stops it with `BackendError` (401/403/404: a wrong key, URL or
-model; `concurrency` (at least 3) requests in a row failing after their retries: the server is down), so a dead
-server is never mistaken for wrong answers.
+model; `concurrency` (at least 3) requests in a row failing after their retries: the server is
+down), so a dead server is never mistaken for wrong answers.
 
 The context: `max_tokens` is clamped to the `max_model_len` that `/v1/models` reports (vLLM and
 phi4r serve do). The endpoint does not count the prompt's tokens for us, so a completion that does
@@ -111,7 +111,8 @@ class EndpointBackend:
         limit = entry.get("max_model_len")
         self.max_model_len = limit if isinstance(limit, int) and limit > 0 else None
         # The context decides which samples fit, so a resumed run must see the same one.
-        self.name = f"{self.url} ({self.model}" + (f", max_model_len={self.max_model_len})" if self.max_model_len else ")")
+        context = f", max_model_len={self.max_model_len}" if self.max_model_len else ""
+        self.name = f"{self.url} ({self.model}{context})"
 
     def _served_model(self, model: str | None) -> dict:
         """The `/v1/models` entry of `model` (the first listed when None), for its id and context.
