@@ -118,8 +118,7 @@ def recall_batch(b: int, T: int, n_keys: int, vocab: int, bos: int, values: list
 
 
 def _logits(model, ids: torch.Tensor, bf16: bool) -> torch.Tensor:
-    device = next(model.parameters()).device.type
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         return model(ids[:, :-1]).float()
 
 
