@@ -12,6 +12,7 @@ import torch
 
 from phi4r.checkpoint import NANO_DIR
 from phi4r.recipes.nano.recipe import TEST_SEED
+
 # (task, level) -> (instances, minimum greedy accuracy): docs/NANO.md's greedy figure minus a margin
 # for a set this small (seed 0 there, seed 7 here). The card tasks are also held to a floor over both
 # levels together (TASK_FLOORS), where 48 instances allow a tighter margin: above chance (spatialmap

@@ -1,5 +1,4 @@
 """Calendar: the earliest slot against a minute-by-minute brute force; each constraint checked."""
-import re
 
 from phi4r.tasks import get_task
 from phi4r.tasks.calendar import NO_SLOT

@@ -4,26 +4,17 @@
     phi4r train nano --out runs/nano --ship           # ... then copy the GRPO model into phi4r/assets/nano
     python -m phi4r.recipes.nano.recipe --out runs/nano  # the same without the CLI wiring
 
-Stages (each skipped when done, resumed from its newest checkpoint when interrupted; run the same
-command again after a kill):
-
-1. tokenizer: a byte-level BPE (`train_bpe`, the recipe's SPLIT) on the system prompt and MIX's
-   conversations.
-2. warmup: a fresh Phi-3 of SIZES learns to copy random token sequences (`.induction`, OUT/warmup),
-   forming the induction heads SFT needs to read facts out of a prompt.
-3. recall: the warm-up model learns to find a record by its key alone, 160 tokens back (`.induction`
-   with RECALL, OUT/recall): the lookup spatialmap's trace needs for a place's record.
-4. sft: SFT from the recall stage on MIX's conversations (`.data`: the recipe's prompts and traces;
-   `train_sft`, OUT/sft), then the PHASES continuing from it on fresh instances (OUT/sft2, OUT/sft3).
-5. grpo: GRPO from the last SFT phase on GRPO_MIX (`train_grpo`, the report's reward).
-6. eval: `run_eval` of both models on the benchmark tasks' held-out instances (seed EVAL_SEED, never
-   trained on): RUNS samples at the checkpoint's temperature 0.8, plus greedy.
-7. report: `OUT/report.md` (the SFT-vs-GRPO table), `OUT/plots/*.png` and `OUT/timings.json`.
+Stages, each in its own OUT/ directory, skipped when done and resumed from its newest checkpoint
+when interrupted: tokenizer (`train_bpe` with the recipe's SPLIT), warmup and recall (`.induction`:
+the copying and the lookup by key that SFT needs to read facts out of a prompt), the SFT PHASES on
+MIX's conversations (`.data`: the recipe's prompts and traces), grpo on GRPO_MIX, eval (`run_eval`
+of both models on the benchmark tasks' held-out instances, seed EVAL_SEED: RUNS samples at the
+checkpoint's sampling, plus greedy) and report (OUT/report.md, OUT/plots, OUT/timings.json).
 
 Everything is written under --out; `ship()` (`--ship`) is the separate step that copies a model into
 the package. Everything is seeded (--seed); the data are the tasks' generators, nothing downloaded.
-Torch runs on --threads threads (default 1: on a shared 2-core machine one thread per process was
-faster than two, and leaves a core for the engine or other work). docs/NANO.md describes the model.
+--threads defaults to 1: on a shared 2-core machine one thread per process was faster than two.
+docs/NANO.md describes the model.
 """
 from __future__ import annotations
 
@@ -50,7 +41,7 @@ VOCAB_SIZE = 1024
 # sharp, not just right under argmax.
 MIX = {"arithmetic": {1: 3000, 2: 2500, 3: 400, 4: 400}, "spatialmap": {1: 2000, 2: 2000}, "calendar": {1: 2000, 2: 2000},
        "copy": {"spatialmap": 1000, "calendar": 500}}
-SFT_SEED_OFFSET = 1000  # training instances: seed + 1000; GRPO prompts: seed + 2000
+SFT_SEED_OFFSET = 1000  # the first phase's instances: seed + 1000 (then the PHASES' offsets)
 GRPO_SEED_OFFSET = 2000
 EVAL_SEED = 0  # held-out evaluation instances (instance ids embed the seed, so no overlap)
 TEST_SEED = 7  # tests/test_nano.py's held-out set
@@ -65,10 +56,11 @@ RECALL = {"task": "recall", "recall_len": 160, "batch_size": 32, "warmup_steps":
 SFT = {"learning_rate": 5e-4, "warmup_steps": 30, "weight_decay": 0.01, "adam_beta2": 0.98, "max_steps": 988, "bf16": True,
        "per_device_train_batch_size": 16, "max_length": 1024, "eval_fraction": 0.01, "eval_steps": 100,
        "logging_steps": 10, "save_steps": 100, "save_total_limit": 2}
-# SFT phases 2 and 3: continue from the previous phase on fresh instances of the same mix (the
-# lookups and sums of the traces form after the format; fresh data, not a second epoch).
+# Phases 2 and 3 continue from the previous phase on fresh instances of the same mix (the lookups and
+# sums of the traces form after the format; fresh data, not a second epoch).
 SFT2 = {**SFT, "learning_rate": 1e-3, "warmup_steps": 20}
-PHASES = [("sft2", MIX, 3000, SFT2), ("sft3", MIX, 4000, SFT2)]  # (run dir, mix, seed offset, config)
+# (run directory, mix, seed offset, config)
+PHASES = [("sft", MIX, SFT_SEED_OFFSET, SFT), ("sft2", MIX, 3000, SFT2), ("sft3", MIX, 4000, SFT2)]
 # GRPO: where SFT leaves signal (accuracy between ~20% and ~80%): arithmetic level 2 (level 1 is at
 # ~100% after SFT, so its groups all score 1 and carry no advantage; levels 3-4 and the card tasks are
 # near 0 or chance, so their rewards are noise); completions are short, a step takes seconds.
@@ -125,8 +117,7 @@ def stage_induction(out: Path, seed: int, tok_dir: Path, name: str, **options) -
 
 
 def stage_sft_phase(out: Path, seed: int, prev_dir: Path, name: str, mix: dict, offset: int, params: dict) -> Path:
-    """An SFT phase: continue from `prev_dir` (the recall stage, or the previous phase) on `mix`'s
-    instances at seed + `offset` (fresh for each phase)."""
+    """An SFT phase: from `prev_dir` (the recall stage, or the previous phase) on `mix` at seed + `offset`."""
     from ...train.config import SFTConfig
     from ...train.sft import train_sft
     from .data import sft_conversations, write_jsonl
@@ -236,7 +227,7 @@ def write_plots(out: Path) -> list[Path]:
     made = []
     (out / "plots").mkdir(parents=True, exist_ok=True)
     sft, offset = [], 0
-    for run in ["sft"] + [name for name, *_ in PHASES]:
+    for run in [name for name, *_ in PHASES]:
         records = MetricsLog(out / run / "metrics.jsonl").read()
         sft += [{**r, "step": r["step"] + offset} for r in records]
         offset += max((r["step"] for r in records), default=0)
@@ -349,9 +340,9 @@ def run(args) -> int:
         recall_dir = timed("recall", lambda: stage_induction(out, args.seed, tok_dir, "recall",
                                                                  init=str(warm_dir), **RECALL))
     if "sft" in stages:
-        sft_dir = timed("sft", lambda: stage_sft_phase(out, args.seed, recall_dir, "sft", MIX, SFT_SEED_OFFSET,
-                                                       {**SFT, **sft_over}))
-        for name, mix, offset, params in PHASES:
+        sft_dir = recall_dir
+        for k, (name, mix, offset, params) in enumerate(PHASES):
+            params = {**params, **(sft_over if k == 0 else {})}
             sft_dir = timed(name, lambda prev=sft_dir, name=name, mix=mix, offset=offset, params=params:
                             stage_sft_phase(out, args.seed, prev, name, mix, offset, params))
     if "grpo" in stages:
