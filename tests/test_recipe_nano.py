@@ -195,3 +195,20 @@ def test_eval_runs_are_the_documented_commands():
     assert recipe.eval_command("M", task, str(out), args) == (
         "phi4r eval --model M --tasks arithmetic --difficulty 1,2,3,4 --limit 50 --seed 0 --max-tokens 768 "
         "--max-num-seqs 64 --greedy --runs 1 --out E/arithmetic/greedy")
+
+
+def test_eval_stage_runs_run_eval_and_the_report_reads_it(tmp_path, monkeypatch):
+    """The eval stage on the shipped model (arithmetic level 1, 2 instances): `run_eval` writes each
+    summary under OUT/eval, a finished one is not run again, and the report's table reads them."""
+    from phi4r.checkpoint import NANO_DIR
+
+    monkeypatch.setattr(recipe, "EVAL", {"arithmetic": ([1], 2)})
+    eval_dir = tmp_path / "eval" / "grpo"
+    recipe.stage_eval(NANO_DIR, eval_dir)
+    summary = eval_dir / "arithmetic" / "sampled" / "summary.json"
+    assert summary.is_file() and (eval_dir / "arithmetic" / "greedy" / "summary.json").is_file()
+    stamp = summary.stat().st_mtime_ns
+    recipe.stage_eval(NANO_DIR, eval_dir)
+    assert summary.stat().st_mtime_ns == stamp
+    rows = recipe.results_table(tmp_path).splitlines()
+    assert rows[2].startswith("| arithmetic | 1 | - | - | - | ") and len(rows) == 4  # no SFT evaluation here
