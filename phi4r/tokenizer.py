@@ -23,10 +23,7 @@ CL100K_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 # For small models trained from scratch: every digit and every punctuation mark is its own piece
 # (a space may lead it), so numbers are written digit by digit and an ASCII grid cell by cell.
 # A tiny model then learns 10 digits instead of a thousand number tokens, and can count columns.
-# Clock times (`08:30`) are the exception: one piece each, so the frequent ones become one token.
-# Digit by digit, a time is five tokens whose minutes follow a `:` like every other time's, and a
-# small model copying `08:30` from a schedule wrote `:00` for `:30` (and back) a third of the time.
-FINE_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)| ?\p{L}+| ?\d\d:\d\d| ?\p{N}| ?[^\s\p{L}\p{N}]"
+FINE_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 SPLITS = {"cl100k": CL100K_PATTERN, "fine": FINE_PATTERN}
 ENDOFTEXT, THINK_START, THINK_END = "<|endoftext|>", "<think>", "</think>"
@@ -188,9 +185,11 @@ class Tokenizer:
         return self.vocab_size
 
 
-def train_bpe(texts, vocab_size: int = 512, system_prompt: str | None = None, split: str = "cl100k") -> Tokenizer:
-    """A small byte-level BPE the Phi-4 way: cl100k split (or `split="fine"`: FINE_PATTERN), all 256
-    bytes, Phi-4's special tokens after the learned vocabulary, then `<think>` and `</think>`.
+def train_bpe(texts, vocab_size: int = 512, system_prompt: str | None = None, split: str = "cl100k",
+              pattern: str | None = None) -> Tokenizer:
+    """A small byte-level BPE the Phi-4 way: cl100k split (or `split="fine"`: FINE_PATTERN, or a
+    pre-tokenizer regex of the caller's as `pattern`), all 256 bytes, Phi-4's special tokens after
+    the learned vocabulary, then `<think>` and `</think>`.
     `vocab_size` is the total, at most (a small corpus may not yield that many merges).
 
     `<think>`/`</think>` are added but not special, as in the reasoning checkpoints: they are
@@ -200,9 +199,9 @@ def train_bpe(texts, vocab_size: int = 512, system_prompt: str | None = None, sp
     reserved = 256 + len(PHI4_SPECIAL_TOKENS) + 2
     if vocab_size < reserved:
         raise ValueError(f"vocab_size must be at least {reserved} (256 bytes + special tokens), got {vocab_size}")
-    if split not in SPLITS:
+    if pattern is None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
-    backend = _byte_level(models.BPE(), SPLITS[split])
+    backend = _byte_level(models.BPE(), pattern or SPLITS[split])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - reserved + 256, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(texts, trainer)

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/nano}"
-python -m phi4r.train.nano --out "$OUT" --ship "${@:2}"
+python -m phi4r.recipes.nano.recipe --out "$OUT" --ship "${@:2}"

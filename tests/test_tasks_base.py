@@ -92,3 +92,13 @@ def test_no_answer_scores_zero(name):
     assert task.score(inst, "<think>" + teacher.split("<think>", 1)[1].rsplit("</think>", 1)[0] + answer) == 0.0
     assert task.score(inst, f"<think>{answer}</think>\n\nNo idea.") == 0.0
     assert task.score(inst, "") == 0.0
+
+
+def test_every_sample_log_records_its_tasks_prompt_version(tmp_path):
+    """Scores of different prompt wordings are not comparable: the version is in every sample."""
+    from phi4r.evals import TeacherBackend, run_eval
+
+    assert all(isinstance(t.prompt_version, int) and t.prompt_version >= 1 for t in TASKS.values())
+    run_eval(TeacherBackend(), ["spatialmap", "calendar"], tmp_path, limit=2, progress=False, plots=False)
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert {(s["task"], s["prompt_version"]) for s in samples} == {("spatialmap", 2), ("calendar", 1)}

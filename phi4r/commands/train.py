@@ -26,9 +26,9 @@ def register(subparsers) -> None:
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG.format(cmd=name))
         C.add_arguments(p, cls)
         p.set_defaults(func=handler, config_class=cls)
-    from ..train import nano  # the shipped model end to end (its own flags: --out, --ship, ...)
+    from ..recipes.nano import recipe  # the shipped model end to end (its own flags: --out, --ship, ...)
 
-    nano.register(sub)
+    recipe.register(sub)
 
 
 def _resolve(args):

@@ -42,7 +42,7 @@ def score_sample(job: Job, completion: Completion) -> dict:
     budget = {} if completion.max_tokens is None else {"max_tokens": completion.max_tokens}
     return {
         "task": inst.task, "id": inst.id, "run": job.run, "category": inst.category, "difficulty": inst.difficulty,
-        "seed": job.seed, "prompt": inst.prompt,
+        "seed": job.seed, "prompt": inst.prompt, "prompt_version": get_task(inst.task).prompt_version,
         "text": completion.text if completion.text is not None else completion.answer_text(),
         "reasoning": completion.reasoning, "content": completion.content,
         "response_tokens": completion.response_tokens, "reasoning_tokens": completion.reasoning_tokens,

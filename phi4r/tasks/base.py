@@ -65,6 +65,9 @@ class Task:
     and `teacher`; file-backed benchmarks set `procedural = False` and implement `load`."""
 
     name: str = ""
+    # Bumped only on purpose, when the wording of `prompt` changes: scores of different prompt
+    # versions are not comparable, so every sample log records it.
+    prompt_version: int = 1
     difficulties: list[int] = []
     categories: list[str] = []
     procedural = True

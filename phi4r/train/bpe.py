@@ -41,11 +41,13 @@ def _has_teacher(task) -> bool:
     return type(task).teacher is not Task.teacher
 
 
-def train_tokenizer(cfg) -> Path:
+def train_tokenizer(cfg, pattern: str | None = None) -> Path:
+    """`pattern`: a pre-tokenizer regex of a recipe's own, in place of `cfg.split`'s."""
     from ..tokenizer import train_bpe
 
     texts = corpus(cfg)
-    tokenizer = train_bpe(texts, vocab_size=cfg.vocab_size, system_prompt=cfg.system_prompt, split=cfg.split)
+    tokenizer = train_bpe(texts, vocab_size=cfg.vocab_size, system_prompt=cfg.system_prompt, split=cfg.split,
+                          pattern=pattern)
     out = Path(cfg.output_dir)
     tokenizer.save(out)
     config_mod.save(cfg, out / "train_config.yaml")

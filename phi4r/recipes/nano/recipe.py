@@ -1,29 +1,20 @@
 """`phi4r train nano`: the shipped nano model, end to end, by phi4r's own recipe.
 
-    phi4r train nano --out runs/nano            # tokenizer -> SFT -> GRPO -> eval -> report
-    phi4r train nano --out runs/nano --ship     # ... and copy the GRPO model into phi4r/assets/nano
-    python -m phi4r.train.nano --out runs/nano  # the same without the CLI wiring
+    phi4r train nano --out runs/nano                  # tokenizer -> SFT -> GRPO -> eval -> report
+    phi4r train nano --out runs/nano --ship           # ... then copy the GRPO model into phi4r/assets/nano
+    python -m phi4r.recipes.nano.recipe --out runs/nano  # the same without the CLI wiring
 
-Stages (each skipped when done, resumed from its newest checkpoint when interrupted; run the same
-command again after a kill):
+Stages, each in its own OUT/ directory, skipped when done and resumed from its newest checkpoint
+when interrupted: tokenizer (`train_bpe` with the recipe's SPLIT), warmup and recall (`.induction`:
+the copying and the lookup by key that SFT needs to read facts out of a prompt), the SFT PHASES on
+MIX's conversations (`.data`: the recipe's prompts and traces), grpo on GRPO_MIX, eval (`run_eval`
+of both models on the benchmark tasks' held-out instances, seed EVAL_SEED: RUNS samples at the
+checkpoint's sampling, plus greedy) and report (OUT/report.md, OUT/plots, OUT/timings.json).
 
-1. tokenizer: a byte-level BPE (`train_bpe`) on the system prompt, prompts and teacher traces of MIX.
-2. warmup: a fresh Phi-3 of SIZES learns to copy random token sequences (`phi4r.train.induction`,
-   OUT/warmup): a few minutes that form the induction heads SFT needs to read facts out of a prompt.
-3. recall: the warm-up model learns to find a record by its key alone, 160 tokens back (the same
-   module, `task="recall"`, OUT/recall): the lookup spatialmap's trace needs for a place's record.
-4. sft: SFT from the recall stage on teacher traces of MIX (`phi4r.train.sft.train_sft`, OUT/sft), then
-   the curriculum PHASES continuing from it on fresh instances (OUT/sft2, OUT/sft3).
-5. grpo: GRPO from the last SFT phase on GRPO_MIX (`phi4r.train.grpo.train_grpo`, the report's reward).
-6. eval: `phi4r eval` of both models on held-out instances (seed EVAL_SEED, never trained on):
-   RUNS samples at the checkpoint's temperature 0.8, plus greedy.
-7. report: `OUT/report.md` (the SFT-vs-GRPO table), `OUT/plots/*.png` and `OUT/timings.json`.
-
-docs/NANO.md describes the recipe and its results.
-
-Everything is seeded (--seed); the data are the tasks' generators and teachers, nothing downloaded.
-Torch runs on --threads threads (default 1: on a shared 2-core machine one thread per process was
-faster than two, and leaves a core for the engine or other work).
+Everything is written under --out; `ship()` (`--ship`) is the separate step that copies a model into
+the package. Everything is seeded (--seed); the data are the tasks' generators, nothing downloaded.
+--threads defaults to 1: on a shared 2-core machine one thread per process was faster than two.
+docs/NANO.md describes the model.
 """
 from __future__ import annotations
 
@@ -43,38 +34,33 @@ SIZES = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "
          "rope_theta": 10000.0}
 VOCAB_SIZE = 1024
 
-# SFT data: task -> {difficulty level: instances}. Levels below the card's range. Two of the card's
-# tasks next to arithmetic: spatialmap (its trace copies each fact right after a name, the lookup the
-# warm-up teaches) and calendar. Maze (answers need a path search) and sat3 (clauses in a five-symbol
-# alphabet the model does not learn to copy) stayed at chance in earlier runs. Arithmetic is cheap
-# (~75 tokens a conversation; batches are length-bucketed) and weighted up: at temperature 0.8 its
-# answers must be sharp, not just right under argmax.
+# SFT data: task -> {difficulty level: instances}, levels below the card's range, and "copy": task ->
+# copy conversations (`.data`). Maze (answers need a path search) and sat3 (clauses in a five-symbol
+# alphabet the model does not learn to copy) stayed at chance. Arithmetic is cheap (~75 tokens a
+# conversation; batches are length-bucketed) and weighted up: at temperature 0.8 its answers must be
+# sharp, not just right under argmax.
 MIX = {"arithmetic": {1: 3000, 2: 2500, 3: 400, 4: 400}, "spatialmap": {1: 2000, 2: 2000}, "calendar": {1: 2000, 2: 2000},
        "copy": {"spatialmap": 1000, "calendar": 500}}
-# "copy": conversations whose answer repeats a task prompt word for word (COPY_PROMPT): every answer
-# token is a lookup, which carries the warm-up's copying over to the chat format and these prompts.
-COPY_PROMPT = "Repeat this text exactly:\n\n"
-SFT_SEED_OFFSET = 1000  # training instances: seed + 1000; GRPO prompts: seed + 2000
+SFT_SEED_OFFSET = 1000  # the first phase's instances: seed + 1000 (then the PHASES' offsets)
 GRPO_SEED_OFFSET = 2000
 EVAL_SEED = 0  # held-out evaluation instances (instance ids embed the seed, so no overlap)
 TEST_SEED = 7  # tests/test_nano.py's held-out set
 
-# The recall stage (`phi4r.train.induction`, task="recall"): records `key v v v` over 160 noise
-# tokens, from the copy warm-up; the lookup by key forms abruptly after ~200 steps (~3 minutes). At
-# 320 tokens it had not formed by step 320 (docs/NANO.md, "Seventh session").
+# The recall stage: records `key v v v` over 160 noise tokens, from the copy warm-up; the lookup by
+# key forms abruptly after a few hundred steps (at 320 tokens it did not within the budget).
 RECALL = {"task": "recall", "recall_len": 160, "batch_size": 32, "warmup_steps": 20, "eval_steps": 25,
           "target": 0.9, "extra_steps": 25, "max_steps": 400}
 
-# lr 5e-4 in phase 1, while the copying carries over from the warm-up (at 1e-3 the name lookups had
-# not formed after 700 steps; the fourth session's 5e-4 formed them in ~150); 1e-3 after. 988 steps
-# of 16 = one pass over MIX's 15,800 conversations.
+# lr 5e-4 in phase 1, while the copying carries over from the warm-up (at 1e-3 the name lookups did
+# not form), 1e-3 after. 988 steps of 16 = one pass over MIX's 15,800 conversations.
 SFT = {"learning_rate": 5e-4, "warmup_steps": 30, "weight_decay": 0.01, "adam_beta2": 0.98, "max_steps": 988, "bf16": True,
        "per_device_train_batch_size": 16, "max_length": 1024, "eval_fraction": 0.01, "eval_steps": 100,
        "logging_steps": 10, "save_steps": 100, "save_total_limit": 2}
-# SFT phases 2 and 3: continue from the previous phase on fresh instances of the same mix (the
-# lookups and sums of the traces form after the format; fresh data, not a second epoch).
+# Phases 2 and 3 continue from the previous phase on fresh instances of the same mix (the lookups and
+# sums of the traces form after the format; fresh data, not a second epoch).
 SFT2 = {**SFT, "learning_rate": 1e-3, "warmup_steps": 20}
-PHASES = [("sft2", MIX, 3000, SFT2), ("sft3", MIX, 4000, SFT2)]  # (run dir, mix, seed offset, config)
+# (run directory, mix, seed offset, config)
+PHASES = [("sft", MIX, SFT_SEED_OFFSET, SFT), ("sft2", MIX, 3000, SFT2), ("sft3", MIX, 4000, SFT2)]
 # GRPO: where SFT leaves signal (accuracy between ~20% and ~80%): arithmetic level 2 (level 1 is at
 # ~100% after SFT, so its groups all score 1 and carry no advantage; levels 3-4 and the card tasks are
 # near 0 or chance, so their rewards are noise); completions are short, a step takes seconds.
@@ -89,85 +75,36 @@ EVAL = {"arithmetic": ([1, 2, 3, 4], 50), "spatialmap": ([1, 2], 50), "calendar"
 RUNS = 5
 EVAL_MAX_TOKENS = 768  # the longest traces: spatialmap ~650 tokens, calendar ~500 (a clock time is one token)
 
-NANO_README_PROMPT = "What is 7 + 5?"  # the README's first command: phi4r chat --temperature 0 "What is 7 + 5?"
-
 
 def log(msg: str) -> None:
-    print(f"[nano {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# ---- data
-def instances(mix: dict, seed: int) -> list:
-    from ..tasks import get_task
-
-    return [inst for name, levels in mix.items() if name != "copy" for level, n in levels.items()
-            for inst in get_task(name).generate(n, seed, difficulty=level)]
-
-
-def copy_conversations(sources: dict, seed: int) -> list[list[dict]]:
-    """task -> n: n of the task's prompts (its levels 1 and 2 in turn), answered by repeating them."""
-    from ..tasks import get_task
-
-    texts = [inst.prompt for name, n in sources.items() for level in (1, 2)
-             for inst in get_task(name).generate(n // 2, seed, difficulty=level)]
-    return [[{"role": "user", "content": COPY_PROMPT + t},
-             {"role": "assistant", "content": "<think>\nThe text, word for word.\n</think>\n\n" + t}] for t in texts]
-
-
-# A third of the arithmetic prompts are plain questions (no "Answer as" line), so a user's
-# "What is 17 + 25?" gets the same thinking and "Final Answer: N" as the task's own prompt.
-PLAIN_ARITHMETIC = ["What is {}?", "Compute {}.", "Calculate {}.", "{} = ?", "What is {}", "How much is {}?"]
-
-
-def user_prompt(inst, k: int) -> str:
-    if inst.task == "arithmetic" and k % 3 == 1:
-        return PLAIN_ARITHMETIC[(k // 3) % len(PLAIN_ARITHMETIC)].format(inst.answer["expression"])
-    return inst.prompt
-
-
-def sft_conversations(seed: int, mix: dict | None = None, offset: int = SFT_SEED_OFFSET) -> list[list[dict]]:
-    from ..tasks import get_task
-
-    mix = mix or MIX
-    # The copy prompts are other instances than the taught ones (their own seeds), same tasks.
-    return ([[{"role": "user", "content": user_prompt(i, k)}, {"role": "assistant", "content": get_task(i.task).teacher(i)}]
-             for k, i in enumerate(instances(mix, seed + offset))]
-            + copy_conversations(mix.get("copy", {}), seed + offset + 500))
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, path)
-    return path
+    print(f"[nano {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # ---- stages
 def stage_tokenizer(out: Path, seed: int) -> Path:
-    from .bpe import train_tokenizer
-    from .config import TokenizerConfig
+    from ...train.bpe import train_tokenizer
+    from ...train.config import TokenizerConfig
+    from .data import SPLIT, sft_conversations, write_jsonl
 
     tok_dir = out / "tokenizer"
     if (tok_dir / "tokenizer.json").is_file():
         log(f"tokenizer: done ({tok_dir})")
         return tok_dir
-    data = write_jsonl(out / "data" / "sft.jsonl", ({"messages": m} for m in sft_conversations(seed)))
+    data = write_jsonl(out / "data" / "sft.jsonl", ({"messages": m} for m in sft_conversations(MIX, seed + SFT_SEED_OFFSET)))
     train_tokenizer(TokenizerConfig(output_dir=str(tok_dir), tasks=[], n_per_task=0, data=str(data),
-                                    vocab_size=VOCAB_SIZE, system_prompt=SYSTEM_PROMPT, seed=seed,
-                                    split="fine"))
+                                    vocab_size=VOCAB_SIZE, system_prompt=SYSTEM_PROMPT, seed=seed, split="fine"),
+                    pattern=SPLIT)
     return tok_dir
 
 
 def _resume(run_dir: Path) -> str | None:
-    from . import checkpointing
+    from ...train import checkpointing
 
     return "latest" if checkpointing.checkpoints(run_dir) else None
 
 
 def stage_induction(out: Path, seed: int, tok_dir: Path, name: str, **options) -> Path:
-    """A synthetic stage of `phi4r.train.induction` in OUT/`name`: the copy warm-up (no options) or
+    """A synthetic stage of `.induction` in OUT/`name`: the copy warm-up (no options) or
     the recall stage (RECALL, from the warm-up's model)."""
     from .induction import InductionConfig, warm_up
 
@@ -180,10 +117,10 @@ def stage_induction(out: Path, seed: int, tok_dir: Path, name: str, **options) -
 
 
 def stage_sft_phase(out: Path, seed: int, prev_dir: Path, name: str, mix: dict, offset: int, params: dict) -> Path:
-    """An SFT phase: continue from `prev_dir` (the recall stage, or the previous phase) on `mix`'s
-    instances at seed + `offset` (fresh for each phase)."""
-    from .config import SFTConfig
-    from .sft import train_sft
+    """An SFT phase: from `prev_dir` (the recall stage, or the previous phase) on `mix` at seed + `offset`."""
+    from ...train.config import SFTConfig
+    from ...train.sft import train_sft
+    from .data import sft_conversations, write_jsonl
 
     run_dir = out / name
     if (run_dir / "final" / "config.json").is_file():
@@ -191,22 +128,23 @@ def stage_sft_phase(out: Path, seed: int, prev_dir: Path, name: str, mix: dict, 
         return run_dir / "final"
     data = out / "data" / f"{name}.jsonl"
     if not data.is_file():
-        write_jsonl(data, ({"messages": m} for m in sft_conversations(seed, mix, offset)))
+        write_jsonl(data, ({"messages": m} for m in sft_conversations(mix, seed + offset)))
     cfg = SFTConfig(model=str(prev_dir), output_dir=str(run_dir), data=str(data), system_prompt=SYSTEM_PROMPT,
                     seed=seed, device="cpu", resume_from_checkpoint=_resume(run_dir), **params)
     return train_sft(cfg)
 
 
 def stage_grpo(out: Path, seed: int, sft_dir: Path, overrides: dict) -> Path:
-    from .config import GRPOConfig
-    from .grpo import train_grpo
+    from ...train.config import GRPOConfig
+    from ...train.grpo import train_grpo
+    from .data import instances, prompt, write_jsonl
 
     run_dir = out / "grpo"
     if (run_dir / "final" / "config.json").is_file():
         log(f"grpo: done ({run_dir / 'final'})")
         return run_dir / "final"
     data = write_jsonl(out / "data" / "grpo.jsonl",
-                       ({k: v for k, v in i.to_dict().items() if k != "id"} | {"id": i.id}
+                       ({k: v for k, v in i.to_dict().items() if k != "id"} | {"prompt": prompt(i), "id": i.id}
                         for i in instances(GRPO_MIX, seed + GRPO_SEED_OFFSET)))
     cfg = GRPOConfig(model=str(sft_dir), output_dir=str(run_dir), data=str(data), n_per_task=0,
                      system_prompt=SYSTEM_PROMPT, seed=seed, device="cpu", resume_from_checkpoint=_resume(run_dir),
@@ -214,29 +152,36 @@ def stage_grpo(out: Path, seed: int, sft_dir: Path, overrides: dict) -> Path:
     return train_grpo(cfg)
 
 
-def eval_commands(model_dir: Path, eval_dir: Path, runs: int = RUNS) -> list[list[str]]:
-    """The `phi4r eval` argument lists for one model: per task, RUNS samples at the checkpoint's
-    sampling (temperature 0.8, top_p 0.95, top_k 50), and greedy."""
-    cmds = []
+def eval_runs(eval_dir: Path, runs: int = RUNS) -> list[tuple[str, Path, dict]]:
+    """(task, output dir, `run_eval` arguments) for one model: per task, RUNS samples at the
+    checkpoint's sampling (temperature 0.8, top_p 0.95, top_k 50), and greedy."""
+    out = []
     for task, (levels, limit) in EVAL.items():
-        common = ["eval", "--model", str(model_dir), "--tasks", task, "--difficulty", ",".join(map(str, levels)),
-                  "--limit", str(limit), "--seed", str(EVAL_SEED), "--max-tokens", str(EVAL_MAX_TOKENS),
-                  "--max-num-seqs", "64", "--quiet"]
-        cmds.append(common + ["--runs", str(runs), "--out", str(eval_dir / task / "sampled")])
-        cmds.append(common + ["--greedy", "--runs", "1", "--out", str(eval_dir / task / "greedy")])
-    return cmds
+        common = {"limit": limit, "seed": EVAL_SEED, "difficulty": levels}
+        out.append((task, eval_dir / task / "sampled", {**common, "runs": runs, "sampling": {"max_tokens": EVAL_MAX_TOKENS}}))
+        out.append((task, eval_dir / task / "greedy",
+                    {**common, "runs": 1, "sampling": {"max_tokens": EVAL_MAX_TOKENS, "temperature": 0.0}}))
+    return out
+
+
+def eval_command(model: str, task: str, out: str, args: dict) -> str:
+    """The `phi4r eval` command line that makes the same evaluation as `run_eval(**args)`."""
+    greedy = " --greedy" if args["sampling"].get("temperature") == 0.0 else ""
+    return (f"phi4r eval --model {model} --tasks {task} --difficulty {','.join(map(str, args['difficulty']))} "
+            f"--limit {args['limit']} --seed {args['seed']} --max-tokens {EVAL_MAX_TOKENS} --max-num-seqs 64"
+            f"{greedy} --runs {args['runs']} --out {out}")
 
 
 def stage_eval(model_dir: Path, eval_dir: Path) -> None:
-    from ..cli import main as cli_main
+    from ...evals import LocalBackend, run_eval
 
-    for argv in eval_commands(model_dir, eval_dir):
-        out = Path(argv[argv.index("--out") + 1])
+    backend = None
+    for task, out, args in eval_runs(eval_dir):
         if (out / "summary.json").is_file():
             continue
-        log("phi4r " + " ".join(argv))
-        if cli_main(argv) != 0:
-            raise RuntimeError(f"phi4r eval failed: {' '.join(argv)}")
+        backend = backend or LocalBackend(str(model_dir), max_num_seqs=64)
+        log(eval_command(str(model_dir), task, str(out), args))
+        run_eval(backend, [task], out, progress=False, **args)
 
 
 # ---- report
@@ -277,12 +222,12 @@ def results_table(out: Path) -> str:
 def write_plots(out: Path) -> list[Path]:
     """OUT/plots/sft_loss.png (the SFT phases end to end, one step axis) and OUT/plots/grpo.png, from the
     trainers' metrics.jsonl."""
-    from .plots import MetricsLog, plot_metrics
+    from ...train.plots import MetricsLog, plot_metrics
 
     made = []
     (out / "plots").mkdir(parents=True, exist_ok=True)
     sft, offset = [], 0
-    for run in ["sft"] + [name for name, *_ in PHASES]:
+    for run in [name for name, *_ in PHASES]:
         records = MetricsLog(out / run / "metrics.jsonl").read()
         sft += [{**r, "step": r["step"] + offset} for r in records]
         offset += max((r["step"] for r in records), default=0)
@@ -298,11 +243,11 @@ def write_plots(out: Path) -> list[Path]:
 
 def write_report(out: Path, timings: dict) -> Path:
     write_plots(out)
-    cmds = [" ".join(["phi4r", *c]) for c in eval_commands(Path("MODEL"), Path("EVAL_DIR"))]
+    cmds = [eval_command("MODEL", task, str(out), args) for task, out, args in eval_runs(Path("EVAL_DIR"))]
     text = "\n\n".join([
         "# nano: SFT vs GRPO", results_table(out),
         "Wall-clock per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
-        "Eval commands (MODEL = sft/final or grpo/final, EVAL_DIR = eval/sft or eval/grpo):\n\n```\n"
+        "The same evaluations as commands (MODEL = sft/final or grpo/final, EVAL_DIR = eval/sft or eval/grpo):\n\n```\n"
         + "\n".join(cmds) + "\n```",
     ]) + "\n"
     path = out / "report.md"
@@ -312,7 +257,7 @@ def write_report(out: Path, timings: dict) -> Path:
 
 def ship(model_dir: Path, dest: Path | None = None) -> Path:
     """Copy a Hugging Face directory into phi4r/assets/nano (the model `LLM()` loads)."""
-    from ..checkpoint import NANO_DIR
+    from ...checkpoint import NANO_DIR
 
     dest = Path(dest or NANO_DIR)
     tmp = dest.with_name(f".tmp-{dest.name}")
@@ -395,9 +340,9 @@ def run(args) -> int:
         recall_dir = timed("recall", lambda: stage_induction(out, args.seed, tok_dir, "recall",
                                                                  init=str(warm_dir), **RECALL))
     if "sft" in stages:
-        sft_dir = timed("sft", lambda: stage_sft_phase(out, args.seed, recall_dir, "sft", MIX, SFT_SEED_OFFSET,
-                                                       {**SFT, **sft_over}))
-        for name, mix, offset, params in PHASES:
+        sft_dir = recall_dir
+        for k, (name, mix, offset, params) in enumerate(PHASES):
+            params = {**params, **(sft_over if k == 0 else {})}
             sft_dir = timed(name, lambda prev=sft_dir, name=name, mix=mix, offset=offset, params=params:
                             stage_sft_phase(out, args.seed, prev, name, mix, offset, params))
     if "grpo" in stages:

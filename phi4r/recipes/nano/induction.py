@@ -1,8 +1,8 @@
 """A synthetic copy warm-up that forms induction heads in a fresh model before SFT.
 
 A small model trained on teacher traces learns the traces' wording long before it learns to look a
-fact up in the prompt by content (docs/NANO.md: the nano model wrote fluent spatialmap walk-throughs
-about maps it invented). A few minutes on raw token ids that can only be predicted by copying,
+fact up in the prompt by content (it writes fluent walk-throughs of maps it invented). A few
+minutes on raw token ids that can only be predicted by copying,
 
     [BOS] noise [SEP] x_1 .. x_L [SEP] x_1 .. x_L noise
 
@@ -10,14 +10,14 @@ with the loss on the second copy, make the model form the two-head circuit that 
 previous-token head feeding an induction head). L is drawn per sequence (4-16) and the copy starts
 at a random offset, so no fixed relative position gives the answer: a model that learns one
 offset scores 0% at every other length. The copy accuracy rises abruptly (a phase transition) after
-150-400 steps at batch 64, AdamW lr 1e-3 with a warm-up; lr 3e-3, or 2e-3 without a warm-up, never
-leave the uniform loss (docs/NANO.md, "Fourth session").
+a few hundred steps at batch 64, AdamW lr 1e-3 with a warm-up; at lr 3e-3, or 2e-3 without a
+warm-up, the loss never leaves the uniform guess.
 
 `task="recall"` (`recall_batch`) trains the same lookup at long range instead: records
 `key v v v` scattered over noise, each used three times. From the copy warm-up, the values after
-the first are copied within ~100 steps; the first, found by the key alone, comes later and abruptly
-(at 160 tokens: 18% at step 100, 94% at step 225; at 320 tokens it was still 17% at step 300;
-docs/NANO.md, "Seventh session"). The nano recipe runs it at 160 tokens after the copy warm-up.
+the first are copied quickly; the first, found by the key alone, comes later and abruptly, and
+later the longer the records' span (the recipe runs it at 160 tokens, where it forms in a few
+hundred steps; at 320 it did not within the budget).
 
 `warm_up(cfg)` trains until the held-out copy accuracy passes `target` (then `extra_steps` more) or
 `max_steps`, writes `output_dir/final` (a Hugging Face directory with the tokenizer) and resumes from
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint as hf
-from . import checkpointing
-from .models import fresh_model
-from .optim import clip_grad_norm, make_optimizer, set_lr
+from ... import checkpoint as hf
+from ...train import checkpointing
+from ...train.models import fresh_model
+from ...train.optim import clip_grad_norm, make_optimizer, set_lr
 
 
 @dataclass
@@ -118,7 +118,7 @@ def recall_batch(b: int, T: int, n_keys: int, vocab: int, bos: int, values: list
 
 
 def _logits(model, ids: torch.Tensor, bf16: bool) -> torch.Tensor:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         return model(ids[:, :-1]).float()
 
 
@@ -138,7 +138,7 @@ def copy_accuracy(model, ids: torch.Tensor, mask: torch.Tensor, bf16: bool, drop
 
 
 def warm_up(cfg: InductionConfig, log=print) -> Path:
-    from ..tokenizer import Tokenizer
+    from ...tokenizer import Tokenizer
 
     out = Path(cfg.output_dir)
     final = out / "final"

@@ -1,4 +1,4 @@
-"""The synthetic warm-ups (phi4r.train.induction): copy and recall sequences can only be predicted by
+"""The nano recipe's synthetic warm-ups (phi4r.recipes.nano.induction): copy and recall sequences can only be predicted by
 copying, an interrupted warm-up resumes to the same model as an uninterrupted one, and the recall
 warm-up continues from a given model."""
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from phi4r.checkpoint import load
-from phi4r.train import induction
+from phi4r.recipes.nano import induction
 
 
 def test_copy_batch_layout():
@@ -120,7 +120,7 @@ def test_recall_warm_up_continues_from_a_model(tmp_path):
 def test_nano_recipe_runs_the_recall_stage_from_the_warm_up(tmp_path, monkeypatch):
     """`phi4r train nano`'s warmup and recall stages: OUT/warmup, then OUT/recall continuing from it
     with the recipe's RECALL settings (160-token records); a finished stage is not run again."""
-    from phi4r.train import nano
+    from phi4r.recipes.nano import recipe as nano
 
     setup = tiny_setup(tmp_path)
     monkeypatch.setattr(nano, "SIZES", {**setup["sizes"], "max_position_embeddings": 256})
