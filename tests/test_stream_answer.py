@@ -7,10 +7,14 @@ so a test can make it close its thinking twice; the nano model checks the defaul
 """
 from __future__ import annotations
 
+import io
+
 import openai
 import pytest
+from rich.console import Console
 
 from phi4r.api import LLM
+from phi4r.commands._chat_view import ChatView
 from phi4r.reasoning import THINK_END, StreamedSplit, split_reasoning
 from phi4r.sampling import SamplingParams
 from phi4r.server.app import create_app, serve_in_thread
@@ -169,6 +173,29 @@ def test_llm_stream_eager_and_hold(checkpoint, script):
     # Each delta counts the tokens so far, split at the last </think> so far.
     assert [(d.reasoning_tokens, d.content_tokens) for d in eager[3:5] + eager[9:11]] == [(4, 0), (4, 1), (10, 0), (10, 1)]
     assert (eager[-1].reasoning_tokens, eager[-1].content_tokens) == (out.reasoning_tokens, out.content_tokens) == (10, 10)
+
+
+def test_chat_view_marks_the_correction(checkpoint, script, capsys):
+    llm = scripted_llm(checkpoint)
+    end = llm.tokenizer.think_end_id
+    script.update({3: end, 9: end})
+    deltas = list(llm.stream(USER, SamplingParams(max_tokens=20, seed=1, ignore_eos=True)))
+    out = deltas[-1].output
+    terminal = io.StringIO()
+    for console in (Console(file=io.StringIO()), Console(file=terminal, force_terminal=True, color_system=None, width=300)):
+        view = ChatView(console=console, mode="show")
+        view.begin()
+        for d in deltas:
+            view.feed(d)
+        view.end(deltas[-1])
+    # No terminal: stdout is the text with its tags as lines; the answer follows the last </think>.
+    thinking, _, answer = capsys.readouterr().out.rpartition("\n</think>\n")
+    assert answer == out.content.strip() + "\n" and thinking.count(THINK_END) == 1
+    assert "".join(thinking.split()) == "".join(("<think>" + out.reasoning).split())
+    # A terminal: a note, then the answer after the last rule.
+    shown = terminal.getvalue()
+    assert "the text above was thinking too" in shown
+    assert shown.rpartition("─" * 20 + "\n")[2].split("\n[")[0].strip() == out.content.strip()
 
 
 def test_nano_server_streams_its_answer_by_default():
