@@ -8,6 +8,7 @@ so a test can make it close its thinking twice; the nano model checks the defaul
 from __future__ import annotations
 
 import io
+import random
 
 import openai
 import pytest
@@ -15,7 +16,8 @@ from rich.console import Console
 
 from phi4r.api import LLM
 from phi4r.commands._chat_view import ChatView
-from phi4r.reasoning import THINK_END, StreamedSplit, split_reasoning
+from phi4r.engine import Delta, Engine
+from phi4r.reasoning import THINK_END, ReasoningStream, StreamedSplit, split_reasoning
 from phi4r.sampling import SamplingParams
 from phi4r.server.app import create_app, serve_in_thread
 from phi4r.tiny import make_checkpoint
@@ -118,7 +120,7 @@ def test_content_streams_right_after_the_think_end(client, script):
 def test_a_later_think_end_is_corrected_and_the_stream_equals_the_final_split(client, llm, script):
     end = llm.tokenizer.think_end_id
     script.update({4: end, 12: end, 30: end})  # three closes, each followed by content
-    kw = dict(max_tokens=40, extra_body={"ignore_eos": True})
+    kw = {"max_tokens": 40, "extra_body": {"ignore_eos": True}}
     whole = client.chat.completions.create(model="tiny", messages=USER, seed=5, temperature=1.0, **kw).choices[0].message
     got = pieces(stream(client, **kw))
     fixes = [x for kind, x in got if kind == "fix"]
@@ -135,7 +137,7 @@ def test_a_later_think_end_is_corrected_and_the_stream_equals_the_final_split(cl
 def test_hold_keeps_content_until_it_is_certain(client, llm, script):
     end = llm.tokenizer.think_end_id
     script.update({4: end, 12: end})
-    kw = dict(max_tokens=30, extra_body={"ignore_eos": True})
+    kw = {"max_tokens": 30, "extra_body": {"ignore_eos": True}}
     whole = client.chat.completions.create(model="tiny", messages=USER, seed=5, temperature=1.0, **kw).choices[0].message
     chunks = stream(client, max_tokens=30, extra_body={"ignore_eos": True, "reasoning_stream": "hold"})
     got = pieces(chunks)
@@ -144,6 +146,19 @@ def test_hold_keeps_content_until_it_is_certain(client, llm, script):
     assert "".join(x for kind, x in got if kind == "r") == whole.reasoning_content
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices[0].delta.content] == ["length"]
     assert "".join(x for kind, x in got if kind == "c") == whole.content
+
+
+def test_server_default_hold_and_the_request_overriding_it(checkpoint, script):
+    llm = scripted_llm(checkpoint)
+    end = llm.tokenizer.think_end_id
+    script.update({4: end, 12: end})
+    with serve_in_thread(create_app(llm, model_name="tiny", reasoning_stream="hold"), graceful_timeout=2) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        held = pieces(stream(client, max_tokens=30, extra_body={"ignore_eos": True}))
+        eager = pieces(stream(client, max_tokens=30, extra_body={"ignore_eos": True, "reasoning_stream": "eager"}))
+    assert [kind for kind, _ in held].count("c") == 1 and "fix" not in [kind for kind, _ in held]
+    assert [kind for kind, _ in eager].count("fix") == 1
+    assert assemble(eager) == assemble(held)
 
 
 def test_reasoning_stream_is_checked(client, llm):
@@ -173,6 +188,25 @@ def test_llm_stream_eager_and_hold(checkpoint, script):
     # Each delta counts the tokens so far, split at the last </think> so far.
     assert [(d.reasoning_tokens, d.content_tokens) for d in eager[3:5] + eager[9:11]] == [(4, 0), (4, 1), (10, 0), (10, 1)]
     assert (eager[-1].reasoning_tokens, eager[-1].content_tokens) == (out.reasoning_tokens, out.content_tokens) == (10, 10)
+
+
+def test_a_delta_gathering_several_splits_keeps_the_correction_exact():
+    """A delta can hold several stream steps (a token's text, then the flush at the end)."""
+    rng = random.Random(0)
+    pieces_ = ["<think>", "</think>", "</th", "ink>", "a", " ", "b\n"]
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces_) for _ in range(rng.randint(0, 12)))
+        stream, reader, i = ReasoningStream(), StreamedSplit(), 0
+        while i < len(text):
+            delta = Delta("r", 0)
+            for _ in range(rng.randint(1, 3)):  # steps gathered into this delta
+                j = rng.randint(i, len(text))
+                Engine._add_split(delta, stream.feed(text[i:j]))
+                i = j
+            reader.add(delta.reasoning, delta.content, delta.reclassified)
+        reader.add(*stream.finish())
+        r, c = split_reasoning(text)
+        assert (reader.reasoning, reader.content) == (r, c or ""), text
 
 
 def test_chat_view_marks_the_correction(checkpoint, script, capsys):
