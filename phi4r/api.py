@@ -5,7 +5,7 @@
     [out] = llm.chat([{"role": "user", "content": "What is 7 + 5?"}], SamplingParams(max_tokens=256))
     out.outputs[0].reasoning, out.outputs[0].content
     for delta in llm.stream([{"role": "user", "content": "Hi"}]):   # live deltas, split by reasoning
-        print(delta.reasoning or delta.content, end="")
+        print(delta.reasoning or delta.content, end="")   # delta.reclassified: see engine.Delta
 
 `LLM` drives its `Engine` (`llm.engine`) itself, one call at a time. A server instead drives the
 engine from its own thread (`engine.add_request`, `engine.step`, `engine.abort`) and must then not
@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from .chat import render_chat
 from .checkpoint import load_model, read_generation_config, resolve_model_path
 from .engine import CompletionOutput, Delta, Engine, RequestOutput
+from .reasoning import HoldBack
 from .sampling import LoopGuard, SamplingParams
 
 __all__ = ["LLM", "SamplingParams", "LoopGuard", "RequestOutput", "CompletionOutput", "Delta"]
@@ -120,10 +121,16 @@ class LLM:
 
     # ---- streaming
     def stream(self, prompt: Prompt | Messages, sampling_params: SamplingParams | None = None,
-               system_prompt: str | None = None) -> Iterator[Delta]:
+               system_prompt: str | None = None, reasoning_stream: str = "eager") -> Iterator[Delta]:
         """Deltas of one request as they are generated (all n samples, told apart by `delta.index`).
         `prompt`: a conversation (list of dicts, chat-encoded), a string (plain text) or token ids.
+        reasoning_stream: "eager" streams content as soon as it follows a `</think>` and corrects it
+        (`delta.reclassified`, applied by `reasoning.StreamedSplit`) if a later `</think>` comes;
+        "hold" sends content only once it is certain (usually at the end), never corrected.
         Stopping the iteration early aborts the request."""
+        if reasoning_stream not in ("eager", "hold"):
+            raise ValueError(f"reasoning_stream must be 'eager' or 'hold', got {reasoning_stream!r}")
+        hold = HoldBack() if reasoning_stream == "hold" else None
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
             text, ids = self._chat_item(prompt, system_prompt, True)
         else:
@@ -135,7 +142,7 @@ class LLM:
                 for delta in self.engine.step():
                     if delta.request_id == request_id:
                         done = delta.request is not None
-                        yield delta
+                        yield hold(delta) if hold else delta
         finally:
             if not done:
                 self.engine.abort(request_id)

@@ -30,7 +30,7 @@ import torch
 
 from .kernels import attention as attention_kernel
 from .model import KVCache
-from .reasoning import ReasoningStream, partial_suffix, split_reasoning
+from .reasoning import THINK_END, ReasoningStream, partial_suffix, split_reasoning
 from .sampling import LoopGuard, SamplingParams, sample
 
 log = logging.getLogger(__name__)
@@ -99,15 +99,22 @@ class RequestOutput:
 
 @dataclass
 class Delta:
-    """What one step added to one sample. The deltas of a sample concatenate to its final text,
-    reasoning and content (content only arrives once the last `</think>` is certain, usually at the
-    end; see reasoning.py). `output` is set on the sample's last delta, `request` on the delta that
-    finishes the whole request."""
+    """What one step added to one sample. Content streams as soon as it follows a `</think>`; if a
+    later `</think>` shows it was reasoning, a delta's `reclassified` says how many characters of the
+    content streamed so far (all of it) move to the reasoning, after a `</think>`, BEFORE its own
+    reasoning and content are appended (reasoning.py; `reasoning.StreamedSplit` does this). So the
+    deltas of a sample concatenate, corrections applied, to its final text, reasoning and content.
+    reasoning_tokens / content_tokens: the sample's tokens so far, split at its last `</think>` so far
+    (on the last delta, the output's own counts). `output` is set on the sample's last delta,
+    `request` on the delta that finishes the whole request."""
     request_id: str
     index: int
     text: str = ""
     reasoning: str = ""
     content: str = ""
+    reclassified: int = 0
+    reasoning_tokens: int = 0
+    content_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     output: CompletionOutput | None = None
@@ -198,7 +205,7 @@ class _Sample:
         self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else engine.stop_ids)
         self.detok = _Detokenizer(engine.tokenizer)
         self.stops = _StopStrings(params.stop, params.include_stop_str_in_output)
-        self.reasoning = ReasoningStream()
+        self.reasoning = ReasoningStream(eager=True)
         self.loops = _LoopDetector(params.loop_guard) if params.loop_guard else None
         self.thinking = True  # no </think> yet: every token so far is reasoning
         self.last_think_end = 0  # tokens up to the last </think> (0: none yet)
@@ -436,6 +443,8 @@ class Engine:
             return self._finish(s, "stop", delta, flush=False)
         if tokens[-len(self.think_end):] == self.think_end:
             s.thinking, s.last_think_end = False, len(tokens)
+        delta.reasoning_tokens = len(tokens) if s.thinking else s.last_think_end
+        delta.content_tokens = len(tokens) - delta.reasoning_tokens
         budget = s.params.thinking_budget
         if s.thinking and budget is not None and len(tokens) >= budget and not s.forced:
             s.forced.extend(self.think_end + self.bridge)
@@ -449,10 +458,22 @@ class Engine:
     def _emit(self, s: _Sample, delta: Delta, text: str) -> None:
         if text:
             s.out.text += text
-            reasoning, content = s.reasoning.feed(text)
             delta.text += text
-            delta.reasoning += reasoning
-            delta.content += content
+            self._add_split(delta, s.reasoning.feed(text))
+
+    @staticmethod
+    def _add_split(delta: Delta, split) -> None:
+        # A delta can gather several splits (a token's text, then the flush at the end). A correction
+        # counts the content shown by this delta too; the delta's own correction covers earlier ones only.
+        if split.reclassified:
+            earlier = split.reclassified - len(delta.content)
+            if earlier:  # then nothing in this delta was reasoning yet
+                delta.reclassified, delta.reasoning = earlier, delta.content
+            else:
+                delta.reasoning += THINK_END + delta.content
+            delta.content = ""
+        delta.reasoning += split.reasoning
+        delta.content += split.content
 
     def _finish(self, s: _Sample, reason: str, delta: Delta | None = None, flush: bool = True) -> Delta:
         """End sample `s`. `flush`: release the text held back for an incomplete character or a
@@ -465,9 +486,7 @@ class Engine:
                 reason, out.stop_reason = "stop", stop
             self._emit(s, delta, text + s.stops.flush())
         out.finish_reason = reason
-        reasoning, content = s.reasoning.finish()
-        delta.reasoning += reasoning
-        delta.content += content
+        self._add_split(delta, s.reasoning.finish())
         self.running.remove(s)
         self.free_slots.append(s.slot)
         self.free_slots.sort()
@@ -481,6 +500,7 @@ class Engine:
         else:
             out.reasoning_tokens = sample.last_think_end if sample else 0
         out.content_tokens = len(out.token_ids) - out.reasoning_tokens
+        delta.reasoning_tokens, delta.content_tokens = out.reasoning_tokens, out.content_tokens
         delta.finish_reason, delta.output = out.finish_reason, out
         if all(o.finished() for o in request.output.outputs):
             request.output.finished = True

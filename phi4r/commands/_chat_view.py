@@ -4,6 +4,11 @@ Thinking modes: "show" prints it in full (dimmed on a terminal); "fold" shows it
 window that collapses to one line "thought for N tokens" when the answer starts; "hide" prints none
 of it. On a terminal the view uses rich; otherwise (a pipe, CI) it writes plain text with explicit
 `<think>` / `</think>` lines, and the stats and notes go to stderr so stdout holds only the answer.
+
+The answer streams as it is written (the engine's eager deltas). If the model closes its thinking
+again, the engine corrects the answer shown so far into thinking (`Delta.reclassified`): text once
+printed stays, so the view marks the spot (a `</think>` line, and on a terminal a note) and what
+follows the last mark is the answer.
 """
 from __future__ import annotations
 
@@ -14,53 +19,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from phi4r.reasoning import THINK_END, THINK_START, partial_suffix
+from phi4r.reasoning import THINK_END, THINK_START
 
 MODES = ("show", "fold", "hide")
 FOLD_LINES = 4  # thinking lines visible in the live window of "fold"
 TAIL_CHARS = 4000  # thinking text kept for that window (the rest has scrolled away)
-
-
-class LiveSplit:
-    """Splits streamed text for display at each `</think>`: thinking before, answer after.
-
-    reasoning.ReasoningStream is exact (the LAST `</think>` decides) but therefore holds the answer
-    back until the end; a terminal wants the answer to stream. So this switches at every `</think>`
-    and reports each one ("close"): if the model closes its thinking twice, the text between the
-    tags was shown as answer, and the view marks the second close so nothing is hidden.
-    """
-
-    def __init__(self):
-        self.thinking = True
-        self.started = False  # a leading <think> is dropped: the view shows its own marker
-        self.pending = ""  # text that may be the start of a tag
-
-    def feed(self, text: str) -> list[tuple[str, str]]:
-        """[(kind, text)] with kind "thinking", "answer" or "close" (text "")."""
-        text = self.pending + text
-        self.pending = ""
-        if not self.started:
-            stripped = text.lstrip()
-            if len(stripped) < len(THINK_START) and THINK_START.startswith(stripped):
-                self.pending = text
-                return []
-            self.started = True
-            text = stripped[len(THINK_START):] if stripped.startswith(THINK_START) else text
-        events = []
-        while (cut := text.find(THINK_END)) >= 0:
-            events += [(self._kind(), text[:cut]), ("close", "")]
-            self.thinking, text = False, text[cut + len(THINK_END):]
-        keep = partial_suffix(text)
-        self.pending = text[len(text) - keep:]
-        events.append((self._kind(), text[:len(text) - keep]))
-        return [e for e in events if e[1] or e[0] == "close"]
-
-    def finish(self) -> list[tuple[str, str]]:
-        text, self.pending = self.pending, ""
-        return [(self._kind(), text)] if text else []
-
-    def _kind(self) -> str:
-        return "thinking" if self.thinking else "answer"
 
 
 class ChatView:
@@ -80,7 +43,6 @@ class ChatView:
 
     # ---- one answer
     def begin(self) -> None:
-        self.split = LiveSplit()
         self.start, self.first_token = time.perf_counter(), None
         self.tokens = self.thinking_tokens = 0
         self.in_answer = self.shown_think = self.answer_shown = False
@@ -94,19 +56,29 @@ class ChatView:
         if delta.token_ids:
             self.first_token = self.first_token or time.perf_counter()
             self.tokens += len(delta.token_ids)
+        if not self.in_answer:
+            self.thinking_tokens = delta.reasoning_tokens
+        if delta.reclassified:  # the answer shown so far (and this reasoning) was thinking after all
+            self._write("answer", delta.reasoning)
+            self._reopen()
+        elif delta.reasoning:
+            self._write("thinking", delta.reasoning)
+        if delta.content:
             if not self.in_answer:
-                self.thinking_tokens += len(delta.token_ids)
-        for kind, text in self.split.feed(delta.text):
-            self._event(kind, text)
+                self._close_thinking(self.thinking_tokens)
+            if not self.answer_shown:
+                self.answer_shown = bool(delta.content.lstrip())  # the blank lines after </think> are dropped
+                self._write("answer", delta.content.lstrip())
+            else:
+                self._write("answer", delta.content)
 
     def end(self, final) -> None:
         """`final`: the delta that finished the request (its .output and .request are set)."""
-        for kind, text in self.split.finish():
-            self._event(kind, text)
         out = final.output
-        if not self.in_answer:  # the thinking never closed
+        if not self.in_answer:
             self._close_thinking(out.reasoning_tokens)
-            self._write("answer", f"[no answer: stopped while thinking, finish_reason={out.finish_reason}]")
+            if THINK_END not in out.text:  # the thinking never closed
+                self._write("answer", f"[no answer: stopped while thinking, finish_reason={out.finish_reason}]")
         self._end_line()
         elapsed = time.perf_counter() - (self.first_token or self.start)
         rate = (self.tokens - 1) / elapsed if self.tokens > 1 and elapsed > 0 else 0.0
@@ -123,18 +95,15 @@ class ChatView:
         self.note(f"[{reason}]")
 
     # ---- rendering
-    def _event(self, kind: str, text: str) -> None:
-        if kind == "close":
-            if self.in_answer:  # a second </think>: what was shown as the answer was still thinking
-                self.held = ""
-                self._line("\n" + THINK_END)
-            else:
-                self._close_thinking(self.thinking_tokens)
-            return
-        if kind == "answer" and not self.answer_shown:
-            text = text.lstrip()  # the blank lines after </think>
-            self.answer_shown = bool(text)
-        self._write(kind, text)
+    def _reopen(self) -> None:
+        """Mark a correction: the answer printed since the last mark was thinking."""
+        self.held, self.answer_shown = "", False
+        if self.tty:
+            self._end_line()
+            self._line("[the model closed its thinking again: the text above was thinking too]")
+            self._line("─" * 20)
+        else:
+            self._line("\n" + THINK_END)
 
     def _close_thinking(self, tokens: int) -> None:
         self.in_answer, self.held = True, ""

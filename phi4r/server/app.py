@@ -37,8 +37,13 @@ class ServerState:
 
 
 def create_app(llm, model_name: str = "nano", api_key: str | None = None, max_queue: int = defaults.MAX_QUEUE,
-               max_body_bytes: int = defaults.MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = defaults.MAX_BODY_BYTES, reasoning_stream: str = "eager") -> FastAPI:
+    """reasoning_stream: how streamed chats send content after `</think>` unless a request says
+    otherwise: "eager" at once (with a correction if a later `</think>` comes), "hold" once certain."""
+    if reasoning_stream not in ("eager", "hold"):
+        raise ValueError(f"reasoning_stream must be 'eager' or 'hold', got {reasoning_stream!r}")
     state = ServerState(llm, model_name, max_queue)
+    state.reasoning_stream = reasoning_stream
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -1,8 +1,17 @@
 """POST /v1/chat/completions and /v1/completions: request -> engine requests -> OpenAI responses.
 
 Streaming is Server-Sent Events in OpenAI's chunk format. Chat chunks carry the thinking as
-`delta.reasoning_content` (and vLLM's newer `delta.reasoning`, same text) before `delta.content`;
-completions stream the raw text, `<think>` included, as vLLM does without a reasoning parser.
+`delta.reasoning_content` (and vLLM's newer `delta.reasoning`, same text) and the answer as
+`delta.content`; completions stream the raw text, `<think>` included, as vLLM does without a
+reasoning parser.
+
+Content streams as soon as it follows a `</think>` ("eager", the default). The final split cuts at
+the LAST `</think>`, so when a later one arrives the stream corrects itself with a chunk whose delta
+holds only the phi4r extension `"phi4r_reclassify": {"content_chars": N, "joiner": "</think>"}`:
+the N characters (code points) of content streamed so far for that choice, all of it, are reasoning:
+append joiner + that content to the reasoning and empty the content. Then the reasoning continues.
+Clients that ignore the field still get every token once. "hold" (server option, or the request's
+`reasoning_stream`) sends content only once it is certain, usually at the end.
 """
 from __future__ import annotations
 
@@ -12,6 +21,7 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from ..reasoning import THINK_END, HoldBack
 from ..sampling import SamplingParams
 from .errors import APIError
 from .jobs import Job
@@ -158,30 +168,21 @@ def _sse(data) -> str:
 
 class _LiveUsage:
     """Token counts so far, for vLLM's `stream_options.continuous_usage_stats` (the chat page's live
-    thinking count): a choice's tokens are reasoning until a `</think>`, then up to the last one.
-    A choice's final delta carries the engine's own count, which settles it."""
+    thinking count), as each choice's latest delta counts them (reasoning: up to its last `</think>`)."""
 
-    def __init__(self, think_end: list[int], prompt_tokens: int):
-        self.think_end, self.prompt_tokens = think_end, prompt_tokens
-        self.count: dict[int, int] = {}
-        self.tail: dict[int, list[int]] = {}
-        self.closed: dict[int, int] = {}  # tokens up to the last </think>
-        self.reasoning: dict[int, int] = {}
+    def __init__(self, prompt_tokens: int):
+        self.prompt_tokens = prompt_tokens
+        self.counts: dict[int, tuple[int, int]] = {}  # choice -> (reasoning, content) tokens
 
     def add(self, index: int, delta) -> None:
-        for token in delta.token_ids:
-            self.count[index] = self.count.get(index, 0) + 1
-            self.tail[index] = (self.tail.get(index, []) + [token])[-len(self.think_end):]
-            if self.tail[index] == self.think_end:
-                self.closed[index] = self.count[index]
-        done = delta.output.reasoning_tokens if delta.output is not None else None
-        self.reasoning[index] = done if done is not None else self.closed.get(index, self.count.get(index, 0))
+        self.counts[index] = delta.reasoning_tokens, delta.content_tokens
 
     def usage(self) -> dict:
-        completion = sum(self.count.values())
+        reasoning = sum(r for r, _ in self.counts.values())
+        completion = reasoning + sum(c for _, c in self.counts.values())
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
                 "total_tokens": self.prompt_tokens + completion,
-                "completion_tokens_details": {"reasoning_tokens": sum(self.reasoning.values())}}
+                "completion_tokens_details": {"reasoning_tokens": reasoning}}
 
 
 class _Chunks:
@@ -192,8 +193,7 @@ class _Chunks:
         options = body.stream_options
         self.job, self.kind, self.model = job, kind, server.model_name
         self.include_usage = bool(options and options.include_usage)
-        self.live = _LiveUsage(server.engine.think_end, job.prompt_tokens) if options and options.continuous_usage_stats \
-            else None
+        self.live = _LiveUsage(job.prompt_tokens) if options and options.continuous_usage_stats else None
 
     def __call__(self, choices: list[dict]) -> str:
         chunk = {"id": self.job.id, "object": self.kind, "created": self.job.created, "model": self.model,
@@ -211,6 +211,7 @@ class _Chunks:
 
 async def _chat_events(job: Job, body: ChatCompletionRequest, server):
     chunks = _Chunks(job, body, server, "chat.completion.chunk")
+    hold = HoldBack() if (body.reasoning_stream or server.reasoning_stream) == "hold" else None
     for i in range(job.seqs):
         yield chunks([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                        "finish_reason": None}])
@@ -219,6 +220,10 @@ async def _chat_events(job: Job, body: ChatCompletionRequest, server):
             index = job.choice_index(d)
             if chunks.live is not None:
                 chunks.live.add(index, d)
+            d = hold(d) if hold else d
+            if d.reclassified:  # a chunk of its own, so no client can apply it after this delta's text
+                fix = {"phi4r_reclassify": {"content_chars": d.reclassified, "joiner": THINK_END}}
+                yield chunks([{"index": index, "delta": fix, "logprobs": None, "finish_reason": None}])
             delta = {}
             if d.reasoning:
                 delta["reasoning_content"] = delta["reasoning"] = d.reasoning

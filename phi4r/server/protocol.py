@@ -92,6 +92,9 @@ class GenerationRequest(Strict):
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    # phi4r's: "eager" streams content as it is written (with corrections), "hold" only once certain;
+    # None: the server's --reasoning-stream.
+    reasoning_stream: Literal["eager", "hold"] | None = None
     tools: Any = None
     tool_choice: Any = None
     parallel_tool_calls: Any = None
