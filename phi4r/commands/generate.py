@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._options import add_model_args, add_sampling_args, load_llm, sampling_params
+from ._options import add_model_args, add_sampling_args, load_llm, positive_int, sampling_params
 
 EPILOG = ("Resuming: prompts whose id is already in --output are skipped, so an interrupted run continues "
           "where it stopped (with --seed, a resumed run gives the same samples as an uninterrupted one).")
@@ -32,11 +32,11 @@ def register(subparsers) -> None:
                               description=__doc__.split("\n")[0], epilog=EPILOG)
     p.add_argument("--input", required=True, help="JSONL: {\"prompt\": ...} or {\"messages\": [...]} per line")
     p.add_argument("--output", required=True, help="JSONL written as prompts finish (resumed if it exists)")
-    p.add_argument("--n", type=int, default=1, help="samples per prompt [1]")
-    p.add_argument("--max-num-seqs", type=int, default=16, help="samples generated together [16]")
+    p.add_argument("--n", type=positive_int, default=1, help="samples per prompt [1]")
+    p.add_argument("--max-num-seqs", type=positive_int, default=16, help="samples generated together [16]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
-    add_sampling_args(p)
+    add_sampling_args(p, loop_guard=False)
     p.set_defaults(func=_run)
 
 
@@ -91,21 +91,15 @@ def _run(args) -> int:
     from tqdm.auto import tqdm
 
     output = Path(args.output)
-    try:
-        params = sampling_params(args, n=args.n)
-        records = read_prompts(Path(args.input))
-        done = finished_ids(output)
-    except (OSError, ValueError) as e:  # InputError and bad sampling flags are ValueErrors
-        print(f"phi4r generate: {e}", file=sys.stderr)
-        return 2
+    params = sampling_params(args, n=args.n)
+    records = read_prompts(Path(args.input))
+    done = finished_ids(output)
     todo = [r for r in records if r["id"] not in done]
     if done:
         print(f"resuming: {len(records) - len(todo)} of {len(records)} prompts already in {output}", file=sys.stderr)
     if not todo:
         return 0
     llm = load_llm(args, "generate", max_num_seqs=max(args.max_num_seqs, args.n))
-    if llm is None:
-        return 1
     engine, tokenizer = llm.engine, llm.tokenizer
     pending, failed = {}, 0
     for record in todo:
