@@ -37,7 +37,7 @@ def _run(args) -> int:
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("empty prompt")
     params = sampling_params(args)
-    llm = load_llm(args, "chat", max_num_seqs=1)
+    llm = load_llm(args, "chat", max_num_seqs=1, seed=args.seed)
     view = ChatView(mode=args.thinking)
     if args.prompt is not None:
         return 0 if _answer(llm, view, [{"role": "user", "content": args.prompt}], params, args) is not None else 1

@@ -99,7 +99,7 @@ def _run(args) -> int:
         print(f"resuming: {len(records) - len(todo)} of {len(records)} prompts already in {output}", file=sys.stderr)
     if not todo:
         return 0
-    llm = load_llm(args, "generate", max_num_seqs=max(args.max_num_seqs, args.n))
+    llm = load_llm(args, "generate", max_num_seqs=max(args.max_num_seqs, args.n), seed=args.seed)
     engine, tokenizer = llm.engine, llm.tokenizer
     pending, failed = {}, 0
     for record in todo:
