@@ -66,14 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    command = " ".join(c for c in (args.command, getattr(args, "train_command", None)) if c)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl+C where the command has nothing to save (loading, say)
+        if os.environ.get("PHI4R_DEBUG") == "1":
+            raise
+        print(f"\nphi4r {command}: interrupted", file=sys.stderr)
+        return 130
     except (OSError, ValueError) as e:
         status = user_error(e)
         if status is None or os.environ.get("PHI4R_DEBUG") == "1":
             raise
         message = str(e) if not isinstance(e, OSError) else f"{e.strerror}: {e.filename}"
-        command = " ".join(c for c in (args.command, getattr(args, "train_command", None)) if c)
         print(f"phi4r {command}: {message}", file=sys.stderr)
         return status
 

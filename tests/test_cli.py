@@ -218,6 +218,7 @@ def run_main(argv):
 def mistakes(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.yaml").write_text("learning_rate: [\n")
+    (tmp_path / "in.jsonl").write_text('{"prompt": "ok"}\n{"prompt": "no newline"}')
     missing = tmp_path / "missing"
     return {"chat": [(["chat", ""], "empty prompt"),
                      (["chat", "--model", str(missing), "hi"], "not a checkpoint directory"),
@@ -227,7 +228,11 @@ def mistakes(tmp_path):
                      (["chat", "--top-p", "0", "hi"], "top_p must be in (0, 1]")],
             "generate": [(["generate", "--input", str(missing), "--output", str(tmp_path / "o.jsonl")],
                           f"No such file or directory: {missing}"),
-                         (["generate", "--input", "i", "--output", "o", "--n", "0"], "'0' is not a positive integer")],
+                         (["generate", "--input", "i", "--output", "o", "--n", "0"], "'0' is not a positive integer"),
+                         (["generate", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "in.jsonl")],
+                          "in.jsonl, line 1: not a line phi4r generate writes; refusing to add to this file"),
+                         (["generate", "--input", str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "o.jsonl")],
+                          "bad.yaml, line 1: not JSON")],
             "serve": [(["serve", "--model", str(missing)], "not a checkpoint directory"),
                       (["serve", "--port", "70000"], "'70000' is not a port number"),
                       (["serve", "--reasoning-stream", "late"], "invalid choice: 'late'")],
@@ -251,7 +256,8 @@ def test_a_users_mistake_is_one_line_and_a_failure(command, mistakes, tmp_path, 
         err = capsys.readouterr().err
         assert status != 0 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
         assert err.startswith(f"phi4r {command}: ") and message in err, (argv, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "empty"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "empty", "in.jsonl"]  # nothing written
+    assert (tmp_path / "in.jsonl").read_text().endswith('"no newline"}')
 
 
 def test_mistakes_through_the_real_entry_point(tmp_path):

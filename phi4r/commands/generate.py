@@ -43,7 +43,11 @@ def register(subparsers) -> None:
 def read_prompts(path: Path) -> list[dict]:
     """Input records with an "id" each; raises InputError naming the bad line."""
     records, seen = [], set()
-    for number, line in enumerate(path.read_text().splitlines()):
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    for number, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
         where = f"{path}, line {number + 1}"
@@ -63,14 +67,24 @@ def read_prompts(path: Path) -> list[dict]:
 
 
 def finished_ids(path: Path) -> set:
-    """Ids already in the output; a last line cut short by a crash is removed so appending stays valid JSONL."""
+    """Ids already in the output; a last line cut short by a crash is removed so appending stays valid JSONL.
+    A file this command did not write (the input given as --output, say) is refused untouched."""
     if not path.exists():
         return set()
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[:data.rfind(b"\n") + 1]
-        path.write_bytes(data)
-    return {json.loads(line)["id"] for line in data.decode().splitlines() if line.strip()}
+    complete, ids = data[:data.rfind(b"\n") + 1], set()
+    for number, line in enumerate(complete.decode(errors="replace").splitlines()):
+        try:
+            record = json.loads(line) if line.strip() else {"id": None, "outputs": None}
+            if not isinstance(record, dict) or not {"id", "outputs"} <= record.keys():
+                raise ValueError
+            ids.add(record["id"])
+        except (ValueError, TypeError):
+            raise InputError(f"{path}, line {number + 1}: not a line phi4r generate writes; refusing to add to "
+                             "this file") from None
+    if complete != data:
+        path.write_bytes(complete)
+    return ids - {None}
 
 
 def _request_seed(seed: int, record_id) -> int:
