@@ -57,6 +57,8 @@ def run(args) -> int:
     if args.transformers and importlib.util.find_spec("transformers") is None:
         raise ValueError("transformers is not installed: `pip install transformers`, or pass --no-transformers")
     path = make_bench_checkpoint(DEFAULT_CHECKPOINT) if args.model == BENCH_MODEL else resolve_model_path(args.model)
+    if args.compile is None:  # resolved here as the engine would, so the report says which it measured
+        args.compile = os.environ.get("PHI4R_COMPILE", "0") == "1"
     model = model_facts(path)
     machine = machine_facts(args.threads)
     print(f"Checkpoint {path}: {model['params'] / 1e6:.1f}M parameters ({model['linear_params'] / 1e6:.1f}M in linear "
@@ -73,7 +75,7 @@ def run(args) -> int:
             for engine in engines:  # back to back, so both see the same machine load
                 spec = {"engine": engine, "dtype": dtype, "batch": batch, "path": str(path),
                         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
-                        "threads": args.threads, "compile": bool(args.compile)}
+                        "threads": args.threads, "compile": args.compile}
                 print(f"  {engine} {dtype} batch {batch} ...", file=sys.stderr, flush=True)
                 rows.append({**spec, **_child(spec)})
     for row in rows:

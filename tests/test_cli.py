@@ -287,3 +287,18 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
     with pytest.raises(ValueError, match="empty prompt"):
         main(["chat", ""])
     assert capsys.readouterr().err == ""
+
+
+def test_start_up_says_what_takes_long_and_nothing_otherwise(ck, capfd):
+    import time
+
+    from phi4r.api import _said_if_slow
+
+    with _said_if_slow("quantizing", after=0.1):
+        time.sleep(0.4)
+    with _said_if_slow("prepacking", after=5):
+        pass
+    err = capfd.readouterr().err
+    assert re.fullmatch(r"phi4r: quantizing \.\.\.\nphi4r: quantizing: done in \d+ s\n", err), err
+    LLM(ck, max_num_seqs=1, threads=1)  # a small model loads in well under the 2 s before a bar appears
+    assert "loading" not in capfd.readouterr().err  # (a kernel build may still announce itself)
