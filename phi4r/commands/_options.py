@@ -22,7 +22,6 @@ def number(kind, low: float, what: str, high: float = math.inf):
         if not math.isfinite(value) or not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return value
-    parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
 
 
