@@ -270,7 +270,7 @@ def test_mistakes_through_the_real_entry_point(tmp_path):
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
-    import phi4r.commands.chat as chat
+    from phi4r.commands import chat
     from phi4r.checkpoint import CheckpointError
 
     monkeypatch.setattr(chat, "_run", lambda args: json.loads("{"))  # a ValueError raised inside a library
