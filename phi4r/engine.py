@@ -263,7 +263,8 @@ class Engine:
     def add_request(self, request_id: str | None, prompt_token_ids: list[int], params: SamplingParams | None = None,
                     prompt: str | None = None) -> str:
         """Queue a request; returns its id. Raises ContextLengthError / ValueError for a request that
-        can never run (too long, empty, n > max_num_seqs, duplicate id)."""
+        can never run (too long, empty, n > max_num_seqs, duplicate id, a non-finite or out-of-range
+        sampling value, even one set on `params` after it was made)."""
         params = (params or SamplingParams()).resolved(self.generation_config)
         prompt_token_ids = list(prompt_token_ids)
         if not prompt_token_ids:
