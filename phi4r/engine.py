@@ -352,8 +352,10 @@ class Engine:
             slots = [self.free_slots.pop(0) for _ in range(request.params.n)]
             try:
                 logits = self._prefill(request.prompt_ids, slots)
-            except Exception as e:  # noqa: BLE001 - e.g. out of memory: this request fails, its slots stay usable
+            except BaseException as e:  # e.g. out of memory (this request fails) or Ctrl-C: the slots stay usable
                 self.free_slots = sorted(self.free_slots + slots)
+                if not isinstance(e, Exception):
+                    raise  # the caller's abort() ends the request
                 self._fail(request, e, deltas)
                 continue
             with self._isolated(request, deltas):

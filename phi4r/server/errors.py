@@ -49,8 +49,7 @@ def validation_error(exc: RequestValidationError) -> APIError:
     err = exc.errors()[0]
     param = _location(tuple(err.get("loc", ())))
     if err.get("type") == "invalid_unicode":  # found by a walk over the whole body, which names the place
-        param = err["ctx"]["param"]
-        return APIError(400, err["msg"], param=param, code="invalid_unicode")
+        return APIError(400, err["msg"], param=err["ctx"]["param"], code="invalid_unicode")
     if err.get("type") == "json_invalid":
         return APIError(400, f"malformed JSON body: {err.get('msg')}", code="invalid_json")
     if err.get("type") == "extra_forbidden":

@@ -118,6 +118,7 @@ class Job:
         self.runner.release(self.engine_ids, abort=unfinished)
         self.admission.give_back(self.seqs)
         outputs = [o for rid in self.engine_ids if rid in self.finished for o in self.finished[rid].outputs]
+        cut = "error" if self.failed else "abort"  # how the unfinished ones ended
         self.metrics.tokens(self.prompt_tokens, sum(len(o.token_ids) for o in outputs),
                             sum(o.reasoning_tokens for o in outputs),
-                            [o.finish_reason for o in outputs] + ["error" if self.failed else "abort"] * (len(unfinished) * self.n))
+                            [o.finish_reason for o in outputs] + [cut] * (len(unfinished) * self.n))

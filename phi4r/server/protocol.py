@@ -45,7 +45,7 @@ def _finite(**bounds):
     return Field(None, allow_inf_nan=False, **bounds)
 
 
-def invalid_unicode_path(body) -> str | None:
+def _invalid_unicode_path(body) -> str | None:
     """OpenAI-style path ('messages[0].content') of the first string or key in `body` that UTF-8
     cannot encode (a lone surrogate), or None. Iterative: a deeply nested body cannot overflow the stack."""
     stack = [("", body)]
@@ -80,8 +80,7 @@ class Strict(BaseModel):
 class ChatMessage(Strict):
     role: Literal["system", "user", "assistant"]
     # Required; text parts are checked by chat.message_text, which names a bad one. Null only for an
-    # assistant turn: clients send earlier answers back whole, and an answer that never left its
-    # thinking has content null (its reasoning is not sent to the model; see below).
+    # assistant turn: an answer that never left its thinking has content null when sent back.
     content: str | list[dict] | None
     # Clients often send an earlier answer back whole; Phi-4's template renders an assistant turn
     # as its content alone, so its reasoning is accepted and left out, as the template does.
@@ -138,7 +137,7 @@ class GenerationRequest(Strict):
     @model_validator(mode="before")
     @classmethod
     def _valid_unicode(cls, data):
-        path = invalid_unicode_path(data)
+        path = _invalid_unicode_path(data)
         if path is not None:
             raise PydanticCustomError("invalid_unicode", "{param} is not valid Unicode (it holds a lone surrogate)",
                                       {"param": path})
