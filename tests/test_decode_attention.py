@@ -148,7 +148,7 @@ def test_prepare_loads_a_build_or_builds_in_a_child_process(kernel, monkeypatch)
         attention.prepare()  # under way: no second build
         assert attention.ready() is None and attention.op() is None
     [(args, kw)] = started
-    assert args[1:] == ["-m", "phi4r.kernels.build", "phi4r.kernels.attention"] and kw["start_new_session"]
+    assert args[1:4] == ["-m", "phi4r.kernels.build", "phi4r.kernels.attention"] and kw["start_new_session"]
     q, keys, values, positions, lens = case(2, 4, 2, 16, [3, 5], torch.float32)
     assert _kernel_attention(q, keys, values, lens) is None
     attention.loader.state["next"] = 0.0  # the next poll finds the child's build (here: the fixture's)

@@ -158,18 +158,30 @@ def start_parent(processes, tmp_path, seconds=60, **env):
                            env={**os.environ, "PYTHONPATH": f"{tmp_path / 'pkg'}{os.pathsep}{ROOT}", **env})
 
 
+# Compile-time work (~4 s per line on a busy 2-core machine) so that a kill can land mid-compile.
+SLOW = """
+constexpr long spin(long n) { long s = 0; for (long i = 0; i < 1000; i++) for (long j = 0; j < 1000; j++) s += (i ^ j) % n; return s; }
+static_assert(spin(7) >= 0, "");
+static_assert(spin(8) >= 0, "");
+"""
+
+
+@pytest.mark.slow
 def test_kill_9_at_any_moment_leaves_the_next_run_working(fake, processes, tmp_path, monkeypatch):
-    monkeypatch.setenv("PHI4R_KERNEL_WAIT", "60")
-    for delay in (0.0, 1.0, 3.0):  # the builder starting, importing, compiling
+    monkeypatch.setenv("PHI4R_KERNEL_WAIT", "120")
+    fake.source.write_text(SOURCE + SLOW)
+    compiling = lambda: cc1plus_in(where(fake))  # noqa: E731
+    for moment in (0.0, 1.0, compiling):  # the builder starting, importing torch, compiling
         parent = start_parent(processes, tmp_path)
         builder = int(parent.stdout.readline())
-        time.sleep(delay)
+        assert until(moment, 60) if callable(moment) else time.sleep(moment) is None
         os.kill(parent.pid, signal.SIGKILL)  # the parent alone: its builder, ninja and the compiler must follow
-        assert until(lambda: not alive(builder) and not build.users(where(fake)), 10), delay
+        assert until(lambda: not alive(builder) and not build.users(where(fake)), 10), moment
+        assert build.record(fake.name, fake.source) is None
     # The builder alone, mid-compile: its compiler is orphaned; the next build waits for it, then builds.
     parent = start_parent(processes, tmp_path)
     builder = int(parent.stdout.readline())
-    assert until(lambda: cc1plus_in(where(fake)) or build.record(fake.name, fake.source), 60)
+    assert until(compiling, 60)
     os.kill(builder, signal.SIGKILL)
     fresh(fake)
     assert fake.get()() == 42 and not (where(fake) / "lock").exists()

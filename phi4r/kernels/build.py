@@ -15,10 +15,10 @@ Each kernel module has a `Loader`:
 - PHI4R_<NAME>_KERNEL=0 turns a kernel off; one logged warning says why it is not used otherwise (a CPU
   without the instructions, a failed compile, a probe that disagrees with the reference).
 
-Processes: the builder (`python -m phi4r.kernels.build <loader module>`) runs niced in its own process
+Processes: the builder (`python -m phi4r.kernels.build <loader module> <parent pid>`) runs niced in its own process
 group and dies with its parent: a thread watches its stdin (a pipe from the parent) and the parent's pid
-and kills its whole group (ninja, the compiler) once either is gone, also after a kill -9 of the parent
-(PR_SET_PDEATHSIG would fire when the spawning thread ends, not the process). At a normal exit the parent
+and kills its whole process tree (ninja, the compiler) once either is gone, also after a kill -9 of the
+parent (PR_SET_PDEATHSIG would fire when the spawning thread ends, not the process). At a normal exit the parent
 waits for a build still running, saying so on stderr, at most PHI4R_KERNEL_EXIT_WAIT seconds (default
 300; 0: stop it at once), so that later runs get the kernel; Ctrl-C stops the build instead.
 
@@ -196,7 +196,8 @@ class Loader:
     def _spawn(self) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the same phi4r
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "phi4r.kernels.build", self.module], stdin=subprocess.PIPE,
+            proc = subprocess.Popen([sys.executable, "-m", "phi4r.kernels.build", self.module, str(os.getpid())],
+                                    stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
         except OSError as e:
             log.warning("phi4r %s: cannot start its build (%s); %s", self.what, e, self.fallback)
@@ -366,11 +367,16 @@ _builders: list = []  # (owner pid, loader, Popen) of the builders this process 
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop a builder: closing its stdin makes it kill its tree (`_die`); a SIGKILL to its group if it hangs."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the builder leads its group: ninja and the compiler go too
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
+        proc.stdin.close()
+        proc.wait(5)
+    except (OSError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
 
 
 def _finish_builds() -> None:
@@ -396,13 +402,45 @@ def _finish_builds() -> None:
 
 
 def _watch_parent(parent: int) -> None:
-    """The builder's guard: once its parent is gone (stdin at EOF, or reparented) kill the whole group."""
+    """The builder's guard: once its parent is gone (stdin at EOF, or reparented), `_die`."""
     while True:
         readable, _, _ = select.select([0], [], [], 0.5)
         if (readable and not os.read(0, 1)) or os.getppid() != parent:
-            if os.getpgrp() == os.getpid():  # (started as `_spawn` does: leading its own group)
-                os.killpg(0, signal.SIGKILL)
-            os._exit(1)
+            _die()
+
+
+def _die() -> None:
+    """Kill this builder's descendants, then itself. Not by process group: ninja starts each compile in a
+    group of its own. The builder is a child subreaper, so orphans of the tree stay in it until killed."""
+    for _ in range(50):
+        tree = _descendants(os.getpid())
+        if not tree:
+            break
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _descendants(root: int) -> list[int]:
+    """The live (not zombie) processes below `root`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            state, ppid = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):  # not a process, or gone
+            continue
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
 
 
 def register_fake(name: str, fake, what: str):
@@ -421,7 +459,13 @@ def register_fake(name: str, fake, what: str):
 
 _FAKES: set[str] = set()
 
-if __name__ == "__main__":  # the builder child: python -m phi4r.kernels.build <loader module>
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+if __name__ == "__main__":  # the builder child: python -m phi4r.kernels.build <loader module> <parent pid>
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER (see _die)
+    except (OSError, AttributeError):
+        pass
+    threading.Thread(target=_watch_parent, args=(int(sys.argv[2]),), daemon=True).start()
     os.nice(10)  # never slows the parent's decoding
     sys.exit(importlib.import_module(sys.argv[1]).loader.compile())
