@@ -170,7 +170,8 @@ class Loader:
 
     # ---- internals
     def _decide(self, fn) -> None:
-        self.state["op"] = None if fn is None or self.fake is None else register_fake(self.function, self.fake, self.what)
+        has_op = fn is not None and self.fake is not None
+        self.state["op"] = register_fake(self.function, self.fake, self.what) if has_op else None
         self.state["fn"] = fn
         self.state["pending"] = False
 
@@ -197,8 +198,8 @@ class Loader:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the same phi4r
         try:
             proc = subprocess.Popen([sys.executable, "-m", "phi4r.kernels.build", self.module, str(os.getpid())],
-                                    stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True, env=env)
         except OSError as e:
             log.warning("phi4r %s: cannot start its build (%s); %s", self.what, e, self.fallback)
             return self._decide(None)
@@ -224,7 +225,8 @@ class Loader:
             if verdict is not None:
                 log.warning("phi4r %s: %s; %s", self.what, verdict, self.fallback)
             elif proc.returncode < 0:
-                log.warning("phi4r %s: its build was stopped (signal %d); %s", self.what, -proc.returncode, self.fallback)
+                log.warning("phi4r %s: its build was stopped (signal %d); %s", self.what, -proc.returncode,
+                            self.fallback)
             elif proc.returncode not in (0, BUSY):
                 log.warning("phi4r %s: building it failed (%s); %s", self.what, self._why(), self.fallback)
             elif state["restarts"] < 3 and not self._locked():
@@ -326,9 +328,9 @@ def users(where: Path) -> list[int]:
     for pid in pids:
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            if (comm in COMPILERS or comm.startswith("cc1")) and os.readlink(f"/proc/{pid}/cwd") == target:
-                found.append(pid)
-            elif check_fds and any(os.readlink(f"/proc/{pid}/fd/{fd}") == lock for fd in os.listdir(f"/proc/{pid}/fd")):
+            compiling = (comm in COMPILERS or comm.startswith("cc1")) and os.readlink(f"/proc/{pid}/cwd") == target
+            fds = os.listdir(f"/proc/{pid}/fd") if check_fds and not compiling else ()
+            if compiling or lock in (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds):
                 found.append(pid)
         except OSError:  # gone, a zombie, or another user's
             continue
@@ -370,7 +372,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
     """Stop a builder: closing its stdin makes it kill its tree (`_die`); a SIGKILL to its group if it hangs."""
     try:
         proc.stdin.close()
-        proc.wait(5)
+        proc.wait(2)  # (a builder still importing torch has no watcher yet: the SIGKILL below)
     except (OSError, subprocess.TimeoutExpired):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
