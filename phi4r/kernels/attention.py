@@ -70,10 +70,8 @@ def _probe(fn) -> str | None:
 
 loader = build.Loader("phi4r.kernels.attention", NAME, SOURCE, REQUIRED_FLAGS, "attention kernel", FALLBACK,
                       "PHI4R_ATTENTION_KERNEL", "decode_attention", _probe, _fake)
-kernel = loader.get  # the kernel, waiting (bounded) for its build
-prepare = loader.prepare  # load the build this machine has, else start building it; never waits
-ready = loader.ready  # the kernel once loaded, else None; never waits
-op = loader.op  # the dispatcher op (torch.compile's graphs), once loaded
+# get: waits (bounded) for the build; prepare, ready: never wait (see build.py); op: for torch.compile's graphs
+kernel, prepare, ready, op = loader.get, loader.prepare, loader.ready, loader.op
 
 if __name__ == "__main__":
     raise SystemExit(0 if kernel() is not None else 1)

@@ -56,10 +56,8 @@ def _probe(fn) -> str | None:
 
 loader = build.Loader("phi4r.kernels.int8", "phi4r_int8_linear", SOURCE, REQUIRED_FLAGS, "int8 kernel", FALLBACK,
                       "PHI4R_INT8_KERNEL", "int8_linear", _probe, _fake)
-linear = loader.get  # the kernel, waiting (bounded) for its build
-prepare = loader.prepare  # load the build this machine has, else start building it; never waits
-ready = loader.ready  # the kernel once loaded, else None; never waits
-op = loader.op  # the dispatcher op `torch.ops.phi4r.int8_linear` (torch.compile's graphs), once loaded
+# get: waits (bounded) for the build; prepare, ready: never wait (see build.py); op: for torch.compile's graphs
+linear, prepare, ready, op = loader.get, loader.prepare, loader.ready, loader.op
 
 if __name__ == "__main__":  # build it now
     raise SystemExit(0 if linear() is not None else 1)
