@@ -390,7 +390,8 @@ def _finish_builds() -> None:
     try:
         if limit > 0:
             names = " and ".join(loader.what for loader, _ in running)
-            print(f"phi4r: finishing the {names} build ({USUAL}) so later runs are faster; Ctrl-C skips it",
+            builds = "builds" if len(running) > 1 else "build"
+            print(f"phi4r: finishing the {names} {builds} ({USUAL}) so later runs are faster; Ctrl-C skips it",
                   file=sys.stderr, flush=True)
             end = time.monotonic() + limit
             for _, proc in running:
