@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .kernels import attention as attention_kernel
+from .kernels import build as kernel_build
 from .model import KVCache
 from .reasoning import THINK_END, ReasoningStream, partial_suffix, split_reasoning
 from .sampling import LoopGuard, SamplingParams, sample
@@ -237,9 +238,11 @@ class Engine:
         if compile is None:
             compile = os.environ.get("PHI4R_COMPILE", "0") == "1"
         if model.device.type == "cpu":
-            # The attention kernel is decided now, not mid-request: a compiled step uses it only if it was
-            # decided before tracing, so compiling waits for its first build; eager decoding does not.
-            attention_kernel.kernel() if compile else attention_kernel.prepare()
+            # Eager decoding never waits for a kernel build (the torch path until it is ready); a compiled step
+            # uses a kernel only if it was decided before tracing, so compiling waits for the builds (bounded).
+            attention_kernel.prepare()
+            if compile:
+                kernel_build.wait_for_builds()
         self._compiled = _compile_decode(model) if compile else None
         self.config = model.config
         self.max_num_seqs = max_num_seqs

@@ -1,9 +1,14 @@
 """Suite-wide settings.
 
+Tests that start subprocesses use the `processes` fixture (each in its own session, its whole process
+group killed at the end of the test, on timeout or failure), so that no test leaves a process behind.
+
 Tests run tiny models, for which one intra-op thread is fastest; more threads only contend with the
 servers and subprocesses tests start on the same two cores (measured: up to 19x slower).
 """
 import os
+import signal
+import subprocess
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by subprocesses (CLI, torchrun, servers)
 
@@ -26,3 +31,44 @@ def kernel(request):
     fn = load()
     assert fn is not None, f"the CPU supports the {name} kernel but it did not build or failed its probe (see the log)"
     return fn
+
+
+class Processes:
+    """Subprocesses of one test, each in a new session so that killing its process group also ends
+    everything it started (servers, workers, compilers)."""
+
+    def __init__(self):
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, cmd, **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+        self.started.append(proc)
+        return proc
+
+    def run(self, cmd, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+        """subprocess.run(cmd, capture_output=True, text=True), killing the whole group on timeout."""
+        proc = self.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            self.kill(proc)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+    @staticmethod
+    def kill(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # the group is gone already
+            pass
+        proc.wait()
+
+
+@pytest.fixture
+def processes():
+    """`Processes` whose groups are all killed when the test ends, passed or not."""
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        for proc in procs.started:
+            procs.kill(proc)
