@@ -3,7 +3,8 @@
 Records use the published layout (google-research's `input_data.jsonl`, also the columns of the
 Hugging Face copy `google/IFEval`): `key`, `prompt`, `instruction_id_list`, and `kwargs`, one dict
 per instruction (the Hugging Face copy fills every kwarg any instruction takes, mostly null).
-The prompt goes to the model as it is; only the text after the last `</think>` is graded.
+The prompt goes to the model as it is; only the text after the last `</think>` is graded
+(stripped; a response without think tags is graded exactly as it is).
 
 Each instruction is checked strictly on that text, and loosely: it passes if it holds on any of
 eight variants (the text, without its first line, without its last line, without both, each
@@ -82,6 +83,10 @@ class IFEval(ExternalTask):
     def check(self, inst: Instance, response: str) -> Score:
         ids, kwargs = inst.answer["instruction_id_list"], inst.answer["kwargs"]
         text = final_text(response)
+        if text is not None and "</think>" in response:
+            # The blank lines between the reasoning and the answer are not part of the answer:
+            # kept, they would shift paragraph counts and what loose mode calls the first line.
+            text = text.strip()
         strict, loose = follow(ids, kwargs, text) if text is not None else ([False] * len(ids),) * 2
         details = {"prompt_strict": all(strict), "prompt_loose": all(loose), "inst_strict": strict,
                    "inst_loose": loose}

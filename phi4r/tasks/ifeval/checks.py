@@ -61,17 +61,17 @@ def bind(instruction_id: str, kwargs: dict):
 
 @instruction("keywords:existence")
 def keywords_existence(text, keywords):
-    return all(re.search(k, text, re.I) for k in keywords)
+    return all(re.search(k, text, re.IGNORECASE) for k in keywords)
 
 
 @instruction("keywords:frequency")
 def keyword_frequency(text, keyword, frequency, relation):
-    return compare(len(re.findall(keyword.strip(), text, re.I)), relation, frequency)
+    return compare(len(re.findall(keyword.strip(), text, re.IGNORECASE)), relation, frequency)
 
 
 @instruction("keywords:forbidden_words")
 def forbidden_words(text, forbidden_words):
-    return not any(re.search(rf"\b{w}\b", text, re.I) for w in forbidden_words)
+    return not any(re.search(rf"\b{w}\b", text, re.IGNORECASE) for w in forbidden_words)
 
 
 @instruction("keywords:letter_frequency")
@@ -124,13 +124,13 @@ def number_placeholders(text, num_placeholders):
 def postscript(text, postscript_marker):
     marker = postscript_marker.strip()
     pattern = {"P.P.S": r"\s*p\.\s?p\.\s?s.*$", "P.S.": r"\s*p\.\s?s\..*$"}.get(marker, r"\s*" + marker.lower() + r".*$")
-    return bool(re.search(pattern, text.lower(), re.M))
+    return bool(re.search(pattern, text.lower(), re.MULTILINE))
 
 
 @instruction("detectable_format:number_bullet_lists")
 def number_bullet_lists(text, num_bullets):
-    stars = re.findall(r"^\s*\*[^*].*$", text, re.M)
-    dashes = re.findall(r"^\s*-.*$", text, re.M)
+    stars = re.findall(r"^\s*\*[^*].*$", text, re.MULTILINE)
+    dashes = re.findall(r"^\s*-.*$", text, re.MULTILINE)
     return len(stars) + len(dashes) == num_bullets
 
 
