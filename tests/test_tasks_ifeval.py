@@ -221,6 +221,24 @@ def test_hugging_face_layout_loads_the_same(tmp_path):
             assert [task.check(a, r).details for r in responses] == [task.check(b, r).details for r in responses]
 
 
+def test_every_instruction_on_every_response_equals_lm_eval(reference):
+    """Each prompt's instructions against all the fixture's responses (langdetect's slow ones
+    stay with their own responses above)."""
+    utils = reference[0]
+    pool = [r for _, responses in records() for r in responses]
+    pool += [a + "\n" + b for a, b in zip(pool, pool[7:])]
+    compared = 0
+    for record, _ in records():
+        if any(i.startswith(("language:", "change_case:english")) for i in record["instruction_id_list"]):
+            continue
+        for response in pool:
+            ref = utils.process_results(record, [response])
+            assert follow(record["instruction_id_list"], record["kwargs"], response) == (
+                ref["inst_level_strict_acc"], ref["inst_level_loose_acc"]), (record["key"], response)
+            compared += 1
+    assert compared > 5000
+
+
 @pytest.mark.parametrize("record, message", [
     ({"key": 1, "prompt": "p", "instruction_id_list": ["punctuation:no_colon"], "kwargs": [{}]}, "unknown IFEval instruction"),
     ({"key": 2, "prompt": "p", "instruction_id_list": ["length_constraints:number_words"], "kwargs": [{"num_words": 5}]},
@@ -229,6 +247,8 @@ def test_hugging_face_layout_loads_the_same(tmp_path):
     ({"key": 4, "prompt": "p", "instruction_id_list": ["keywords:frequency"],
       "kwargs": [{"keyword": "a", "frequency": 2, "relation": "more than"}]}, "relation must be one of"),
     ({"key": 5, "instruction_id_list": [], "kwargs": []}, "fields are"),
+    ({"key": 6, "prompt": "p", "instruction_id_list": ["keywords:existence"], "kwargs": [{"keywords": ["f(x"]}]},
+     "not a valid pattern"),
 ])
 def test_bad_records_fail_the_load_clearly(tmp_path, record, message):
     path = tmp_path / "bad.jsonl"

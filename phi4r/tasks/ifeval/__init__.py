@@ -64,7 +64,8 @@ class IFEval(ExternalTask):
         return out
 
     def from_record(self, record: dict) -> Instance:
-        ids = list(field(record, "instruction_id_list"))
+        ids = field(record, "instruction_id_list")
+        ids = list(json.loads(ids) if isinstance(ids, str) else ids)  # a CSV copy holds JSON text
         kwargs = field(record, "kwargs", default=[{}] * len(ids))
         if isinstance(kwargs, str):
             kwargs = json.loads(kwargs)

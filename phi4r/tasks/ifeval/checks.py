@@ -56,6 +56,12 @@ def bind(instruction_id: str, kwargs: dict):
             kwargs["nth_paragraph"] > kwargs["num_paragraphs"]:
         raise ValueError(f"{instruction_id}: nth_paragraph {kwargs['nth_paragraph']} > "
                          f"num_paragraphs {kwargs['num_paragraphs']}")
+    for name in ("keywords", "keyword", "forbidden_words", "section_spliter", "postscript_marker"):
+        for pattern in [kwargs[name]] if isinstance(kwargs.get(name), str) else kwargs.get(name, []):
+            try:  # used as regular expressions (see above): a broken one fails the load, not a sample
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{instruction_id}: {name} {pattern!r} is not a valid pattern ({e})") from None
     return lambda text: fn(text, **kwargs)
 
 
