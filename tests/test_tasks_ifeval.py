@@ -247,6 +247,8 @@ def test_every_instruction_on_every_response_equals_lm_eval(reference):
     ({"key": 4, "prompt": "p", "instruction_id_list": ["keywords:frequency"],
       "kwargs": [{"keyword": "a", "frequency": 2, "relation": "more than"}]}, "relation must be one of"),
     ({"key": 5, "instruction_id_list": [], "kwargs": []}, "fields are"),
+    ({"key": 7, "prompt": "p", "instruction_id_list": ["detectable_format:number_bullet_lists"],
+      "kwargs": [{"num_bullets": "3"}]}, "whole number"),
     ({"key": 6, "prompt": "p", "instruction_id_list": ["keywords:existence"], "kwargs": [{"keywords": ["f(x"]}]},
      "not a valid pattern"),
 ])

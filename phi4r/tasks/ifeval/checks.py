@@ -36,33 +36,38 @@ def bind(instruction_id: str, kwargs: dict):
     fn = CHECKS.get(instruction_id)
     if fn is None:
         raise ValueError(f"unknown IFEval instruction {instruction_id!r}")
-    params = inspect.signature(fn).parameters
-    names = [n for n in params if n != "text"]
+    names = [n for n in inspect.signature(fn).parameters if n != "text"]
     # The published files hold a null, and the reference drops every falsy value, for a kwarg
     # an instruction does not take.
     kwargs = {k: v for k, v in (kwargs or {}).items() if v}
-    unexpected = sorted(set(kwargs) - set(names))
-    missing = [n for n in names if n not in kwargs and params[n].default is inspect.Parameter.empty]
-    if unexpected or missing:
+    if set(kwargs) != set(names):
         raise ValueError(f"{instruction_id} takes kwargs {names}; got {sorted(kwargs)}")
+    validate(instruction_id, kwargs)
+    return lambda text: fn(text, **kwargs)
+
+
+COUNTS = ("num_sentences", "num_paragraphs", "num_words", "nth_paragraph", "num_placeholders", "num_bullets",
+          "num_highlights", "num_sections", "frequency", "let_frequency", "capital_frequency")
+PATTERNS = ("keywords", "keyword", "forbidden_words", "section_spliter", "postscript_marker")
+
+
+def validate(instruction_id: str, kwargs: dict) -> None:
+    def fail(message):
+        raise ValueError(f"{instruction_id}: {message}")
     for name, value in kwargs.items():
         if "relation" in name and value not in RELATIONS:
-            raise ValueError(f"{instruction_id}: {name} must be one of {RELATIONS}, got {value!r}")
-        if isinstance(value, int) and value < 0:
-            raise ValueError(f"{instruction_id}: {name} must not be negative, got {value}")
-    if instruction_id == "keywords:letter_frequency" and not re.fullmatch(r"[A-Za-z]", kwargs["letter"]):
-        raise ValueError(f"{instruction_id}: letter must be one ASCII letter, got {kwargs['letter']!r}")
-    if instruction_id == "length_constraints:nth_paragraph_first_word" and \
-            kwargs["nth_paragraph"] > kwargs["num_paragraphs"]:
-        raise ValueError(f"{instruction_id}: nth_paragraph {kwargs['nth_paragraph']} > "
-                         f"num_paragraphs {kwargs['num_paragraphs']}")
-    for name in ("keywords", "keyword", "forbidden_words", "section_spliter", "postscript_marker"):
-        for pattern in [kwargs[name]] if isinstance(kwargs.get(name), str) else kwargs.get(name, []):
+            fail(f"{name} must be one of {RELATIONS}, got {value!r}")
+        if name in COUNTS and (type(value) is not int or value < 0):
+            fail(f"{name} must be a whole number >= 0, got {value!r}")
+        for pattern in ([value] if isinstance(value, str) else value) if name in PATTERNS else ():
             try:  # used as regular expressions (see above): a broken one fails the load, not a sample
                 re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"{instruction_id}: {name} {pattern!r} is not a valid pattern ({e})") from None
-    return lambda text: fn(text, **kwargs)
+            except (re.error, TypeError) as e:
+                fail(f"{name} {pattern!r} is not a valid pattern ({e})")
+    if not re.fullmatch(r"[A-Za-z]", kwargs.get("letter", "a")):
+        fail(f"letter must be one ASCII letter, got {kwargs['letter']!r}")
+    if kwargs.get("nth_paragraph", 0) > kwargs.get("num_paragraphs", 1 << 30):
+        fail(f"nth_paragraph {kwargs['nth_paragraph']} > num_paragraphs {kwargs['num_paragraphs']}")
 
 
 @instruction("keywords:existence")
