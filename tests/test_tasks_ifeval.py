@@ -265,3 +265,17 @@ def test_follow_without_the_reference():
     """The public helper on its own: strict fails on chatter that loose forgives."""
     strict, loose = follow(["startend:quotation", "punctuation:no_comma"], [{}, {}], 'Here it is:\n"no commas"')
     assert (strict, loose) == ([False, True], [True, True])
+
+
+def test_missing_extra_is_said_at_load(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "langdetect" else real(name, *a))
+    path = tmp_path / "lang.jsonl"
+    path.write_text(json.dumps({"key": 1, "prompt": "p", "instruction_id_list": ["language:response_language"],
+                                "kwargs": [{"language": "de"}]}) + "\n")
+    with pytest.raises(ValueError, match=r"need langdetect: pip install 'phi4r\[ifeval\]'"):
+        get_task("ifeval").load(path)
+    path.write_text(json.dumps({"key": 1, "prompt": "p", "instruction_id_list": ["punctuation:no_comma"],
+                                "kwargs": [{}]}) + "\n")
+    assert len(get_task("ifeval").load(path)) == 1

