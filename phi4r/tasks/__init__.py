@@ -5,8 +5,8 @@
     inst = task.generate(4, seed=0, difficulty=1)[0]
     task.score(inst, task.teacher(inst))  # 1.0
 
-Procedural tasks generate seeded instances and have teachers; `aime`, `math`, `gpqa` and
-`mmlu_pro` load the published files a user gives (`task.load(path, limit=None)`).
+Procedural tasks generate seeded instances and have teachers; `aime`, `math`, `gpqa`,
+`mmlu_pro` and `ifeval` load the published files a user gives (`task.load(path, limit=None)`).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .calendar import Calendar
 from .countdown import Countdown
 from .flenqa import FlenQA
 from .gpqa import Gpqa
+from .ifeval import IFEval
 from .maze import Maze
 from .mmlu_pro import MmluPro
 from .omnimath import MathTask
@@ -26,7 +27,7 @@ from .tsp import Tsp
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Sat3(), Tsp(), Calendar(), Maze(), SpatialMap(), FlenQA(), Arithmetic(), Countdown(),
-    Aime(), MathTask(), Gpqa(), MmluPro(),
+    Aime(), MathTask(), Gpqa(), MmluPro(), IFEval(),
 )}
 
 
