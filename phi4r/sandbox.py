@@ -182,6 +182,16 @@ def _reachable(path: str) -> bool:
     return all(os.stat(d).st_mode & 0o001 for d in (p, *p.parents))
 
 
+def _task_count(uid: int) -> int:
+    n = 0
+    for pid in _processes(uid):
+        try:
+            n += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            pass
+    return n
+
+
 def _homes() -> list[str]:
     homes = {os.path.expanduser("~"), pwd.getpwuid(os.getuid()).pw_dir}
     return sorted(h for h in (os.path.realpath(h) for h in homes) if h != "/" and os.path.isdir(h))
@@ -221,7 +231,8 @@ def run_python(source: str, stdin: str | bytes = "", files: dict[str, str | byte
             "homes": [h for h in _homes() if not any(h == p or h.startswith(p + "/") for p in keep)],
             "cover": cover, "cpu": limits.cpu_seconds, "memory_mb": limits.memory_mb,
             "file_size_mb": limits.file_size_mb,
-            "nproc": limits.processes + (0 if root else len(_processes(uid))),
+            # RLIMIT_NPROC counts all the uid's tasks: without a fresh uid, the user's own count too.
+            "nproc": limits.processes + (0 if root else _task_count(uid)),
             "argv": [sys.executable, "-I", "-S", "main.py", *args],
             "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp" if isolate else str(stage / "box"),
                     "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "TMPDIR": "/tmp" if isolate else str(stage / "box")},

@@ -1,7 +1,11 @@
 """The sandbox contains each escape a model-written program may try (see phi4r/sandbox.py)."""
 import os
 import secrets
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -159,3 +163,33 @@ def test_the_users_home_is_unreadable(tmp_path, monkeypatch):
     assert "the-secret" not in r.stdout and "read " not in r.stdout
     listed = [line for line in r.stdout.splitlines() if line.startswith("listed")]
     assert all(".bashrc" not in line for line in listed)
+
+
+@pytest.mark.skipif(not ROOT or not shutil.which("setpriv"), reason="needs root and util-linux setpriv")
+def test_fails_closed_where_namespaces_cannot_be_made(tmp_path):
+    """Root without capabilities (as in a default container) cannot unshare: nothing runs unless the
+    user opts out explicitly."""
+    marker = tmp_path / "ran"
+    program = f"open({str(marker)!r}, 'w')"
+    code = ("import sys\nfrom phi4r.sandbox import SandboxError, run_python\ntry:\n"
+            f"    print(run_python({program!r}).status)\nexcept SandboxError as e:\n    sys.exit(str(e))")
+
+    def attempt(**env):
+        proc = subprocess.Popen(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-c", code],
+                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return proc.returncode, out, err
+
+    rc, out, err = attempt()
+    assert rc == 1 and "cannot sandbox the code: unshare" in err and "PHI4R_SANDBOX=unsafe" in err
+    assert not marker.exists()
+    rc, out, err = attempt(PHI4R_SANDBOX="unsafe")
+    assert (rc, out.strip()) == (0, "ok"), err
+    assert marker.exists()

@@ -109,8 +109,9 @@ def test_livecodebench_stdin_problem(lcb_file):
     assert crash.score == 0.0 and crash.details["verdict"] == "error" and "ZeroDivisionError" in crash.details["stderr"]
 
 
-def test_livecodebench_functional_problem(lcb_file):
+def test_livecodebench_functional_problem(lcb_file, monkeypatch):
     task = get_task("livecodebench")
+    monkeypatch.setattr(task, "timeout", 1.0)  # LiveCodeBench's 6 s per test, shortened for the loop below
     inst = {i.id: i for i in task.load(lcb_file)}["livecodebench-twice"]
     assert "class Solution" in inst.prompt and inst.answer["func_name"] == "twice"
     right = "class Solution:\n    def twice(self, nums: List[int], k: int) -> List[int]:\n        return tuple([2 * x for x in nums] + [k])\n"

@@ -27,16 +27,16 @@ import zlib
 from decimal import Decimal, InvalidOperation
 
 from ..sandbox import Limits, run_python
-from .base import Instance, Score, final_text
+from .base import Instance, Score
 from .external import ExternalTask, field
 
 # LiveCodeBench runs every program after these imports (and a deep recursion limit).
-_MODULES = ("string re datetime collections heapq bisect copy math random statistics itertools functools "
-            "operator io sys json builtins typing").split()
+_MODULES = ["string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
+            "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing"]
 PRELUDE = "".join(f"from {m} import *\n" for m in _MODULES) + "".join(
     f"import {m}\n" for m in _MODULES if m not in ("builtins", "typing")) + "sys.setrecursionlimit(50000)\n"
 
-_FENCE = re.compile(r"```[ \t]*(python3?|py)?[ \t]*\n(.*?)```", re.S | re.I)
+_FENCE = re.compile(r"```[ \t]*(python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 def extract_code(text: str) -> str | None:
@@ -161,7 +161,7 @@ class _StrOnly(pickle.Unpickler):
 def _load_pickled_str(data: bytes) -> str:
     value = _StrOnly(io.BytesIO(data)).load()
     if not isinstance(value, str):
-        raise ValueError(f"expected packed JSON text, got {type(value).__name__}")
+        raise TypeError(f"expected packed JSON text, got {type(value).__name__}")
     return value
 
 

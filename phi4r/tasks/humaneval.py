@@ -73,7 +73,7 @@ print("\\n" + token, passed)
 def program(prompt: str, entry_point: str, code: str) -> str:
     """The code run for an answer: a whole function is defined after the prompt (whose stub it
     replaces), a bare body continues the prompt's signature."""
-    if re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M):
+    if re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
         return prompt + "\n" + code
     return prompt + code
 
