@@ -6,6 +6,9 @@
 
 What is enforced on every run (a tiny launcher sets it up, then execs `python -I -S`):
 - network: a new, empty network namespace (not even loopback is up), so no connection can be made;
+- processes: a new PID namespace with its own /proc (the program sees only its own processes); its
+  init dies with the launcher, which dies with the calling process, and the kernel then kills every
+  process in it, so nothing outlives the run or a killed evaluation;
 - files: a new mount namespace where the code's folder is a fresh size-bounded tmpfs that is also
   mounted over /tmp, /var/tmp, /dev/shm and /run/lock (so every world-writable place is that one
   folder, gone when the run ends), and the user's home is hidden behind an empty tmpfs (only the
@@ -15,15 +18,15 @@ What is enforced on every run (a tiny launcher sets it up, then execs `python -I
   applies (it does not to root); without root, a user namespace maps the user to itself;
 - limits: RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE (also bounds stdout/stderr, which go to
   files), no core files, no_new_privs (setuid binaries gain nothing), wall time;
-- cleanup: on exit or wall timeout the process group is killed and, as root, every process of the
-  run's uid, which also catches processes that left the group with setsid;
-- environment: only PATH, HOME (the folder), LANG and PYTHONHASHSEED; Python runs isolated (-I) and
-  without site-packages (-S): model code gets the standard library only.
+- cleanup: on exit or wall timeout the launcher's process group is killed and, as root, every
+  process of the run's uid;
+- environment: only PATH, HOME and TMPDIR (the folder), LANG and PYTHONHASHSEED; Python runs
+  isolated (-I) and without site-packages (-S): model code gets the standard library only.
 
-Not covered: /proc shows other processes' command lines; world-connectable Unix sockets stay
-reachable. If the namespaces cannot be set up, every run raises `SandboxError` (fail closed) unless
-the user opts out with PHI4R_SANDBOX=unsafe, which keeps the limits, the scrubbed environment and
-the folder as cwd, and the fresh uid only where others can reach the interpreter (not /root).
+Not covered: world-connectable Unix sockets stay reachable. If the namespaces cannot be set up,
+every run raises `SandboxError` (fail closed) unless the user opts out with PHI4R_SANDBOX=unsafe,
+which keeps the limits, the scrubbed environment and the folder as cwd, and the fresh uid only
+where others can reach the interpreter (not /root).
 """
 from __future__ import annotations
 
@@ -72,12 +75,15 @@ def unsafe() -> bool:
     return os.environ.get("PHI4R_SANDBOX", "").strip().lower() == "unsafe"
 
 
-# Runs as the parent's user in the child: isolates, drops privileges, sets limits, then execs the
-# program. A setup failure is written to the error pipe (closed on a successful exec).
+# Runs as the parent's user in three processes: the launcher, which dies with the parent; the init of
+# the new PID namespace, which dies with the launcher (taking every process of the namespace with it)
+# and sets up the mounts; and the program, which takes the limits and the fresh uid, then execs.
+# A setup failure is written to the error pipe (closed on a successful exec), the program's wait
+# status to the status pipe.
 _LAUNCHER = r'''
 import ctypes, json, os, resource, sys
 cfg = json.loads(sys.argv[1])
-err = cfg["errfd"]
+err, status = cfg["errfd"], cfg["statusfd"]
 libc = ctypes.CDLL(None, use_errno=True)
 def fail(what):
     os.write(err, what.encode()); os._exit(125)
@@ -87,17 +93,31 @@ def check(rc, what):
 def mount(src, dst, fstype, flags, data=None):
     b = lambda s: None if s is None else s.encode()
     check(libc.mount(b(src), b(dst), b(fstype), ctypes.c_ulong(flags), b(data)), f"mount on {dst}")
-RDONLY, NOSUID, NODEV, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+def die_with(parent):
+    check(libc.prctl(1, 9, 0, 0, 0), "parent-death signal")  # PR_SET_PDEATHSIG, SIGKILL
+    if os.getppid() != parent:
+        os._exit(125)
+RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
 uid, gid, box, suid = os.getuid(), os.getgid(), cfg["box"], cfg["uid"]
 root = os.geteuid() == 0 and suid is not None
 try:
+    die_with(cfg["parent"])
     if cfg["isolate"]:
-        NEWNS, NEWUSER, NEWNET = 0x20000, 0x10000000, 0x40000000
-        check(libc.unshare(NEWNET | NEWNS | (0 if root else NEWUSER)), "unshare (network, mount namespaces)")
+        NEWNS, NEWUSER, NEWPID, NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
+        check(libc.unshare(NEWNET | NEWNS | NEWPID | (0 if root else NEWUSER)),
+              "unshare (network, mount, PID namespaces)")
         if not root:
             for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
                 with open(f"/proc/self/{name}", "w") as f:
                     f.write(text)
+    launcher = os.getpid()
+    init = os.fork()
+    if init:
+        os.close(err); os.close(status)
+        os.waitpid(init, 0)
+        os._exit(0)
+    die_with(0 if cfg["isolate"] else launcher)  # a parent outside our PID namespace shows as 0
+    if cfg["isolate"]:
         mount(None, "/", None, REC | PRIVATE)
         owner = f",uid={suid},gid={suid}" if root else ""
         mount("tmpfs", box, "tmpfs", NOSUID | NODEV, f"size={cfg['disk_mb']}m,mode=0700{owner}")
@@ -120,6 +140,19 @@ try:
                     mount(None, p, None, BIND | REMOUNT | RDONLY | NOSUID)
         for d in cfg["cover"]:
             mount(f"/proc/self/fd/{boxfd}", d, None, BIND)
+        try:  # the namespace's own /proc: only its processes are visible (best effort)
+            mount("proc", "/proc", "proc", NOSUID | NODEV | NOEXEC)
+        except SystemExit:
+            pass
+    program = os.fork()
+    if program:
+        os.close(err)
+        while True:  # as init, reap orphans too; the namespace ends with this process
+            pid, wstatus = os.wait()
+            if pid == program:
+                os.write(status, str(wstatus).encode())
+                os._exit(0)
+    os.close(status)
     mb = 1 << 20
     cpu = max(1, int(cfg["cpu"] + 0.999))
     for lim, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, cfg["memory_mb"] * mb),
@@ -225,8 +258,9 @@ def run_python(source: str, stdin: str | bytes = "", files: dict[str, str | byte
         cover = [] if not isolate else [d for d in _COVER if os.path.isdir(d) and not os.path.islink(d)
                  and not any(p == d or p.startswith(d + "/") for p in keep)]
         read_err, write_err = os.pipe()
+        read_status, write_status = os.pipe()
         cfg = {
-            "errfd": write_err, "isolate": isolate, "uid": uid if root else None, "box": str(stage / "box"),
+            "errfd": write_err, "statusfd": write_status, "parent": os.getpid(), "isolate": isolate, "uid": uid if root else None, "box": str(stage / "box"),
             "inbox": str(stage / "in"), "disk_mb": limits.disk_mb, "keep": keep,
             "homes": [h for h in _homes() if not any(h == p or h.startswith(p + "/") for p in keep)],
             "cover": cover, "cpu": limits.cpu_seconds, "memory_mb": limits.memory_mb,
@@ -243,10 +277,11 @@ def run_python(source: str, stdin: str | bytes = "", files: dict[str, str | byte
                 open(stage / "stderr", "wb") as ferr:
             try:
                 proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg)],
-                                        stdin=fin, stdout=fout, stderr=ferr, pass_fds=(write_err,),
+                                        stdin=fin, stdout=fout, stderr=ferr, pass_fds=(write_err, write_status),
                                         env={}, start_new_session=True)
             finally:
                 os.close(write_err)
+                os.close(write_status)
             try:
                 proc.wait(timeout=limits.wall_seconds)
             except subprocess.TimeoutExpired:
@@ -254,21 +289,21 @@ def run_python(source: str, stdin: str | bytes = "", files: dict[str, str | byte
             finally:
                 _kill_all(proc, uid if root else None)
         seconds = time.monotonic() - start
-        with os.fdopen(read_err, "rb") as f:
-            setup_error = f.read().decode(errors="replace")
+        with os.fdopen(read_err, "rb") as f, os.fdopen(read_status, "rb") as g:
+            setup_error, wstatus = f.read().decode(errors="replace"), g.read()
         if setup_error:
             hint = "" if not isolate else " (set PHI4R_SANDBOX=unsafe to run without namespace isolation)"
             raise SandboxError(f"cannot sandbox the code: {setup_error}{hint}")
         out = (stage / "stdout").read_bytes().decode(errors="replace")
         err = (stage / "stderr").read_bytes().decode(errors="replace")
-    rc = proc.returncode
+    rc = None if timed_out or not wstatus else os.waitstatus_to_exitcode(int(wstatus))
     if timed_out or rc in (-signal.SIGXCPU, -signal.SIGKILL):
         status = "timeout"
     elif rc == -signal.SIGXFSZ:
         status = "output_limit"
     else:
         status = "ok" if rc == 0 else "error"
-    return Result(status, None if timed_out else rc, out, err, seconds)
+    return Result(status, rc, out, err, seconds)
 
 
 def _kill_all(proc: subprocess.Popen, uid: int | None) -> None:

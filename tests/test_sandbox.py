@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -193,3 +194,40 @@ def test_fails_closed_where_namespaces_cannot_be_made(tmp_path):
     rc, out, err = attempt(PHI4R_SANDBOX="unsafe")
     assert (rc, out.strip()) == (0, "ok"), err
     assert marker.exists()
+
+
+def _with_token(token):
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if token.encode() in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def test_nothing_outlives_a_killed_parent():
+    token = "phi4r-test-" + secrets.token_hex(6)
+    program = "import os, time\nif os.fork() == 0:\n    os.setsid()\ntime.sleep(600)\n"
+    code = f"from phi4r.sandbox import Limits, run_python\nrun_python({program!r}, args=({token!r},), " \
+           "limits=Limits(wall_seconds=600))"
+    driver = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_with_token(token)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(_with_token(token)) >= 2  # the program and the child that left its session
+        os.kill(driver.pid, signal.SIGKILL)  # the evaluation dies without cleaning up
+        driver.wait()
+        deadline = time.monotonic() + 20
+        while _with_token(token) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _with_token(token) == []
+    finally:
+        for pid in [driver.pid, *_with_token(token)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
