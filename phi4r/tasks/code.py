@@ -26,7 +26,7 @@ import sys
 import zlib
 from decimal import Decimal, InvalidOperation
 
-from ..sandbox import Limits, run_python
+from ..sandbox import Limits, preflight, run_python
 from .base import Instance, Score
 from .external import ExternalTask, field
 
@@ -128,6 +128,10 @@ def _reported(stdout: str, token: str) -> int | None:
 
 class CodeTask(ExternalTask):
     """A file of problems whose answers are programs; `answer` holds the tests."""
+
+    def load(self, path, limit=None):
+        preflight()  # fail before any answer is generated, not at the first grading
+        return super().load(path, limit)
 
     def parse(self, text):
         return extract_code(text)

