@@ -267,8 +267,9 @@ def run_python(source: str, stdin: str | bytes = "", files: dict[str, str | byte
         read_err, write_err = os.pipe()
         read_status, write_status = os.pipe()
         cfg = {
-            "errfd": write_err, "statusfd": write_status, "parent": os.getpid(), "isolate": isolate, "uid": uid if root else None, "box": str(stage / "box"),
-            "inbox": str(stage / "in"), "disk_mb": limits.disk_mb, "keep": keep,
+            "errfd": write_err, "statusfd": write_status, "parent": os.getpid(), "isolate": isolate,
+            "uid": uid if root else None, "box": str(stage / "box"), "inbox": str(stage / "in"),
+            "disk_mb": limits.disk_mb, "keep": keep,
             "homes": [h for h in _homes() if not any(h == p or h.startswith(p + "/") for p in keep)],
             "cover": cover, "cpu": limits.cpu_seconds, "memory_mb": limits.memory_mb,
             "file_size_mb": limits.file_size_mb,
@@ -320,17 +321,17 @@ def _kill_all(proc: subprocess.Popen, uid: int | None) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+    if uid is None:
+        return
     # Kill until none is left: a process forked between a scan and its kill is found by the next scan,
     # and RLIMIT_NPROC bounds how many there can be.
-    for _ in range(1000 if uid is not None else 0):
+    for _ in range(1000):
         pids = _processes(uid)
         if not pids:
-            break
+            return
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    else:
-        if uid is not None:
-            raise SandboxError(f"processes of sandbox uid {uid} survive SIGKILL")
+    raise SandboxError(f"processes of sandbox uid {uid} survive SIGKILL")

@@ -52,7 +52,8 @@ def test_humaneval_wrong_incomplete_or_exiting_answers_fail(humaneval):
 
 
 def test_answer_extraction_takes_the_last_python_block_after_thinking():
-    text = "<think>\n```python\nx = 0\n```\n</think>\n```python\nx = 1\n```\nor\n```python\nx = 2\n```\n```text\nout\n```"
+    text = ("<think>\n```python\nx = 0\n```\n</think>\n```python\nx = 1\n```\nor\n```python\nx = 2\n```\n"
+            "```text\nout\n```")
     assert get_task("livecodebench").extract(text) == "x = 2\n"
     assert extract_code("```\nprint(1)\n```") == "print(1)\n"
     assert extract_code("```py\nprint(1)\n```\n```\nplain\n```") == "print(1)\n"
@@ -102,7 +103,8 @@ def test_livecodebench_stdin_problem(lcb_file):
     assert len(inst.answer["tests"]) == 3 and "standard input" in inst.prompt
     right = "n = int(input())\nprint(sum(map(int, input().split())))\n"
     assert task.score(inst, answer(right)) == 1.0
-    guarded = "def main():\n    input()\n    print(sum(map(int, input().split())))\nif __name__ == '__main__':\n    main()\n"
+    guarded = ("def main():\n    input()\n    print(sum(map(int, input().split())))\n"
+               "if __name__ == '__main__':\n    main()\n")
     assert task.score(inst, answer(guarded)) == 1.0
     wrong = task.check(inst, answer("input()\nprint(max(map(int, input().split())))\n"))
     assert wrong.score == 0.0 and wrong.details["verdict"] == "wrong_answer" and wrong.details["passed"] == 0
@@ -115,7 +117,8 @@ def test_livecodebench_functional_problem(lcb_file, monkeypatch):
     monkeypatch.setattr(task, "timeout", 1.0)  # LiveCodeBench's 6 s per test, shortened for the loop below
     inst = {i.id: i for i in task.load(lcb_file)}["livecodebench-twice"]
     assert "class Solution" in inst.prompt and inst.answer["func_name"] == "twice"
-    right = "class Solution:\n    def twice(self, nums: List[int], k: int) -> List[int]:\n        return tuple([2 * x for x in nums] + [k])\n"
+    right = ("class Solution:\n    def twice(self, nums: List[int], k: int) -> List[int]:\n"
+             "        return tuple([2 * x for x in nums] + [k])\n")
     assert task.score(inst, answer(right)) == 1.0  # typing names come from the prelude; tuples count as lists
     wrong = task.check(inst, answer(right.replace("[k]", "[]")))
     assert wrong.score == 0.0 and wrong.details["verdict"] == "wrong_answer"
@@ -147,7 +150,8 @@ def test_codeforces_problem(tmp_path, capsys):
     assert inst.id == "codeforces-1/A" and "Time limit: 1 s" in inst.prompt and inst.category == "1000"
     right = "n, m, a = map(int, input().split())\nprint(-(-n // a) * -(-m // a))\n"
     assert task.score(inst, answer(right)) == 1.0
-    floats = task.check(inst, answer("n, m, a = map(int, input().split())\nimport math\nprint(int(math.ceil(n / a) * math.ceil(m / a)))\n"))
+    floats = task.check(inst, answer("n, m, a = map(int, input().split())\n"
+                                     "print(float(-(-n // a) * -(-m // a)))\n"))  # 4.0 is 4 as a decimal
     assert floats.score == 1.0
     wrong = task.check(inst, answer("n, m, a = map(int, input().split())\nprint(n * m // (a * a))\n"))
     assert wrong.score == 0.0 and wrong.details["passed"] == 0
@@ -170,13 +174,15 @@ def test_humanevalplus_layout_uses_the_extra_inputs(tmp_path, humaneval):
     insts = {i.id: i for i in task.load(path)}
     assert all(task.score(i, task.teacher(i)) == 1.0 for i in insts.values())
     # Passes the original three-element example but not EvalPlus's duplicates input.
-    strict = "def has_close_elements(numbers, threshold):\n    return any(0 < abs(a - b) < threshold for a in numbers for b in numbers)\n"
+    strict = ("def has_close_elements(numbers, threshold):\n"
+              "    return any(0 < abs(a - b) < threshold for a in numbers for b in numbers)\n")
     verdict = task.check(insts["humanevalplus-HumanEval/0"], answer(strict)).details
     assert (verdict["passed"], verdict["tests"], verdict["verdict"]) == (1, 3, "wrong_answer")
     reordered = ("def mean_absolute_deviation(numbers):\n    m = sum(reversed(numbers)) / len(numbers)\n"
                  "    return sum(abs(m - x) for x in reversed(numbers)) / len(numbers) + 1e-12\n")
     assert task.score(insts["humanevalplus-HumanEval/4"], answer(reordered)) == 1.0  # within atol
-    newton = ("def find_zero(xs):\n    x = 0.0\n    for _ in range(200):\n        d = sum(i * c * x ** (i - 1) for i, c in enumerate(xs) if i)\n"
+    newton = ("def find_zero(xs):\n    x = 0.0\n    for _ in range(200):\n"
+              "        d = sum(i * c * x ** (i - 1) for i, c in enumerate(xs) if i)\n"
               "        x -= poly(xs, x) / d if d else -1.0\n    return x\n")
     assert task.score(insts["humanevalplus-HumanEval/32"], answer(newton)) == 1.0  # any zero is right
     with pytest.raises(ValueError, match="HumanEvalPlus"):
