@@ -6,9 +6,9 @@
 
 What is enforced on every run (a tiny launcher sets it up, then execs `python -I -S`):
 - network: a new, empty network namespace (not even loopback is up), so no connection can be made;
-- processes: a new PID namespace with its own /proc (the program sees only its own processes); its
-  init dies with the launcher, which dies with the calling process, and the kernel then kills every
-  process in it, so nothing outlives the run or a killed evaluation;
+- processes: a new PID namespace, with its own /proc where allowed (the program sees only its own
+  processes); its init dies with the launcher, which dies with the calling process, and the kernel
+  then kills every process in it, so nothing outlives the run or a killed evaluation;
 - files: a new mount namespace where the code's folder is a fresh size-bounded tmpfs that is also
   mounted over /tmp, /var/tmp, /dev/shm and /run/lock (so every world-writable place is that one
   folder, gone when the run ends), and the user's home is hidden behind an empty tmpfs (only the
@@ -141,10 +141,9 @@ try:
                     mount(None, p, None, BIND | REMOUNT | RDONLY | NOSUID)
         for d in cfg["cover"]:
             mount(f"/proc/self/fd/{boxfd}", d, None, BIND)
-        try:  # the namespace's own /proc: only its processes are visible (best effort)
-            mount("proc", "/proc", "proc", NOSUID | NODEV | NOEXEC)
-        except SystemExit:
-            pass
+        # The namespace's own /proc, so only its processes are visible; best effort (some container
+        # runtimes forbid it), as it hides information rather than stopping an escape.
+        libc.mount(b"proc", b"/proc", b"proc", ctypes.c_ulong(NOSUID | NODEV | NOEXEC), None)
     program = os.fork()
     if program:
         os.close(err)
