@@ -233,3 +233,13 @@ def test_nothing_outlives_a_killed_parent():
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_other_processes_are_invisible():
+    r = run("""
+        import os
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            print(pid, open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode())
+    """)
+    assert r.status == "ok", r.stderr
+    assert "pytest" not in r.stdout and len(r.stdout.splitlines()) <= 2  # the namespace's init and itself
