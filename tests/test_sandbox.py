@@ -210,12 +210,14 @@ def _with_token(token):
     return pids
 
 
-def test_nothing_outlives_a_killed_parent():
+def test_nothing_outlives_a_killed_parent(tmp_path):
     token = "phi4r-test-" + secrets.token_hex(6)
     program = "import os, time\nif os.fork() == 0:\n    os.setsid()\ntime.sleep(600)\n"
     code = f"from phi4r.sandbox import Limits, run_python\nrun_python({program!r}, args=({token!r},), " \
            "limits=Limits(wall_seconds=600))"
-    driver = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    # A killed parent cannot remove its staging folder: it goes under tmp_path, which pytest prunes.
+    driver = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(tmp_path)},
+                              start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while len(_with_token(token)) < 2 and time.monotonic() < deadline:
