@@ -79,6 +79,7 @@ def _tasks(args) -> list[str]:
 def _run(args) -> int:
     from ..evals import BackendError, run_eval
     from ..evals.report import main_table
+    from ..sandbox import SandboxError
 
     if args.greedy and args.temperature not in (None, 0):
         raise ValueError("--greedy and --temperature contradict each other")
@@ -97,6 +98,9 @@ def _run(args) -> int:
         print(f"\ninterrupted: the samples finished so far are saved in {args.out}/samples.jsonl; run the same "
               "command again to resume.", file=sys.stderr)
         return 130
+    except SandboxError as e:  # a code task on a machine that cannot isolate model-written code
+        print(f"phi4r eval: {e}", file=sys.stderr)
+        return 2
     print(main_table(summary))
     print(f"\nreport: {os.path.join(args.out, 'report.md')}")
     errors, retry = summary["metrics"]["overall"]["errors"], summary["errors_to_retry"]
