@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--runs", type=int, default=1, help="samples per instance [1]")
     p.add_argument("--limit", type=int, help="instances per generated task (per level) [10]; records per file [all]")
     p.add_argument("--seed", type=int, default=0, help="instance generation and sampling seed [0]")
-    p.add_argument("--data", type=_pairs, default={}, help="files of published benchmarks: aime=PATH,gpqa=PATH,...")
+    p.add_argument("--data", type=_pairs, default={}, help="files of published benchmarks, or released sets of generated tasks: aime=PATH,sat3=PATH,...")
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
@@ -78,7 +78,8 @@ def _tasks(args) -> list[str]:
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if names == ["all"]:
-        return list_tasks(procedural=True) + sorted(args.data)
+        generated = list_tasks(procedural=True)
+        return generated + sorted(set(args.data) - set(generated))
     return [get_task(name).name for name in names]  # unknown names fail before a model is loaded
 
 
