@@ -15,7 +15,7 @@ import pytest
 from phi4r.tasks import get_task
 
 pa = pytest.importorskip("pyarrow")
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow.parquet as pq
 
 FORMATS = ["jsonl", "json", "csv", "parquet"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -397,3 +397,19 @@ def test_cli_evaluates_released_files(tmp_path):
     assert rc == 0, err
     rows = [json.loads(line) for line in (tmp_path / "n" / "samples.jsonl").read_text().splitlines()]
     assert sorted({r["task"] for r in rows}) == sorted(files) and len(rows) == 2 * len(files)
+
+
+def test_spreadsheet_csv_and_damaged_parquet(tmp_path):
+    # Spreadsheet exports start with a byte-order mark and quote multi-line cells.
+    path = tmp_path / "gpqa_diamond.csv"
+    rows = [{"Question": "Line one\nline two ü?", "Correct Answer": "yes", "Incorrect Answer 1": "no",
+             "Incorrect Answer 2": "maybe", "Incorrect Answer 3": "never", "Record ID": "r1"}]
+    with open(path, "w", newline="", encoding="utf-8-sig") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (inst,) = get_task("gpqa").load(path)
+    assert inst.prompt.startswith("Line one\nline two ü?") and inst.id == "gpqa-r1"
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match="bad.parquet: not a readable Parquet file"):
+        get_task("aime").load(tmp_path / "bad.parquet")

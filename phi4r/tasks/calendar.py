@@ -202,7 +202,7 @@ class Calendar(RecordLoader, Task):
         params = structured(field(record, "params", default={})) or {}
         availability = structured(field(metadata, "availability"))
         if not isinstance(availability, dict):
-            raise ValueError("metadata.availability is not a dict of schedules")
+            raise TypeError("metadata.availability is not a dict of schedules")
         days = list(params.get("days_of_week") or [d for d in DAYS if any(d in s for s in availability.values())])
         spec = spec_from_release(constraints, availability, days)
         spec["release"] = {"constraints": constraints, "metadata": metadata, "params": params}

@@ -67,7 +67,7 @@ def _read(path: Path, limit: int | None) -> list[dict]:
                               "or convert the file to JSONL") from None
         try:
             records = pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow's errors (ArrowInvalid, OSError) on a damaged file
+        except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid / ArrowIOError on a damaged file
             raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
     elif suffix in (".csv", ".tsv"):
         records = _csv(path, "\t" if suffix == ".tsv" else ",")

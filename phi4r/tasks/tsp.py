@@ -152,7 +152,7 @@ class Tsp(RecordLoader, Task):
         """Eureka's TSP release (microsoft/tsp, a copy of GeoMeterData/nphard_tsp1): the distances in
         `weight_matrix`, the problem text in `query_text` (`prompt` once renamed), the optimal length
         in `target_text` (`ground_truth`), the optimal tours in `optimal_tour`, and `category`."""
-        dist = [[int(round(float(x))) for x in row] for row in structured(field(record, "weight_matrix", "distance_matrix"))]
+        dist = [[round(float(x)) for x in row] for row in structured(field(record, "weight_matrix", "distance_matrix"))]
         n = len(dist)
         if n < 2 or any(len(row) != n for row in dist):
             raise ValueError(f"weight_matrix is not square ({n} rows)")
