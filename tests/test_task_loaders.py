@@ -413,3 +413,23 @@ def test_spreadsheet_csv_and_damaged_parquet(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(ValueError, match="bad.parquet: not a readable Parquet file"):
         get_task("aime").load(tmp_path / "bad.parquet")
+
+
+@pytest.mark.parametrize("text,clauses", [
+    ("(x1 ∨ ¬x_2 ∨ x3) ∧ (~x1 | !x2 | NOT x3) and (-x4 OR v5)", [[1, -2, 3], [-1, -2, -3], [-4, 5]]),
+    ("Clauses: [[1, -2, 3], [-1, 2, 4]]", [[1, -2, 3], [-1, 2, 4]]),
+    ("p cnf 3 2\n1 -2 3 0\n-1 2 0", [[1, -2, 3], [-1, 2]]),
+    ("no formula (see above)", None),
+])
+def test_sat_clause_notations(text, clauses):
+    from phi4r.tasks.sat3 import parse_clauses
+    assert parse_clauses(text) == clauses
+
+
+def test_sat_prompt_read_wrongly_falls_back_to_released_solutions(tmp_path):
+    # A prompt whose groups are not the formula: the clauses contradict the released models, so
+    # they are dropped rather than trusted.
+    record = {"query_text": "Variables (x1 and x2). Clauses: x1 or x2; not x1 or not x2.",
+              "solution": ["1,0", "0,1"], "category": "hard"}
+    (inst,) = get_task("sat3").load(write(tmp_path / "sat", [record], "jsonl"))
+    assert inst.answer["clauses"] is None and inst.answer["n"] == 2 and inst.answer["satisfiable"]

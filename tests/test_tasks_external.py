@@ -22,6 +22,12 @@ def test_read_records(tmp_path):
     assert read_records(tmp_path / "x.json") == records
     (tmp_path / "wrapped.json").write_text(json.dumps({"data": records}))
     assert read_records(tmp_path / "wrapped.json") == records
+    viewer = {"features": [{"name": "a"}], "rows": [{"row_idx": i, "row": r, "truncated_cells": []}
+                                                     for i, r in enumerate(records)]}
+    (tmp_path / "viewer.json").write_text(json.dumps(viewer))  # the datasets-server /rows answer
+    assert read_records(tmp_path / "viewer.json") == records
+    (tmp_path / "one.json").write_text(json.dumps({"a": 1, "b": [{"c": 2}], "d": [{"e": 3}]}))
+    assert read_records(tmp_path / "one.json") == [{"a": 1, "b": [{"c": 2}], "d": [{"e": 3}]}]
     (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in records))  # JSON Lines named .json
     assert read_records(tmp_path / "lines.json") == records
     (tmp_path / "bad.jsonl").write_text('{"a": 1}\nnot json\n')

@@ -34,7 +34,8 @@ def _jsonl(path: Path, text: str) -> list[dict]:
 def _json(data) -> list:
     if isinstance(data, dict):
         # Records under one key ("data", "rows", a split name...), else the object is one record.
-        lists = [v for v in data.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+        lists = [v for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+                 and (k in ("rows", "data") or len(data) == 1)]
         data = lists[0] if len(lists) == 1 else [data]
     # The Hugging Face datasets-server wraps each record as {"row_idx": i, "row": {...}}.
     return [r["row"] if isinstance(r, dict) and isinstance(r.get("row"), dict) else r for r in data]

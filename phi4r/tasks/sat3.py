@@ -108,13 +108,16 @@ def dpll(n: int, clauses: list[list[int]]) -> tuple[dict[int, bool] | None, list
 
 def parse_clauses(text: str) -> list[list[int]] | None:
     """Clauses written in a prompt: parenthesised groups of literals (`x1`, `~x2`, `¬x_3`,
-    `NOT x4`, `-5`), else DIMACS lines ending in 0; None when there are none."""
+    `NOT x4`, `-x5`), else lists of integers (`[1, -2, 3]`), else DIMACS lines ending in 0;
+    None when there are none."""
     lit = r"(¬|~|!|-|\bnot\s+|\bNOT\s+)?\s*(?:\b[xXvV]_?)(\d+)\b"
     clauses = []
     for group in re.findall(r"\(([^()]*)\)", text):
         found = re.findall(lit, group)
         if found:
             clauses.append([-int(v) if neg else int(v) for neg, v in found])
+    if not clauses:  # integer lists: [[1, -2, 3], ...]
+        clauses = [[int(t) for t in g.split(",")] for g in re.findall(r"\[\s*(-?[1-9]\d*(?:\s*,\s*-?[1-9]\d*)*)\s*\]", text)]
     if not clauses:
         clauses = [[int(t) for t in line.split()[:-1]]
                    for line in text.split("\n") if re.fullmatch(r"\s*(-?[1-9]\d*\s+)+0\s*", line)]
