@@ -136,6 +136,13 @@ def satisfies(values: list[bool], clauses: list[list[int]]) -> bool:
     return all(any(abs(lit) <= len(values) and (lit > 0) == values[abs(lit) - 1] for lit in c) for c in clauses)
 
 
+def same_models(n: int, clauses: list[list[int]], solutions: list[list[bool]]) -> bool:
+    """Whether `clauses` have exactly the released models (a release lists every model)."""
+    if max(abs(lit) for c in clauses for lit in c) > n or not all(satisfies(v, clauses) for v in solutions):
+        return False
+    return n > 20 or count_models(n, clauses) == len({tuple(v) for v in solutions})
+
+
 class Sat3(RecordLoader, Task):
     name = "sat3"
     difficulties = list(range(1, 14))
@@ -174,7 +181,7 @@ class Sat3(RecordLoader, Task):
         clauses = parse_clauses(text)
         n = len(solutions[0]) if solutions else int(field(record, "num_var", "num_vars", "n", default=0)) \
             or max((abs(lit) for c in clauses or [] for lit in c), default=0)
-        if clauses and not all(satisfies(v, clauses) for v in solutions):
+        if clauses and "solution" in record and not same_models(n, clauses, solutions):
             clauses = None  # read wrongly from the prompt: grade by the released solutions only
         if clauses is None and "solution" not in record:
             raise KeyError(f"record has no 'solution' and its prompt lists no clauses; its fields are {sorted(record)}")
