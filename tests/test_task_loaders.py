@@ -331,6 +331,10 @@ def test_released_items_keep_what_eurekas_checks_need(tmp_path):
     inline = get_task("mmlu_pro").load(write(tmp_path / "in", LAYOUTS["mmlu_pro/options-in-question"], "csv"))
     assert inline[0].answer["options"] == ["red", "green", "blue", "black"]
     assert "Question: Pick one 0.\nOptions:\nA. red" in inline[0].prompt
+    # A pandas CSV export of the Parquet release writes lists as numpy reprs.
+    record = {"question": "Q?", "options": "['red' \"it's blue\" 'b, c'\n 'd']", "answer": "C", "category": "law"}
+    (numpy_csv,) = get_task("mmlu_pro").load(write(tmp_path / "np", [record], "csv"))
+    assert numpy_csv.answer == {"letter": "C", "options": ["red", "it's blue", "b, c", "d"]}
 
 
 @pytest.mark.parametrize("name,record,found", [
@@ -342,6 +346,7 @@ def test_released_items_keep_what_eurekas_checks_need(tmp_path):
     ("maze", {"prompt": "A maze.", "ground_truth": "3"}, "no 'Available options:'"),
     ("flenqa", {"question": "Is it?", "mixin": "text"}, "'label', 'ground_truth'"),
     ("math", {"question": "Q?"}, "no 'answer'"),
+    ("mmlu_pro", {"question": "Q?", "options": "a; b", "answer": "A"}, "'options' is not a list"),
 ])
 def test_unknown_layout_names_the_fields_found(tmp_path, name, record, found):
     path = write(tmp_path / name, [record], "jsonl")

@@ -113,6 +113,20 @@ def structured(value):
         return value
 
 
+QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
+
+
+def as_list(value, name: str) -> list:
+    """A list cell (see `structured`), including numpy's `['a' 'b']` repr, which a pandas CSV
+    export of a Parquet file writes (as a Python literal it would concatenate the strings)."""
+    if isinstance(value, str) and re.fullmatch(rf"\[\s*(?:(?:{QUOTED})\s*)+\]", value.strip(), re.DOTALL):
+        return [ast.literal_eval(q) for q in re.findall(QUOTED, value)]
+    value = structured(value)
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"'{name}' is not a list: {str(value)[:80]!r}")
+    return list(value)
+
+
 def load_file(task: Task, path, limit: int | None = None) -> list[Instance]:
     """Instances from a published file, one per record, through `task.from_record`.
 

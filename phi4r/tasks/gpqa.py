@@ -12,7 +12,7 @@ import random
 
 from .base import Instance
 from .choice import LETTERS, ChoiceTask, format_options, shuffle_options
-from .external import ExternalTask, field, structured
+from .external import ExternalTask, as_list, field
 
 
 def correct_letter(answer, n: int) -> str:
@@ -40,7 +40,7 @@ class Gpqa(ChoiceTask, ExternalTask):
             rng = random.Random("gpqa:" + str(field(record, "Record ID", default=question)))
             options, letter = shuffle_options(rng, correct, wrong)
         else:
-            options = [str(o).strip() for o in structured(field(record, "options", "choices"))]
+            options = [str(o).strip() for o in as_list(field(record, "options", "choices"), "options")]
             letter = correct_letter(field(record, "answer", "answer_index", "label"), len(options))
         prompt = f"{question}\n\n{format_options(options)}\n\nAnswer as \"Final Answer: X\" where X is the letter."
         return Instance(id="", task=self.name, prompt=prompt, answer={"letter": letter, "options": options},

@@ -10,7 +10,7 @@ import re
 
 from .base import Instance, Score
 from .choice import LETTERS, format_options
-from .external import ExternalTask, field, structured
+from .external import ExternalTask, as_list, field
 
 
 def extract_mmlu_pro(text: str) -> str | None:
@@ -57,7 +57,7 @@ class MmluPro(ExternalTask):
                 raise KeyError(f"record has no 'options' and its question lists no A., B., ... options; "
                                f"its fields are {sorted(record)}")
             question, options = split_options(question)
-        options = [str(o).strip() for o in structured(options)]
+        options = [str(o).strip() for o in as_list(options, "options")]
         answer = str(record.get("answer", "")).strip().strip("()")
         if len(answer) == 1 and answer in LETTERS[: len(options)]:
             index = LETTERS.index(answer)

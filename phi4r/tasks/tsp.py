@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from .base import Instance, Score, Task, last_match, trace
-from .external import RecordLoader, field, structured
+from .external import RecordLoader, as_list, field, structured
 
 
 def tour_length(dist, tour: list[int]) -> int:
@@ -152,7 +152,8 @@ class Tsp(RecordLoader, Task):
         """Eureka's TSP release (microsoft/tsp, a copy of GeoMeterData/nphard_tsp1): the distances in
         `weight_matrix`, the problem text in `query_text` (`prompt` once renamed), the optimal length
         in `target_text` (`ground_truth`), the optimal tours in `optimal_tour`, and `category`."""
-        dist = [[round(float(x)) for x in row] for row in structured(field(record, "weight_matrix", "distance_matrix"))]
+        dist = [[round(float(x)) for x in as_list(row, "weight_matrix")]
+                for row in as_list(field(record, "weight_matrix", "distance_matrix"), "weight_matrix")]
         n = len(dist)
         if n < 2 or any(len(row) != n for row in dist):
             raise ValueError(f"weight_matrix is not square ({n} rows)")
