@@ -316,6 +316,10 @@ def test_released_items_keep_what_eurekas_checks_need(tmp_path):
     sat = get_task("sat3").load(write(tmp_path / "sat", LAYOUTS["sat3/eureka-release"], "jsonl"))
     assert [i.answer["satisfiable"] for i in sat] == [True, True, False]
     assert sat[0].answer["clauses"] == SAT_FORMULAS[0][0] and sat[0].category == "hard"
+    numpy_csv = [{**r, "solution": "[" + " ".join(f"'{m}'" for m in r["solution"]) + "]"}
+                 for r in LAYOUTS["sat3/eureka-release"]]
+    again = get_task("sat3").load(write(tmp_path / "np", numpy_csv, "csv"))
+    assert [i.answer for i in again] == [i.answer for i in sat]
     tsp = get_task("tsp").load(write(tmp_path / "tsp", LAYOUTS["tsp/eureka-release"], "parquet"))
     assert [i.answer["optimal"] for i in tsp] == [brute_tsp(w)[0] for w in TSP_MATRICES]
     assert tsp[0].answer["tours"][0][0] == tsp[0].answer["tours"][0][-1] and tsp[2].category == "level_3"

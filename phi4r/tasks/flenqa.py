@@ -9,7 +9,7 @@ filler is generated from templates that never touch the facts' people, rooms or 
 from __future__ import annotations
 
 from .base import Instance, Score, Task, approx_tokens, last_match, trace
-from .external import RecordLoader, field, structured
+from .external import RecordLoader, as_list, field
 
 TARGETS = {1: 0, 2: 250, 3: 500, 4: 1000, 5: 3000}
 PEOPLE = ["Ann", "Ben", "Cid", "Dora", "Eli", "Fay", "Gus", "Hana", "Ian", "Jo"]
@@ -117,11 +117,12 @@ class FlenQA(RecordLoader, Task):
         lead = (f"Can the statement \"{question}\" be derived from the rule and the facts?\nRule: {rule}\nFacts: {text}"
                 if kind == "rules" else f"Read the text and answer the question.\nText: {text}\nQuestion: {question}")
         prompt = f'{lead}\nAnswer as "Final Answer: True" or "Final Answer: False".'
-        facts = structured(field(record, "facts", default=[]))
+        facts = field(record, "facts", default=[])
+        facts = as_list(facts, "facts") if not isinstance(facts, str) or facts.strip().startswith("[") else [facts]
         size = str(field(record, "ctx_size", default=0))
         return Instance(id="", task=self.name, prompt=prompt, category=kind,
                         difficulty=int(size) if size.isdigit() else 0,
-                        answer={"truth": label == "true", "facts": facts if isinstance(facts, list) else [str(facts)],
+                        answer={"truth": label == "true", "facts": [str(f) for f in facts],
                                 "reason": ""},
                         meta={k: record[k] for k in ("ctx_size", "padding_type", "dispersion", "dataset") if k in record})
 

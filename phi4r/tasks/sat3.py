@@ -14,7 +14,7 @@ import numpy as np
 from pysat.solvers import Solver
 
 from .base import Instance, Score, Task, last_match, trace
-from .external import RecordLoader, field, structured
+from .external import RecordLoader, as_list, field
 
 RATIOS = {"hard": 4.26, "hard_many_solutions": 4.26, "easy_under": 2.0, "easy_over": 8.0}
 
@@ -176,8 +176,9 @@ class Sat3(RecordLoader, Task):
         `query_text` (`prompt` once Eureka renames it), every satisfying assignment as a 0/1 string
         in `solution` (empty when unsatisfiable), `category`, and the instance's own fields."""
         text = str(field(record, "query_text", "prompt", "question"))
-        raw = structured(field(record, "solution", "solutions", default=[]))
-        solutions = [assignment(v) for v in ([raw] if isinstance(raw, str) else raw)]
+        raw = field(record, "solution", "solutions", default=[])
+        listed = not isinstance(raw, str) or raw.strip().startswith("[")
+        solutions = [assignment(v) for v in (as_list(raw, "solution") if listed else [raw])]
         clauses = parse_clauses(text)
         n = len(solutions[0]) if solutions else int(field(record, "num_var", "num_vars", "n", default=0)) \
             or max((abs(lit) for c in clauses or [] for lit in c), default=0)
