@@ -20,11 +20,41 @@ def test_read_records(tmp_path):
     assert read_records(write_jsonl(tmp_path / "x.jsonl", records), limit=2) == records[:2]
     (tmp_path / "x.json").write_text(json.dumps(records))
     assert read_records(tmp_path / "x.json") == records
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": records}))
+    assert read_records(tmp_path / "wrapped.json") == records
+    viewer = {"features": [{"name": "a"}], "rows": [{"row_idx": i, "row": r, "truncated_cells": []}
+                                                     for i, r in enumerate(records)]}
+    (tmp_path / "viewer.json").write_text(json.dumps(viewer))  # the datasets-server /rows answer
+    assert read_records(tmp_path / "viewer.json") == records
+    (tmp_path / "one.json").write_text(json.dumps({"a": 1, "b": [{"c": 2}], "d": [{"e": 3}]}))
+    assert read_records(tmp_path / "one.json") == [{"a": 1, "b": [{"c": 2}], "d": [{"e": 3}]}]
+    (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in records))  # JSON Lines named .json
+    assert read_records(tmp_path / "lines.json") == records
     (tmp_path / "bad.jsonl").write_text('{"a": 1}\nnot json\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         read_records(tmp_path / "bad.jsonl")
-    with pytest.raises(ValueError, match="expected"):
-        read_records(tmp_path / "x.csv")
+    (tmp_path / "x.txt").write_text("a\n")
+    with pytest.raises(ValueError, match="expected one of .jsonl, .json, .csv"):
+        read_records(tmp_path / "x.txt")
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        read_records(tmp_path / "missing.csv")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"a": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match="not UTF-8"):
+        read_records(tmp_path / "latin1.jsonl")
+    (tmp_path / "scalars.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="record 1 is not an object"):
+        read_records(tmp_path / "scalars.json")
+
+
+def test_unicode_line_separators_inside_strings(tmp_path):
+    # U+2028, U+2029 and U+0085 are legal raw inside JSON strings; only "\n" ends a JSON Lines record.
+    records = [{"problem": "a\u2028b\u2029c\u0085d", "answer": "1"}, {"problem": "e", "answer": "2"}]
+    path = tmp_path / "u.jsonl"
+    path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\r\n", encoding="utf-8")
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    assert read_records(path) == records
+    a, b = get_task("aime").load(path)
+    assert "a\u2028b" in a.prompt and b.answer == {"value": 2}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow installed")
@@ -34,11 +64,18 @@ def test_parquet_needs_pyarrow(tmp_path):
         read_records(tmp_path / "x.parquet")
 
 
-def test_file_tasks_do_not_generate():
+def test_file_tasks_do_not_generate(tmp_path):
     with pytest.raises(NotImplementedError, match="load"):
         get_task("aime").generate(1, seed=0)
     with pytest.raises(NotImplementedError, match="generate"):
-        get_task("sat3").load("x.jsonl")
+        get_task("arithmetic").load(write_jsonl(tmp_path / "x.jsonl", [{"a": 1}]))
+
+
+def test_unknown_layout_names_the_fields(tmp_path):
+    path = write_jsonl(tmp_path / "odd.jsonl", [{"text": "Find x.", "solution_value": 3}])
+    with pytest.raises(ValueError, match=r"odd.jsonl: record 1 fits no aime layout: .*'problem'.*"
+                                         r"its fields are \['solution_value', 'text'\]"):
+        get_task("aime").load(path)
 
 
 def test_aime(tmp_path):

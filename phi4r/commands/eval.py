@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--difficulty", type=int_list, help="levels to generate, e.g. 1,2,3 (--limit instances each) [all, cycled]")
     p.add_argument("--runs", type=positive_int, default=1, help="samples per instance [1]")
     p.add_argument("--limit", type=positive_int, help="instances per generated task (per level) [10]; records per file [all]")
-    p.add_argument("--data", type=_pairs, default={}, help="files of published benchmarks: aime=PATH,gpqa=PATH,...")
+    p.add_argument("--data", type=_pairs, default={}, help="files of published benchmarks, or released sets of generated tasks: aime=PATH,sat3=PATH,...")
     add_sampling_args(p, default=0, help="instance generation and sampling seed [0]").add_argument(
         "--greedy", action="store_true", help="temperature 0")
     p.add_argument("--out", required=True, help="output directory (resumes the evaluation it holds)")
@@ -69,7 +69,8 @@ def _tasks(args) -> list[str]:
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if names == ["all"]:
-        return list_tasks(procedural=True) + sorted(args.data)
+        generated = list_tasks(procedural=True)
+        return generated + sorted(set(args.data) - set(generated))
     try:
         return [get_task(name).name for name in names]  # unknown names fail before a model is loaded
     except KeyError as e:

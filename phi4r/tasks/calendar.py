@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from .base import Instance, Score, Task, last_match, trace
+from .external import RecordLoader, field, structured
 
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 WEEKEND = {"Saturday", "Sunday"}
@@ -140,7 +141,28 @@ def plant(rng, spec: dict) -> None:
         days_free[day] = [block(a, b) for a, b in sorted(merged)]
 
 
-class Calendar(Task):
+def spec_from_release(constraints: dict, availability: dict, days: list[str]) -> dict:
+    """BA-Calendar's constraint fields as this task's spec (absent constraints are null or false)."""
+    c = constraints
+    spec_c: dict = {"duration": int(c["meeting_duration"])}
+    if c.get("buffer_time_before_and_after_meeting"):
+        spec_c["buffer"] = int(c["buffer_time_before_and_after_meeting"])
+    if c.get("no_meetings_on_weekends"):
+        spec_c["no_weekends"] = True
+    if c.get("no_meetings_before") or c.get("no_meetings_after"):
+        spec_c["hours"] = block(int(c.get("no_meetings_before") or 0) * 60, int(c.get("no_meetings_after") or 24) * 60)
+    if c.get("no_meetings_during_specific_times"):
+        spec_c["blocked"] = block(*parse_block(str(c["no_meetings_during_specific_times"]).replace(" ", "")))
+    if c.get("high_priority_meeting"):
+        spec_c["earliest"] = True
+    spec = {"participants": list(availability), "days": days, "constraints": spec_c,
+            "availability": {name: {d: list(b) for d, b in sched.items()} for name, sched in availability.items()}}
+    found = solve(spec)
+    spec["solution"] = None if found is None else f"{found[0]} {block(found[1], found[2])}"
+    return spec
+
+
+class Calendar(RecordLoader, Task):
     name = "calendar"
     difficulties = list(LEVELS)
     categories = ["slot", "no_slot"]
@@ -170,6 +192,27 @@ class Calendar(Task):
         return Instance(id="", task=self.name, prompt=self.prompt(spec), answer=spec,
                         category=category, difficulty=difficulty,
                         meta={"num_constraints": len(constraints) + 1, "participants": people})
+
+    def from_record(self, record):
+        """BA-Calendar's release (microsoft/ba-calendar): the problem in `task_prompt` (`prompt` once
+        Eureka renames it), `constraints`, `metadata.availability` (a dict written as text) and
+        `params.days_of_week`; the raw fields stay under `answer["release"]` for Eureka's checks."""
+        constraints = structured(field(record, "constraints"))
+        metadata = structured(field(record, "metadata"))
+        params = structured(field(record, "params", default={})) or {}
+        availability = structured(field(metadata, "availability"))
+        if not isinstance(availability, dict):
+            raise TypeError("metadata.availability is not a dict of schedules")
+        days = list(params.get("days_of_week") or [d for d in DAYS if any(d in s for s in availability.values())])
+        spec = spec_from_release(constraints, availability, days)
+        spec["release"] = {"constraints": constraints, "metadata": metadata, "params": params}
+        prompt = ("Find a common time slot for the meeting described below that satisfies every constraint. "
+                  "A buffer time must also be free before and after the meeting; a high-priority meeting "
+                  f'takes the earliest possible slot. Answer as "Final Answer: Day HH:MM-HH:MM", or '
+                  f'"Final Answer: {NO_SLOT}" if there is none.\n\n' + str(field(record, "task_prompt", "prompt")))
+        return Instance(id="", task=self.name, prompt=prompt, answer=spec,
+                        category="no_slot" if spec["solution"] is None else "slot",
+                        meta={"num_constraints": len(spec["constraints"]) + 1, "participants": len(availability)})
 
     @staticmethod
     def prompt(spec: dict) -> str:

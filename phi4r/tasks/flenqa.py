@@ -4,10 +4,12 @@ Categories follow FlenQA's three tasks: `monorel` (a chain of comparisons, asked
 `pir` (people in rooms with properties) and `rules` (simplified RuleTaker: rules plus facts).
 Levels pad the input to about 0 (facts only), 250, 500, 1000 and 3000 token-ish words; the
 filler is generated from templates that never touch the facts' people, rooms or properties.
+`load(path)` reads FLenQA's released set instead (see `from_record`).
 """
 from __future__ import annotations
 
 from .base import Instance, Score, Task, approx_tokens, last_match, trace
+from .external import RecordLoader, as_list, field
 
 TARGETS = {1: 0, 2: 250, 3: 500, 4: 1000, 5: 3000}
 PEOPLE = ["Ann", "Ben", "Cid", "Dora", "Eli", "Fay", "Gus", "Hana", "Ian", "Jo"]
@@ -74,9 +76,11 @@ def rules(rng, people):
 
 
 KINDS = {"monorel": monorel, "pir": pir, "rules": rules}
+# FLenQA's `dataset` names for the three kinds.
+RELEASE_KINDS = {"monorel": "monorel", "pir": "pir", "simplified ruletaker": "rules", "ruletaker": "rules"}
 
 
-class FlenQA(Task):
+class FlenQA(RecordLoader, Task):
     name = "flenqa"
     difficulties = list(TARGETS)
     categories = list(KINDS)
@@ -98,6 +102,29 @@ class FlenQA(Task):
         return Instance(id="", task=self.name, prompt=prompt, category=kind, difficulty=difficulty,
                         answer={"truth": truth, "facts": facts, "reason": reason},
                         meta={"target_tokens": TARGETS[difficulty], "tokens": approx_tokens(prompt)})
+
+    def from_record(self, record):
+        """FLenQA's release (alonj/FLenQA): `assertion/question` (`question` once Eureka renames it),
+        the padded text in `mixin`, `label` (`ground_truth`) True/False, `dataset` (MonoRel, PIR,
+        Simplified RuleTaker), `rule`, `facts`, `ctx_size`, `padding_type`, `dispersion`."""
+        question = str(field(record, "assertion/question", "question", "statement")).strip()
+        label = str(field(record, "label", "ground_truth")).strip().lower()
+        if label not in ("true", "false"):
+            raise ValueError(f"label {label!r} is neither True nor False")
+        kind = RELEASE_KINDS.get(str(field(record, "dataset", default="")).strip().lower(), "flenqa")
+        text = str(field(record, "mixin", "text", "context"))
+        rule = str(field(record, "rule", default="")).strip()
+        lead = (f"Can the statement \"{question}\" be derived from the rule and the facts?\nRule: {rule}\nFacts: {text}"
+                if kind == "rules" else f"Read the text and answer the question.\nText: {text}\nQuestion: {question}")
+        prompt = f'{lead}\nAnswer as "Final Answer: True" or "Final Answer: False".'
+        facts = field(record, "facts", default=[])
+        facts = as_list(facts, "facts") if not isinstance(facts, str) or facts.strip().startswith("[") else [facts]
+        size = str(field(record, "ctx_size", default=0))
+        return Instance(id="", task=self.name, prompt=prompt, category=kind,
+                        difficulty=int(size) if size.isdigit() else 0,
+                        answer={"truth": label == "true", "facts": [str(f) for f in facts],
+                                "reason": ""},
+                        meta={k: record[k] for k in ("ctx_size", "padding_type", "dispersion", "dataset") if k in record})
 
     def parse(self, text):
         m = last_match(r"(?:final answer:|answer is)\s*\**\s*(true|false)\b", text.lower())

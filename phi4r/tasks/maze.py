@@ -4,6 +4,7 @@ Questions (the card's Maze): the number of right turns, the total number of turn
 from S to E, and the direction of E relative to S. Mazes are perfect (carved by a random
 depth-first walk), so the path is unique; a breadth-first search finds it.
 Level d has a maze of `SIZES[d]` x `SIZES[d]` cells ((2 * size + 1) characters a side).
+`load(path)` reads the card's released set instead (Eureka's text-only Maze, see choice_from_release).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections import deque
 
 from .base import Instance, trace
 from .choice import ChoiceTask, format_options, number_distractors, shuffle_options
+from .external import RecordLoader, choice_from_release
 
 SIZES = {1: 3, 2: 4, 3: 5, 4: 7, 5: 9}
 QUESTIONS = ["right_turns", "total_turns", "exit_direction"]
@@ -87,7 +89,7 @@ def relative_direction(start, goal) -> str:
     return "-".join(p for p in (vertical, horizontal) if p)
 
 
-class Maze(ChoiceTask):
+class Maze(RecordLoader, ChoiceTask):
     name = "maze"
     difficulties = list(SIZES)
     categories = QUESTIONS
@@ -123,6 +125,9 @@ class Maze(ChoiceTask):
         return Instance(id="", task=self.name, prompt=prompt, category=question, difficulty=difficulty,
                         answer={"letter": letter, "value": value, "options": options, "grid": grid,
                                 "question": question}, meta={"cells": size})
+
+    def from_record(self, record):
+        return choice_from_release(self, record)
 
     def teacher(self, inst):
         grid, question = inst.answer["grid"], inst.answer["question"]

@@ -1,7 +1,8 @@
 """MATH / OmniMath-style free-form answers, graded by symbolic equivalence with math-verify.
 
-Records: `problem` and `answer`, or `problem` and a `solution` whose last \\boxed{} is the answer;
-optional `level` ("Level 5") or `difficulty`, and `type`, `subject` or `domain` as the category.
+Layouts: MATH / MATH-500 (`problem`, `solution`, `answer`, `subject` or `type`, `level` "Level 5",
+`unique_id`), Omni-MATH (KbsdJames/Omni-MATH: `domain` list, `difficulty`, `problem`, `solution`,
+`answer`, `source`); without an `answer` the last \\boxed{} of the `solution` is the answer.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import threading
 from math_verify import parse, verify
 
 from .base import Instance, Score, last_match
-from .external import ExternalTask, field
+from .external import ExternalTask, field, structured
 
 
 def last_boxed(text: str) -> str | None:
@@ -39,18 +40,20 @@ class MathTask(ExternalTask):
     name = "math"
 
     def from_record(self, record):
-        answer = record.get("answer")
-        if answer is None:
-            answer = last_boxed(field(record, "solution"))
+        answer = field(record, "answer", "Answer", "ground_truth", default="")
+        solution = str(field(record, "solution", "Solution", default=""))
+        if answer == "":
+            answer = last_boxed(solution)
             if answer is None:
-                raise ValueError("record has no `answer` and its `solution` has no \\boxed{}")
+                raise KeyError(f"record has no 'answer' and no \\boxed{{}} in a 'solution'; its fields are {sorted(record)}")
         level = field(record, "level", "difficulty", default=0)
         digits = re.search(r"\d+(?:\.\d+)?", str(level))
-        category = field(record, "type", "subject", "domain", default="math")
-        prompt = f"{field(record, 'problem', 'Problem')}\n\nPut the final answer in \\boxed{{}}."
+        category = structured(field(record, "type", "subject", "domain", default="math"))
+        prompt = f"{field(record, 'problem', 'Problem', 'question', 'Question')}\n\nPut the final answer in \\boxed{{}}."
         return Instance(id="", task=self.name, prompt=prompt, answer={"answer": str(answer)},
                         difficulty=round(float(digits.group())) if digits else 0,
-                        category=str(category[0] if isinstance(category, list) and category else category))
+                        category=str(category[0] if isinstance(category, list) and category else category),
+                        meta={"solution": solution} if solution else {})
 
     def parse(self, text):
         boxed = last_boxed(text)

@@ -14,6 +14,7 @@ import numpy as np
 from pysat.solvers import Solver
 
 from .base import Instance, Score, Task, last_match, trace
+from .external import RecordLoader, as_list, field
 
 RATIOS = {"hard": 4.26, "hard_many_solutions": 4.26, "easy_under": 2.0, "easy_over": 8.0}
 
@@ -105,7 +106,44 @@ def dpll(n: int, clauses: list[list[int]]) -> tuple[dict[int, bool] | None, list
     return search({}), steps
 
 
-class Sat3(Task):
+def parse_clauses(text: str) -> list[list[int]] | None:
+    """Clauses written in a prompt: parenthesised groups of literals (`x1`, `~x2`, `¬x_3`,
+    `NOT x4`, `-x5`), else lists of integers (`[1, -2, 3]`), else DIMACS lines ending in 0;
+    None when there are none."""
+    lit = r"(¬|~|!|-|\bnot\s+|\bNOT\s+)?\s*(?:\b[xXvV]_?)(\d+)\b"
+    clauses = []
+    for group in re.findall(r"\(([^()]*)\)", text):
+        found = re.findall(lit, group)
+        if found:
+            clauses.append([-int(v) if neg else int(v) for neg, v in found])
+    if not clauses:  # integer lists: [[1, -2, 3], ...]
+        clauses = [[int(t) for t in g.split(",")] for g in re.findall(r"\[\s*(-?[1-9]\d*(?:\s*,\s*-?[1-9]\d*)*)\s*\]", text)]
+    if not clauses:
+        clauses = [[int(t) for t in line.split()[:-1]]
+                   for line in text.split("\n") if re.fullmatch(r"\s*(-?[1-9]\d*\s+)+0\s*", line)]
+    return clauses or None
+
+
+def assignment(value) -> list[bool]:
+    """`"1,0,1"`, `"(1, 0, 1)"` or `"True, False, True"` as a list of bools."""
+    tokens = [t.strip().lower() for t in str(value).strip().strip("()[]").split(",")]
+    if not tokens or any(t not in ("0", "1", "true", "false") for t in tokens):
+        raise ValueError(f"solution {value!r} is not a list of 0/1 values")
+    return [t in ("1", "true") for t in tokens]
+
+
+def satisfies(values: list[bool], clauses: list[list[int]]) -> bool:
+    return all(any(abs(lit) <= len(values) and (lit > 0) == values[abs(lit) - 1] for lit in c) for c in clauses)
+
+
+def same_models(n: int, clauses: list[list[int]], solutions: list[list[bool]]) -> bool:
+    """Whether `clauses` have exactly the released models (a release lists every model)."""
+    if max(abs(lit) for c in clauses for lit in c) > n or not all(satisfies(v, clauses) for v in solutions):
+        return False
+    return n > 20 or count_models(n, clauses) == len({tuple(v) for v in solutions})
+
+
+class Sat3(RecordLoader, Task):
     name = "sat3"
     difficulties = list(range(1, 14))
     categories = list(RATIOS)
@@ -132,6 +170,31 @@ class Sat3(Task):
             answer={"n": n, "clauses": clauses, "satisfiable": models > 0},
             meta={"num_vars": n, "num_clauses": len(clauses), "num_models": models},
         )
+
+    def from_record(self, record):
+        """Eureka's 3SAT release (microsoft/sat, a copy of GeoMeterData/nphard_sat1): the formula in
+        `query_text` (`prompt` once Eureka renames it), every satisfying assignment as a 0/1 string
+        in `solution` (empty when unsatisfiable), `category`, and the instance's own fields."""
+        text = str(field(record, "query_text", "prompt", "question"))
+        raw = field(record, "solution", "solutions", default=[])
+        listed = not isinstance(raw, str) or raw.strip().startswith("[")
+        solutions = [assignment(v) for v in (as_list(raw, "solution") if listed else [raw])]
+        clauses = parse_clauses(text)
+        n = len(solutions[0]) if solutions else int(field(record, "num_var", "num_vars", "n", default=0)) \
+            or max((abs(lit) for c in clauses or [] for lit in c), default=0)
+        if clauses and "solution" in record and not same_models(n, clauses, solutions):
+            clauses = None  # read wrongly from the prompt: grade by the released solutions only
+        if clauses is None and "solution" not in record:
+            raise KeyError(f"record has no 'solution' and its prompt lists no clauses; its fields are {sorted(record)}")
+        satisfiable = bool(solutions) if "solution" in record or clauses is None else is_satisfiable(clauses)
+        prompt = ("Decide whether the 3-SAT formula below has a satisfying assignment. If it has, give the "
+                  "value of every variable in order as <final_answer>{'Solution': 'True, False, ...'}"
+                  "</final_answer>; if none exists, answer <final_answer>{'Solution': 'Unsatisfiable'}"
+                  "</final_answer>.\n\n" + text)
+        return Instance(id="", task=self.name, prompt=prompt, category=str(field(record, "category", default="sat3")),
+                        difficulty=max(n - 2, 0),
+                        answer={"n": n, "clauses": clauses, "satisfiable": satisfiable, "solutions": solutions},
+                        meta={"num_vars": n, "num_clauses": len(clauses or []), "num_models": len(solutions)})
 
     def parse(self, text):
         """'UNSAT', a list of bools, or None. The last <final_answer> block wins; without one the

@@ -3,11 +3,14 @@
 Questions (the card's SpatialMap): the direction between two places, which place lies in a given
 direction of another, and how many places lie in a direction. Each description links a place to
 an earlier one by exact offsets, so every answer follows from geometry.
+`load(path)` reads the card's released set instead (Eureka's text-only SpatialMap, see
+choice_from_release).
 """
 from __future__ import annotations
 
 from .base import Instance, trace
 from .choice import ChoiceTask, format_options, number_distractors, shuffle_options
+from .external import RecordLoader, choice_from_release
 
 PLACES = ["bank", "cafe", "library", "park", "school", "museum", "bakery", "hotel", "pharmacy",
           "cinema", "gym", "station", "market", "church", "zoo", "stadium"]
@@ -31,7 +34,7 @@ def offset_text(dx: int, dy: int) -> str:
     return " and ".join(p for p in parts if p)
 
 
-class SpatialMap(ChoiceTask):
+class SpatialMap(RecordLoader, ChoiceTask):
     name = "spatialmap"
     # 2: Eureka's SpatialMap wording ("Consider a map ...", "Available options:", its answer line).
     prompt_version = 2
@@ -86,6 +89,9 @@ class SpatialMap(ChoiceTask):
             distractors = number_distractors(rng, value)
         return {"question": question, "value": value, "distractors": distractors, "reference": ref,
                 "subject": subject, "direction": d}
+
+    def from_record(self, record):
+        return choice_from_release(self, record)
 
     def teacher(self, inst):
         """Coordinates from the first place, then the places the question is about, seen from the

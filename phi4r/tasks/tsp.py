@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from .base import Instance, Score, Task, last_match, trace
+from .external import RecordLoader, as_list, field, structured
 
 
 def tour_length(dist, tour: list[int]) -> int:
@@ -112,7 +113,19 @@ def kick_and_improve(dist, tour: list[int], opt: int, steps: list[str]) -> list[
     return tour
 
 
-class Tsp(Task):
+def closed_tours(value) -> list[list[int]]:
+    """Released optimal tours (`"[(0, 2, 1, 3)]"`, a list of lists, open or closed) as closed tours."""
+    tours = structured(str(value).strip().rstrip(".") if isinstance(value, str) else value)
+    if tours and isinstance(tours[0], int):
+        tours = [tours]
+    out = []
+    for t in tours or []:
+        t = [int(c) for c in t]
+        out.append(t if len(t) > 1 and t[0] == t[-1] else t + t[:1])
+    return out
+
+
+class Tsp(RecordLoader, Task):
     name = "tsp"
     difficulties = list(range(1, 11))
     categories = [f"{d + 3}_nodes" for d in difficulties]
@@ -134,6 +147,32 @@ class Tsp(Task):
         )
         return Instance(id="", task=self.name, prompt=prompt, category=f"{n}_nodes", difficulty=difficulty,
                         answer={"dist": dist, "optimal": opt, "tour": tour}, meta={"num_nodes": n})
+
+    def from_record(self, record):
+        """Eureka's TSP release (microsoft/tsp, a copy of GeoMeterData/nphard_tsp1): the distances in
+        `weight_matrix`, the problem text in `query_text` (`prompt` once renamed), the optimal length
+        in `target_text` (`ground_truth`), the optimal tours in `optimal_tour`, and `category`."""
+        dist = [[round(float(x)) for x in as_list(row, "weight_matrix")]
+                for row in as_list(field(record, "weight_matrix", "distance_matrix"), "weight_matrix")]
+        n = len(dist)
+        if n < 2 or any(len(row) != n for row in dist):
+            raise ValueError(f"weight_matrix is not square ({n} rows)")
+        optimal, tour = held_karp(dist)
+        stated = field(record, "target_text", "ground_truth", default=optimal)
+        if round(float(stated)) != optimal:
+            raise ValueError(f"the released optimum {stated} is not the shortest tour's length {optimal}")
+        tours = closed_tours(field(record, "optimal_tour", default=[])) or [tour]
+        text = str(field(record, "query_text", "prompt", default=""))
+        if not text:
+            text = "Distances (a-b=d):\n" + "\n".join(
+                f"{a}-{b}={dist[a][b]}" for a in range(n) for b in range(n) if a != b)
+        prompt = ("Find the shortest route that starts at city 0, visits every city exactly once and returns "
+                  "to city 0. List the cities in the order visited and give the total distance, as "
+                  "<final_answer>{'Path': '0->1->...->0', 'TotalDistance': 'D'}</final_answer>.\n\n" + text)
+        return Instance(id="", task=self.name, prompt=prompt, difficulty=max(n - 3, 0),
+                        category=str(field(record, "category", default=f"{n}_nodes")),
+                        answer={"dist": dist, "optimal": optimal, "tour": tour, "tours": tours},
+                        meta={"num_nodes": n})
 
     def parse(self, text):
         block = last_match(r"<final_answer>(.*?)</final_answer>", text, re.S)
