@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["chat", "generate", "serve", "eval", "train", "bench"]
+COMMANDS = ["chat", "generate", "serve", "eval", "train", "bench", "merge_lora"]
 
 
 def build_parser() -> argparse.ArgumentParser:
