@@ -128,7 +128,7 @@ def _wrap(model: nn.Module, name: str, config: LoraConfig) -> LoraLinear:
     base = getattr(parent, child)
     if type(base) is not nn.Linear or base.bias is not None:
         raise ValueError(f"LoRA target {name} is a {type(base).__name__}, not a bias-free nn.Linear")
-    layer = LoraLinear(base, config.r, config.scaling, config.lora_dropout)
+    layer = LoraLinear(base, config.r, config.scaling, config.lora_dropout).train(base.training)  # no dropout in eval
     setattr(parent, child, layer)
     return layer
 

@@ -31,10 +31,10 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(ckpt, tmp_path_factory):
-    """An adapter from `phi4r train sft --use-peft` (a few steps, rank 4)."""
+    """An adapter from `phi4r train sft --use-peft` (a few steps, rank 4, TRL's default dropout 0.05)."""
     out = tmp_path_factory.mktemp("sft-lora")
     assert main(["train", "sft", "--model", str(ckpt), "--use-peft", "--lora-r", "4", "--lora-alpha", "8",
-                 "--lora-dropout", "0.0", "--tasks", "arithmetic", "--difficulty", "1", "--n-per-task", "16",
+                 "--tasks", "arithmetic", "--difficulty", "1", "--n-per-task", "16",
                  "--system-prompt", "", "--max-steps", "4", "--lr", "3e-2", "--per-device-train-batch-size", "4",
                  "--eval-fraction", "0", "--logging-steps", "1", "--save-steps", "2", "--output-dir", str(out)]) == 0
     return out
@@ -59,7 +59,8 @@ def test_sft_adapter_is_peft_format_and_loads_in_peft_with_same_logits(ckpt, tra
     assert not (final / "model.safetensors").exists()  # the base is frozen: only the adapter is saved
     config = json.loads((final / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM"
-    assert (config["r"], config["lora_alpha"], sorted(config["target_modules"])) == (4, 8, sorted(TARGETS))
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (4, 8, 0.05)
+    assert sorted(config["target_modules"]) == sorted(TARGETS)
     assert config["base_model_name_or_path"] == str(ckpt.resolve())
     with safe_open(str(final / "adapter_model.safetensors"), "pt") as f:
         keys = set(f.keys())
@@ -69,7 +70,7 @@ def test_sft_adapter_is_peft_format_and_loads_in_peft_with_same_logits(ckpt, tra
                     for part, name in [("self_attn", "qkv_proj"), ("self_attn", "o_proj"), ("mlp", "gate_up_proj"),
                                        ("mlp", "down_proj")] for ab in "AB"}
 
-    ours = phi4r_with(ckpt, final)
+    ours = phi4r_with(ckpt, final)  # loaded for inference: no dropout
     theirs = peft.PeftModel.from_pretrained(hf_model(ckpt), final).eval()
     base = hf_model(ckpt)
     ids = ids_for(ours)
