@@ -13,7 +13,11 @@ call `generate`/`chat`/`stream` on the same LLM.
 """
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from .chat import render_chat
 from .checkpoint import load_model, read_generation_config, resolve_model_path
@@ -32,6 +36,27 @@ Messages = list[dict]
 # costs many times over when other work shares the cores (nano, with a training job on the other of
 # 2 cores: 310-380 tok/s on 1 thread, 29-96 on 2). LLM then uses one torch thread unless told.
 SMALL_MODEL = 100 * 10**6
+
+
+@contextmanager
+def _said_if_slow(what: str, after: float = 2.0):
+    """Tells stderr what start-up is doing once a step has taken `after` seconds, and when it is done:
+    a step with no progress to count must still not look like a hang."""
+    start, said = time.perf_counter(), threading.Event()
+
+    def say():
+        said.set()
+        print(f"phi4r: {what} ...", file=sys.stderr, flush=True)
+
+    timer = threading.Timer(after, say)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if said.is_set():
+            print(f"phi4r: {what}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 class LLM:
@@ -69,22 +94,23 @@ class LLM:
         path = resolve_model_path(model)
         if quantization in ("int8", "w8a8") and dtype is None:
             dtype = "bfloat16"
-        net, _ = load_model(path, dtype=dtype, device=device or "cpu")
+        net, _ = load_model(path, dtype=dtype, device=device or "cpu", progress=True)
         if adapter:
             load_adapter(net, adapter)
         if not threads and net.num_parameters() < SMALL_MODEL:  # counted before int8 turns weights into buffers
             torch.set_num_threads(1)
-        if quantization == "int8":
-            quantize_int8(net)
-        elif quantization == "w8a8":
-            quantize_w8a8(net)
+        if quantization:
+            with _said_if_slow(f"quantizing the linear layers ({quantization})"):
+                (quantize_int8 if quantization == "int8" else quantize_w8a8)(net)
         if net.device.type == "cpu":
             net.eval()  # loaded for inference only (from_model leaves a training loop's module alone)
             if prepack or (prepack is None and fastlinear.fits(net)):
-                fastlinear.prepack(net, batch_hint=max_num_seqs)
+                with _said_if_slow("prepacking the linear weights"):
+                    fastlinear.prepack(net, batch_hint=max_num_seqs)
         self.model_path = path
-        self._init(net, Tokenizer.from_dir(path), read_generation_config(path), max_num_seqs, max_model_len, seed,
-                   compile)
+        with _said_if_slow("starting the engine"):
+            self._init(net, Tokenizer.from_dir(path), read_generation_config(path), max_num_seqs, max_model_len, seed,
+                       compile)
 
     @classmethod
     def from_model(cls, model, tokenizer, generation_config: dict | None = None, max_num_seqs: int = 16,

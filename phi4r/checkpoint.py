@@ -99,8 +99,11 @@ def _weight_files(path: Path) -> list[Path]:
     raise CheckpointError(f"{path}: no {SINGLE_NAME} or {INDEX_NAME}")
 
 
-def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
-               device: str | torch.device = "cpu") -> tuple[Phi3ForCausalLM, Phi3Config]:
+def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
+               progress: bool = False) -> tuple[Phi3ForCausalLM, Phi3Config]:
+    """progress: a bar on stderr (bytes read) when loading takes more than 2 s."""
+    from tqdm.auto import tqdm
+
     path = resolve_model_path(path)
     config = read_config(path)
     dtype = resolve_dtype(dtype, config)
@@ -108,25 +111,30 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
         model = Phi3ForCausalLM(config)
     expected = dict(model.state_dict())
     loaded: dict[str, torch.Tensor] = {}
-    for file in _weight_files(path):
-        try:
-            handle = safe_open(str(file), framework="pt", device=str(device))
-        except Exception as e:  # safetensors raises its own types for truncated or bad headers
-            raise CheckpointError(f"{file}: unreadable safetensors file ({e})") from e
-        with handle:
-            for name in handle.keys():
-                if name.endswith(_IGNORED_SUFFIXES):
-                    continue
-                if name not in expected:
-                    raise CheckpointError(f"{file}: unexpected tensor {name!r} for Phi3ForCausalLM")
-                shape = tuple(handle.get_slice(name).get_shape())
-                if shape != tuple(expected[name].shape):
-                    raise CheckpointError(f"{file}: tensor {name!r} has shape {list(shape)}, "
-                                          f"expected {list(expected[name].shape)} from config.json")
-                try:
-                    loaded[name] = handle.get_tensor(name).to(dtype)
-                except Exception as e:
-                    raise CheckpointError(f"{file}: cannot read tensor {name!r} ({e})") from e
+    files = _weight_files(path)
+    with tqdm(total=sum(f.stat().st_size for f in files), desc=f"loading {path.name}", unit="B", unit_scale=True,
+              delay=2, disable=not progress, leave=False) as bar:
+        for file in files:
+            try:
+                handle = safe_open(str(file), framework="pt", device=str(device))
+            except Exception as e:  # safetensors raises its own types for truncated or bad headers
+                raise CheckpointError(f"{file}: unreadable safetensors file ({e})") from e
+            with handle:
+                for name in handle.keys():
+                    if name.endswith(_IGNORED_SUFFIXES):
+                        continue
+                    if name not in expected:
+                        raise CheckpointError(f"{file}: unexpected tensor {name!r} for Phi3ForCausalLM")
+                    shape = tuple(handle.get_slice(name).get_shape())
+                    if shape != tuple(expected[name].shape):
+                        raise CheckpointError(f"{file}: tensor {name!r} has shape {list(shape)}, "
+                                              f"expected {list(expected[name].shape)} from config.json")
+                    try:
+                        tensor = handle.get_tensor(name)
+                        loaded[name] = tensor.to(dtype)
+                    except Exception as e:
+                        raise CheckpointError(f"{file}: cannot read tensor {name!r} ({e})") from e
+                    bar.update(tensor.nbytes)
     tied = config.tie_word_embeddings or "lm_head.weight" not in loaded
     missing = [n for n in expected if n not in loaded and not (tied and n == "lm_head.weight")]
     if missing:

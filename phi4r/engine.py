@@ -11,6 +11,11 @@ samples copy that prefill into their own slots), then feeds every running sample
 forward (positions differ per row), samples the next tokens, applies the stop rules, and frees the
 slots of finished samples for the next waiting request.
 
+Faults stay with their request: an exception while serving one request (prefill, sampling, stop
+rules, detokenizing) ends that request alone with finish_reason "error" (the message in
+`CompletionOutput.error`) and frees its slots; a batched forward or sampling step that raises is
+retried row by row, so only the requests that fail alone fail. `step()` itself does not raise.
+
 Threads: `add_request`, `abort` and `wait_for_requests` may be called from any thread; `step()` is
 driven by one thread at a time (the server's engine thread, or `LLM` itself).
 """
@@ -24,11 +29,13 @@ import threading
 import time
 import types
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from .kernels import attention as attention_kernel
+from .kernels import build as kernel_build
 from .model import KVCache
 from .reasoning import THINK_END, ReasoningStream, partial_suffix, split_reasoning
 from .sampling import LoopGuard, SamplingParams, sample
@@ -53,11 +60,12 @@ class CompletionOutput:
     token_ids: list[int] = field(default_factory=list)
     reasoning: str | None = None
     content: str | None = None
-    finish_reason: str | None = None  # "stop" | "length" | "repetition" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "repetition" | "abort" | "error"
     stop_reason: int | str | None = None  # the stop string or stop_token_ids entry that ended it
     reasoning_tokens: int = 0
     content_tokens: int = 0
     thinking_budget_reached: bool = False  # the engine closed the reasoning with a forced </think>
+    error: str | None = None  # finish_reason "error": what failed while serving this request
 
     def finished(self) -> bool:
         return self.finish_reason is not None
@@ -230,9 +238,11 @@ class Engine:
         if compile is None:
             compile = os.environ.get("PHI4R_COMPILE", "0") == "1"
         if model.device.type == "cpu":
-            # The attention kernel is decided now, not mid-request: a compiled step uses it only if it was
-            # decided before tracing, so compiling waits for its first build; eager decoding does not.
-            attention_kernel.kernel() if compile else attention_kernel.prepare()
+            # Eager decoding never waits for a kernel build (the torch path until it is ready); a compiled step
+            # uses a kernel only if it was decided before tracing, so compiling waits for the builds (bounded).
+            attention_kernel.prepare()
+            if compile:
+                kernel_build.wait_for_builds()
         self._compiled = _compile_decode(model) if compile else None
         self.config = model.config
         self.max_num_seqs = max_num_seqs
@@ -263,7 +273,8 @@ class Engine:
     def add_request(self, request_id: str | None, prompt_token_ids: list[int], params: SamplingParams | None = None,
                     prompt: str | None = None) -> str:
         """Queue a request; returns its id. Raises ContextLengthError / ValueError for a request that
-        can never run (too long, empty, n > max_num_seqs, duplicate id)."""
+        can never run (too long, empty, n > max_num_seqs, duplicate id, a non-finite or out-of-range
+        sampling value, even one set on `params` after it was made)."""
         params = (params or SamplingParams()).resolved(self.generation_config)
         prompt_token_ids = list(prompt_token_ids)
         if not prompt_token_ids:
@@ -308,10 +319,16 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[Delta]:
         deltas: list[Delta] = []
-        self._take_inbox(deltas)
-        self._admit(deltas)
-        if self.running:
-            self._decode(deltas)
+        try:
+            self._take_inbox(deltas)
+            self._admit(deltas)
+            if self.running:
+                self._decode(deltas)
+        except Exception as e:  # noqa: BLE001 - outside any one request (e.g. moving cache rows)
+            # No running sample's state can be trusted now: end them all, keep the engine serving.
+            for request in {id(s.request): s.request for s in self.running}.values():
+                self._fail(request, e, deltas)
+            self.free_slots = sorted(set(range(self.max_num_seqs)) - {s.slot for s in self.running})
         return deltas
 
     def _take_inbox(self, deltas: list[Delta]) -> None:
@@ -327,10 +344,11 @@ class Engine:
                 continue
             if request in self.waiting:
                 self.waiting.remove(request)
-            for out in request.output.outputs:
-                if not out.finished():
-                    sample = next((s for s in request.samples if s.index == out.index), None)
-                    deltas.append(self._finish(sample, "abort") if sample else self._abort_unstarted(request, out))
+            with self._isolated(request, deltas):
+                for out in request.output.outputs:
+                    if not out.finished():
+                        sample = next((s for s in request.samples if s.index == out.index), None)
+                        deltas.append(self._finish(sample, "abort") if sample else self._abort_unstarted(request, out))
 
     def _abort_unstarted(self, request: _Request, out: CompletionOutput) -> Delta:
         out.finish_reason = "abort"
@@ -344,17 +362,23 @@ class Engine:
             slots = [self.free_slots.pop(0) for _ in range(request.params.n)]
             try:
                 logits = self._prefill(request.prompt_ids, slots)
-            except BaseException:  # e.g. out of memory: the slots stay usable, abort() ends the request
+            except BaseException as e:  # e.g. out of memory (this request fails) or Ctrl-C: the slots stay usable
                 self.free_slots = sorted(self.free_slots + slots)
-                raise
-            seed = request.params.seed if request.params.seed is not None else self._seeds.getrandbits(63)
-            request.samples = [_Sample(self, request, i, slot, random.Random(f"{seed}:{i}"))
-                               for i, slot in enumerate(slots)]
-            self.running.extend(request.samples)
-            tokens = sample(logits.expand(len(slots), -1), [request.params] * len(slots),
-                            [self._uniform(s) for s in request.samples])
-            for s, token in zip(request.samples, tokens):
-                deltas.append(self._append(s, s.forced.popleft() if s.forced else token))
+                if not isinstance(e, Exception):
+                    raise  # the caller's abort() ends the request
+                self._fail(request, e, deltas)
+                continue
+            with self._isolated(request, deltas):
+                seed = request.params.seed if request.params.seed is not None else self._seeds.getrandbits(63)
+                request.samples = [_Sample(self, request, i, slot, random.Random(f"{seed}:{i}"))
+                                   for i, slot in enumerate(slots)]
+                self.running.extend(request.samples)
+                tokens = sample(logits.expand(len(slots), -1), [request.params] * len(slots),
+                                [self._uniform(s) for s in request.samples])
+                for s, token in zip(request.samples, tokens):
+                    deltas.append(self._append(s, s.forced.popleft() if s.forced else token))
+            if not request.samples:  # failed before its samples existed
+                self.free_slots = sorted(self.free_slots + slots)
 
     def _prefill(self, prompt_ids: list[int], slots: list[int]) -> torch.Tensor:
         """Logits [1, V] after the prompt, written once into slots[0] and copied to the other slots."""
@@ -372,6 +396,22 @@ class Engine:
     def _decode(self, deltas: list[Delta]) -> None:
         self._compact()
         batch = list(self.running)  # finishing samples leave self.running while we go through the batch
+        batch, logits = self._per_sample(batch, lambda b: self._forward(b, compiled=b is batch), torch.cat, deltas)
+        uniforms = [self._uniform(s) for s in batch]
+        rows = {id(s): i for i, s in enumerate(batch)}
+
+        def pick(b: list[_Sample]) -> list[int]:
+            i = [rows[id(s)] for s in b]
+            return sample(logits if b is batch else logits[i], [s.params for s in b], [uniforms[j] for j in i])
+
+        batch, tokens = self._per_sample(batch, pick, lambda parts: [t for p in parts for t in p], deltas)
+        for s, token in zip(batch, tokens):
+            if not s.out.finished():  # else its request failed through another of its samples
+                with self._isolated(s.request, deltas):
+                    deltas.append(self._append(s, s.forced.popleft() if s.forced else token))
+
+    def _forward(self, batch: list[_Sample], compiled: bool) -> torch.Tensor:
+        """Logits [B, V] after feeding each sample's last token at its position."""
         device = self.model.device
         span = max(s.position for s in batch) + 1
         self._reserve(span)
@@ -379,7 +419,7 @@ class Engine:
         positions = torch.tensor([[s.position] for s in batch], device=device)
         slots = torch.tensor([s.slot for s in batch], device=device)
         logits = None
-        if self._compiled is not None and all(s.slot == i for i, s in enumerate(batch)):  # slots 0..B-1
+        if compiled and self._compiled is not None and all(s.slot == i for i, s in enumerate(batch)):  # slots 0..B-1
             try:
                 logits = self._compiled(ids, positions, self.cache.k, self.cache.v, span).float()
             except Exception as e:  # noqa: BLE001 - a compiler problem must not end the requests
@@ -388,9 +428,26 @@ class Engine:
                 self._compiled = None  # the eager forward below rewrites the same cache positions
         if logits is None:
             logits = self.model(ids, positions=positions, cache=self.cache, slots=slots, last_only=True)[:, -1].float()
-        tokens = sample(logits, [s.params for s in batch], [self._uniform(s) for s in batch])
-        for s, token in zip(batch, tokens):
-            deltas.append(self._append(s, s.forced.popleft() if s.forced else token))
+        return logits
+
+    def _per_sample(self, batch: list[_Sample], fn, join, deltas: list[Delta]):
+        """(samples, fn(samples)) for the whole batch; if that raises, fn runs for each sample alone
+        (a fault one request causes, or a transient one, then fails only the requests that fail
+        alone) and the results of the samples that succeeded are joined."""
+        try:
+            return batch, fn(batch)
+        except Exception as e:  # noqa: BLE001
+            log.warning("phi4r: a batched step failed (%s: %s); retrying sample by sample", type(e).__name__, e)
+        kept, parts = [], []
+        for s in batch:
+            if s.out.finished():  # its request failed through another of its samples
+                continue
+            try:
+                parts.append(fn([s]))
+                kept.append(s)
+            except Exception as e:  # noqa: BLE001
+                self._fail(s.request, e, deltas)
+        return kept, join(parts) if parts else []
 
     @staticmethod
     def _uniform(s: _Sample) -> float:
@@ -423,6 +480,34 @@ class Engine:
         if old is not None:
             for new_t, old_t in zip(self.cache.k + self.cache.v, old.k + old.v):
                 new_t[:, :, :old.max_len] = old_t
+
+    # ---- faults
+    @contextmanager
+    def _isolated(self, request: _Request, deltas: list[Delta]):
+        """Run work for one request: an exception in it fails that request alone."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001
+            self._fail(request, e, deltas)
+
+    def _fail(self, request: _Request, error: Exception, deltas: list[Delta]) -> None:
+        """End `request` with finish_reason "error": its samples that have not had their final delta
+        leave the batch, their slots are freed, and each gets a final delta with the error."""
+        log.error("phi4r: request %s failed: %s: %s", request.id, type(error).__name__, error, exc_info=error)
+        message = f"{type(error).__name__}: {error}"
+        if request in self.waiting:
+            self.waiting.remove(request)
+        # A sample still running has not had its final delta, even if _finish got as far as its reason.
+        running = [s for s in request.samples if s in self.running]
+        for s in running:
+            self.running.remove(s)
+            self.free_slots.append(s.slot)
+        self.free_slots.sort()
+        unreported = {s.index for s in running}
+        for out in request.output.outputs:
+            if out.index in unreported or not out.finished():
+                out.finish_reason, out.error = "error", message
+                deltas.append(self._final_delta(request, out, Delta(request.id, out.index)))
 
     # ---- per-token bookkeeping
     def _append(self, s: _Sample, token: int) -> Delta:

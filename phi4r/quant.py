@@ -7,8 +7,9 @@ Decoding reads a quarter of the fp32 bytes.
 
 Int8Linear (weight-only): buffers `weight` (int8, [out, in], row-major as before: no repacking) and
 `scales`. Activations are not quantized. The matmul, for CPU activations in bf16 or fp32 and up to
-KERNEL_MAX_ROWS rows (decode), is phi4r's own AVX-512 kernel (phi4r/kernels: compiled on first use,
-~30 s once per machine; checked against the float reference; PHI4R_INT8_KERNEL=0 turns it off). It
+KERNEL_MAX_ROWS rows (decode), is phi4r's own AVX-512 kernel (phi4r/kernels: compiled once per machine,
+~30 s, in a child process while the torch path runs; checked against the float reference;
+PHI4R_INT8_KERNEL=0 turns it off). It
 converts the int8 weights exactly and accumulates in fp32 (bf16 activations: vdpbf16ps; fp32: FMA),
 returns x's dtype, and streams the weights at the memory bandwidth at batch 1 (~3x
 `_weight_int8pack_mm`). Otherwise (no kernel on this CPU, more rows, autograd) it is PyTorch's
@@ -77,7 +78,7 @@ class Int8Linear(nn.Module):
         if (not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu  # the kernel has no backward
                 and x.numel() <= KERNEL_MAX_ROWS * self.in_features):
             # torch.compile's graphs call the kernel through the dispatcher (an opaque op in the graph).
-            kernel = int8_kernel.op() if torch.compiler.is_compiling() else int8_kernel.linear()
+            kernel = int8_kernel.op() if torch.compiler.is_compiling() else int8_kernel.ready()
             if kernel is not None:
                 return kernel(x.contiguous(), self.weight, _kernel_scales(self.scales))
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
@@ -112,7 +113,7 @@ class W8A8Linear(nn.Module):
         if (not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu  # the kernel has no backward
                 and (W8A8_KERNEL_MAX_ROWS is None or x.numel() <= W8A8_KERNEL_MAX_ROWS * self.in_features)):
             # torch.compile's graphs call the kernel through the dispatcher (an opaque op in the graph).
-            kernel = w8a8_kernel.op() if torch.compiler.is_compiling() else w8a8_kernel.linear()
+            kernel = w8a8_kernel.op() if torch.compiler.is_compiling() else w8a8_kernel.ready()
             if kernel is not None:
                 return kernel(x.contiguous(), self.weight, self.comp, _kernel_scales(self.scales))
         return w8a8_reference(x, self.int8_weight(), self.scales)
@@ -141,7 +142,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear of `model` in place by an Int8Linear; returns the model."""
     _replace(model)
     if any(isinstance(m, Int8Linear) and m.weight.device.type == "cpu" for m in model.modules()):
-        int8_kernel.linear()  # compile (first time on this machine) and check the kernel now, not mid-request
+        int8_kernel.prepare()  # load it, or build it in a child process (the torch path until it is ready)
     return model
 
 
@@ -149,7 +150,7 @@ def quantize_w8a8(model: nn.Module) -> nn.Module:
     """Replace every bias-free nn.Linear of `model` in place by a W8A8Linear; returns the model."""
     _replace(model, W8A8Linear)
     if any(isinstance(m, W8A8Linear) and m.weight.device.type == "cpu" for m in model.modules()):
-        w8a8_kernel.linear()  # compile (first time on this machine) and check the kernel now, not mid-request
+        w8a8_kernel.prepare()  # load it, or build it in a child process (the torch path until it is ready)
     return model
 
 

@@ -16,6 +16,7 @@ impossible (tests/test_sampling.py checks a 20-token request alone and in a batc
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,8 @@ class LoopGuard:
     min_repeats: int = 4
 
     def __post_init__(self):
+        for name in ("max_period", "min_span", "min_repeats"):
+            _check_int(name, getattr(self, name))
         if self.max_period < 1 or self.min_span < 2 or self.min_repeats < 2:
             raise ValueError("LoopGuard needs max_period >= 1, min_span >= 2, min_repeats >= 2")
 
@@ -60,6 +63,18 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.loop_guard is True:
             self.loop_guard = LoopGuard()
+        if not isinstance(self.loop_guard, (bool, LoopGuard)):
+            raise ValueError(f"loop_guard must be a bool or a LoopGuard, got {self.loop_guard!r}")  # noqa: TRY004
+        for name in ("temperature", "top_p", "min_p"):
+            if getattr(self, name) is not None:
+                _check_float(name, getattr(self, name))
+        for name in ("n", "top_k", "seed", "max_tokens", "thinking_budget"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name))
+        for i, token in enumerate(self.stop_token_ids):
+            _check_int(f"stop_token_ids[{i}]", token)
+        if not all(isinstance(s, str) for s in self.stop):
+            raise ValueError("stop must be a string or a list of strings")
         checks = [
             (self.n >= 1, f"n must be >= 1, got {self.n}"),
             (self.temperature is None or self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
@@ -85,7 +100,25 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
+
+
+# Temperatures below this sample greedily (vLLM's rule): dividing logits by a smaller one can overflow
+# float32 to inf, whose softmax is NaN.
+GREEDY_BELOW = 1e-5
+INT64 = 2**63
+
+
+def _check_float(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _check_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004 - callers answer ValueError with a 400
+    if not -INT64 <= value < INT64:  # what torch tensors and seeds hold
+        raise ValueError(f"{name}={value} is out of range (a 64-bit integer)")
 
 
 # Without top-k, a nucleus (top-p) is looked for among this many most likely tokens; only a flatter
@@ -97,7 +130,10 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], uniforms: list[fl
     """One token per row of `logits` [B, V]. Greedy rows take the argmax; the others apply the
     temperature, keep the tokens that survive top-k, then top-p (on the top-k renormalised
     distribution), then min-p, as transformers does, and pick the token where the kept mass first
-    exceeds uniform * total. `params` must be resolved."""
+    exceeds uniform * total. `params` must be resolved. Raises ValueError for rows with NaN or +inf
+    logits (a broken model or input), which no rule can sample from."""
+    if logits.isnan().any() or logits.isposinf().any():
+        raise ValueError("the model's logits contain NaN or +inf")
     V = logits.shape[-1]
     tokens = [0] * len(params)
     greedy = [i for i, p in enumerate(params) if p.greedy]
@@ -128,7 +164,9 @@ def _sample_top_k(x: torch.Tensor, params: list[SamplingParams], u: torch.Tensor
     probs = values.masked_fill(torch.arange(values.shape[1]) >= ks[:, None], float("-inf")).softmax(-1)
     top_p = torch.tensor([p.top_p for p in params])[:, None]
     before = probs.cumsum(-1) - probs  # mass of the more likely tokens
-    probs = probs.masked_fill((before >= top_p) & (top_p < 1), 0.0)
+    drop = (before >= top_p) & (top_p < 1)
+    drop[:, 0] = False  # the most likely token always stays (a top_p too small for fp32 is greedy)
+    probs = probs.masked_fill(drop, 0.0)
     probs = probs.masked_fill(probs < torch.tensor([p.min_p for p in params])[:, None] * probs[:, :1], 0.0)
     return ids.gather(1, _inverse_cdf(probs, u)[:, None])[:, 0]
 
@@ -145,7 +183,7 @@ def _sample_vocab(x: torch.Tensor, params: list[SamplingParams], u: torch.Tensor
             top_p = params[r].top_p
             if top.sum() < top_p:  # the nucleus is wider than the candidates
                 top = probs[r].sort(descending=True).values
-            last = int((top.cumsum(0) - top < top_p).sum()) - 1
+            last = max(0, int((top.cumsum(0) - top < top_p).sum()) - 1)  # at least the most likely
             keep[r] = max(keep[r], top[last])
     if (keep > 0).any():
         probs = probs.masked_fill(probs < keep[:, None], 0.0)

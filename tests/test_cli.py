@@ -1,16 +1,22 @@
-"""`phi4r chat`, `phi4r generate` and `phi4r bench` from the command line, on a tiny random checkpoint.
+"""The command line: `phi4r chat`, `generate` and `bench` on a tiny random checkpoint, the shared
+model options, one-line errors for a user's mistakes, the loop guard's defaults.
 
 Commands run in subprocesses with no terminal (as in CI), so what they print is what a pipe gets.
 """
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from phi4r import __file__ as package_init
 from phi4r.api import LLM
-from phi4r.cli import main
+from phi4r.cli import build_parser, main
 from phi4r.sampling import SamplingParams
 from phi4r.tiny import make_checkpoint
 
@@ -22,10 +28,21 @@ def ck(tmp_path_factory):
     return str(make_checkpoint(tmp_path_factory.mktemp("ck"), seed=2))
 
 
-def phi4r(*args, stdin=None, timeout=120):
-    """Run the CLI with no terminal; threads=1 keeps a tiny model fast on a busy machine."""
-    return subprocess.run([sys.executable, "-m", "phi4r.cli", *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout, check=False, stdin=None if stdin is not None else subprocess.DEVNULL)
+def phi4r(*args, stdin=None, timeout=120, **popen):
+    """Run the CLI with no terminal, in its own process group, which is killed whole when the run ends
+    (a timeout, a failed test, a child it left behind)."""
+    proc = subprocess.Popen([sys.executable, "-m", "phi4r.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE, text=True,
+                            start_new_session=True, **popen)
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_help_is_instant_and_lists_every_command():
@@ -111,8 +128,9 @@ def test_generate_refuses_bad_input_naming_the_line(tmp_path, capsys):
     assert "line 2" in capsys.readouterr().err and not (tmp_path / "o.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_bench_smoke_prints_the_table(ck, tmp_path):
-    run = phi4r("bench", "--checkpoint", ck, "--batches", "1", "--dtypes", "fp32,int8", "--prompt-len", "8",
+    run = phi4r("bench", "--model", ck, "--batches", "1", "--dtypes", "fp32,int8", "--prompt-len", "8",
                 "--new-tokens", "3", "--threads", "1", "--out", str(tmp_path / "r.json"), timeout=300)
     assert run.returncode == 0, run.stderr
     assert "| engine | dtype | batch | prefill tok/s | decode tok/s | peak MB |" in run.stdout
@@ -123,3 +141,164 @@ def test_bench_smoke_prints_the_table(ck, tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["model"]["params"] > 0 and result["machine"]["read_gbps"] > 0
     assert all(r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["peak_mb"] > 0 for r in result["rows"])
+
+
+@pytest.mark.slow
+def test_bench_runs_from_an_installed_package(tmp_path):
+    # An installed wheel has the package alone: no benchmarks/ beside it, and the measurements run in
+    # child processes that must import that same copy.
+    site = tmp_path / "site"
+    shutil.copytree(Path(package_init).parent, site / "phi4r", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(site), "PHI4R_ATTENTION_KERNEL": "0"}  # the copy would rebuild it
+    run = phi4r("bench", "--model", "nano", "--batches", "1", "--dtypes", "fp32", "--prompt-len", "8",
+                "--new-tokens", "3", "--threads", "1", "--no-transformers", "--out", str(tmp_path / "r.json"),
+                env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["engine"], r["dtype"], r["batch"]) for r in result["rows"]] == [("phi4r", "fp32", 1)]
+    assert result["rows"][0]["path"] == str(site / "phi4r" / "assets" / "nano")
+    assert result["rows"][0]["decode_tok_s"] > 0
+
+
+def test_every_model_command_shares_the_model_options():
+    parser = build_parser()
+    for command, extra in {"chat": [], "generate": ["--input", "i", "--output", "o"], "serve": [],
+                           "eval": ["--tasks", "sat3", "--out", "d"]}.items():
+        args = parser.parse_args([command, *extra])
+        assert (args.model, args.dtype, args.quantization, args.threads, args.compile) == ("nano", None, None, None, None)
+        args = parser.parse_args([command, *extra, "--model", "m", "--dtype", "bfloat16", "--quantization", "int8",
+                                  "--threads", "2", "--compile"])
+        assert (args.model, args.dtype, args.quantization, args.threads, args.compile) == ("m", "bfloat16", "int8", 2, True)
+    bench = parser.parse_args(["bench", "--model", "nano", "--threads", "1", "--compile"])
+    assert (bench.model, bench.threads, bench.compile) == ("nano", 1, True)
+    assert parser.parse_args(["bench"]).model == "bench" and parser.parse_args(["bench", "--checkpoint", "d"]).model == "d"
+
+
+def test_eval_uses_the_nano_model_by_default(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["eval", "--tasks", "arithmetic", "--limit", "1", "--max-tokens", "8", "--out", str(out), "--quiet",
+                 "--no-plots", "--threads", "1"]) == 0
+    backend = json.loads((out / "summary.json").read_text())["settings"]["backend"]
+    assert backend.startswith("local:") and backend.split()[0].endswith(str(Path("assets") / "nano"))
+    assert "| metric | arithmetic |" in capsys.readouterr().out
+
+
+def test_loop_guard_flags_and_defaults():
+    parser = build_parser()
+    assert parser.parse_args(["chat"]).loop_guard is True and parser.parse_args(["chat", "--no-loop-guard"]).loop_guard is False
+    generate = ["generate", "--input", "i", "--output", "o"]
+    assert parser.parse_args(generate).loop_guard is False and parser.parse_args([*generate, "--loop-guard"]).loop_guard
+    serve = parser.parse_args(["serve"])
+    assert (serve.loop_guard, serve.reasoning_stream) == (False, "eager")
+    serve = parser.parse_args(["serve", "--loop-guard", "--reasoning-stream", "hold"])
+    assert (serve.loop_guard, serve.reasoning_stream) == (True, "hold")
+
+
+@pytest.mark.slow
+def test_chat_ends_a_greedy_loop_by_default():
+    # The nano model's greedy answer to "hi there" repeats one digit until the context ends.
+    stats = {}
+    for flag in ("--loop-guard", "--no-loop-guard"):
+        run = phi4r("chat", "--temperature", "0", "--max-tokens", "500", flag, "hi there")
+        assert run.returncode == 0, run.stderr
+        [(_, generated, reason)] = STATS.findall(run.stderr)
+        stats[flag] = int(generated), reason
+    assert stats["--no-loop-guard"] == (500, "length")
+    assert stats["--loop-guard"][1] == "repetition" and stats["--loop-guard"][0] < 500
+
+
+def run_main(argv):
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's errors
+        return e.code
+
+
+@pytest.fixture
+def mistakes(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.yaml").write_text("learning_rate: [\n")
+    (tmp_path / "in.jsonl").write_text('{"prompt": "ok"}\n{"prompt": "no newline"}')
+    missing = tmp_path / "missing"
+    return {"chat": [(["chat", ""], "empty prompt"),
+                     (["chat", "--model", str(missing), "hi"], "not a checkpoint directory"),
+                     (["chat", "--model", str(tmp_path / "empty"), "hi"], "config.json: missing"),
+                     (["chat", "--temperature", "hot", "hi"], "argument --temperature: 'hot' is not a number >= 0"),
+                     (["chat", "--max-tokens", "-3", "hi"], "'-3' is not a positive integer"),
+                     (["chat", "--top-p", "0", "hi"], "top_p must be in (0, 1]")],
+            "generate": [(["generate", "--input", str(missing), "--output", str(tmp_path / "o.jsonl")],
+                          f"No such file or directory: {missing}"),
+                         (["generate", "--input", "i", "--output", "o", "--n", "0"], "'0' is not a positive integer"),
+                         (["generate", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "in.jsonl")],
+                          "in.jsonl, line 1: not a line phi4r generate writes; refusing to add to this file"),
+                         (["generate", "--input", str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "o.jsonl")],
+                          "bad.yaml, line 1: not JSON")],
+            "serve": [(["serve", "--model", str(missing)], "not a checkpoint directory"),
+                      (["serve", "--port", "70000"], "'70000' is not a port number"),
+                      (["serve", "--reasoning-stream", "late"], "invalid choice: 'late'")],
+            "eval": [(["eval", "--tasks", "nosuchtask", "--out", str(tmp_path / "e")], "unknown task 'nosuchtask'"),
+                     (["eval", "--tasks", "sat3", "--runs", "0", "--out", str(tmp_path / "e")], "not a positive integer"),
+                     (["eval", "--tasks", "sat3", "--model", str(missing), "--out", str(tmp_path / "e")],
+                      "not a checkpoint directory")],
+            "bench": [(["bench", "--model", str(missing)], "not a checkpoint directory"),
+                      (["bench", "--dtypes", "fp64"], "unknown dtype 'fp64'"),
+                      (["bench", "--batches", "1,x"], "'x' is not a positive integer")],
+            "train sft": [(["train", "sft", "--tasks", "arithmetic", "--output-dir", str(tmp_path / "sft")],
+                           "say what to train: --model"),
+                          (["train", "sft", "--config", str(tmp_path / "bad.yaml")], "bad.yaml: not valid YAML"),
+                          (["train", "sft", "--max-steps", "many"], "max_steps: expected int, got 'many'")]}
+
+
+@pytest.mark.parametrize("command", ["chat", "generate", "serve", "eval", "bench", "train sft"])
+def test_a_users_mistake_is_one_line_and_a_failure(command, mistakes, tmp_path, capsys):
+    for argv, message in mistakes[command]:
+        status = run_main(argv)
+        err = capsys.readouterr().err
+        assert status != 0 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+        assert err.startswith(f"phi4r {command}: ") and message in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "empty", "in.jsonl"]  # nothing written
+    assert (tmp_path / "in.jsonl").read_text().endswith('"no newline"}')
+
+
+def test_mistakes_through_the_real_entry_point(tmp_path):
+    for args, line in ((["chat", ""], "phi4r chat: empty prompt\n"),
+                       (["train", "sft", "--output-dir", str(tmp_path / "sft")],
+                        "phi4r train sft: say what to train: --model CHECKPOINT (or --init-config SIZES --tokenizer DIR)\n")):
+        run = phi4r(*args)
+        assert (run.returncode, run.stdout, run.stderr) == (2, "", line)
+    assert not (tmp_path / "sft").exists()
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    from phi4r.commands import chat
+    from phi4r.checkpoint import CheckpointError
+
+    monkeypatch.setattr(chat, "_run", lambda args: json.loads("{"))  # a ValueError raised inside a library
+    with pytest.raises(json.JSONDecodeError):
+        main(["chat", "hi"])
+
+    def refuse(args):
+        raise CheckpointError("a refusal")
+    monkeypatch.setattr(chat, "_run", refuse)  # raised by the test, not by phi4r: still a bug here
+    with pytest.raises(CheckpointError):
+        main(["chat", "hi"])
+    monkeypatch.undo()
+    monkeypatch.setenv("PHI4R_DEBUG", "1")  # and phi4r's own refusals show their traceback on request
+    with pytest.raises(ValueError, match="empty prompt"):
+        main(["chat", ""])
+    assert capsys.readouterr().err == ""
+
+
+def test_start_up_says_what_takes_long_and_nothing_otherwise(ck, capfd):
+    import time
+
+    from phi4r.api import _said_if_slow
+
+    with _said_if_slow("quantizing", after=0.1):
+        time.sleep(0.4)
+    with _said_if_slow("prepacking", after=5):
+        pass
+    err = capfd.readouterr().err
+    assert re.fullmatch(r"phi4r: quantizing \.\.\.\nphi4r: quantizing: done in \d+ s\n", err), err
+    LLM(ck, max_num_seqs=1, threads=1)  # a small model loads in well under the 2 s before a bar appears
+    assert "loading" not in capfd.readouterr().err  # (a kernel build may still announce itself)

@@ -4,6 +4,8 @@ torch.compile, and the fallbacks.
 The first test run on a machine compiles the kernel (about 30 s; cached afterwards in torch's
 extensions directory).
 """
+from subprocess import Popen
+
 import pytest
 import torch
 
@@ -126,29 +128,31 @@ def test_fallbacks_use_the_python_path(kernel, monkeypatch):
     out = _decode_attention(q, keys, values, _visible(5, positions), lens)
     out.sum().backward()  # autograd: the Python path, which has a backward
     assert q.grad is not None
-    monkeypatch.setattr(attention, "_state", {"fn": None, "op": None})  # no kernel in this process
+    monkeypatch.setattr(attention.loader, "state", {"fn": None, "op": None})  # no kernel in this process
     assert _kernel_attention(q.detach(), keys, values, lens) is None
 
 
-def test_prepare_loads_a_build_or_builds_in_the_background(kernel, monkeypatch):
+def test_prepare_loads_a_build_or_builds_in_a_child_process(kernel, monkeypatch):
     started = []
-    monkeypatch.setattr(attention.subprocess, "Popen", lambda args, **kw: started.append((args, kw)))
-    monkeypatch.setattr(attention, "_state", {})
+    monkeypatch.setattr(build.subprocess, "Popen", lambda args, **kw: started.append((args, kw)) or Popen(["true"]))
+    monkeypatch.setattr(attention.loader, "state", {})
     assert build.is_built(attention.NAME, attention.SOURCE)  # the fixture built it
     attention.prepare()
     assert attention.ready() is not None and attention.op() is not None and not started
 
-    # A machine without the build: this process keeps the torch path, a detached process builds it.
-    monkeypatch.setattr(attention, "_state", {})
-    monkeypatch.setattr(build, "is_built", lambda name, source: False)
-    attention.prepare()
-    attention.prepare()  # decided: no second build
-    assert attention.ready() is None and attention.op() is None
+    # A machine without the build: this process keeps the torch path, a child process builds it.
+    monkeypatch.setattr(attention.loader, "state", {})
+    with monkeypatch.context() as m:
+        m.setattr(build, "record", lambda name, source: None)
+        attention.prepare()
+        attention.prepare()  # under way: no second build
+        assert attention.ready() is None and attention.op() is None
     [(args, kw)] = started
-    assert args[1:] == ["-m", "phi4r.kernels.attention"] and kw["start_new_session"]
+    assert args[1:4] == ["-m", "phi4r.kernels.build", "phi4r.kernels.attention"] and kw["start_new_session"]
     q, keys, values, positions, lens = case(2, 4, 2, 16, [3, 5], torch.float32)
     assert _kernel_attention(q, keys, values, lens) is None
-    assert attention.kernel() is kernel  # asked for it: built (here: loaded) in the foreground after all
+    attention.loader.state["next"] = 0.0  # the next poll finds the child's build (here: the fixture's)
+    assert attention.ready() is kernel and attention.op() is not None
 
 
 def test_an_edited_source_is_a_new_build(tmp_path):
@@ -161,7 +165,7 @@ def test_an_edited_source_is_a_new_build(tmp_path):
 
 def test_the_switch_off(kernel, monkeypatch):
     monkeypatch.setenv("PHI4R_ATTENTION_KERNEL", "0")
-    monkeypatch.setattr(attention, "_state", {})  # decide again: the environment now turns it off
+    monkeypatch.setattr(attention.loader, "state", {})  # decide again: the environment now turns it off
     assert attention.kernel() is None and attention.op() is None
 
 
@@ -179,5 +183,5 @@ def test_greedy_tokens_equal_without_the_kernel(kernel, tmp_path, monkeypatch):
                         lambda *a, f=model_mod._kernel_attention: calls.append(1) or f(*a))
     with_kernel = tokens()
     assert calls
-    monkeypatch.setattr(attention, "_state", {"fn": None, "op": None})
+    monkeypatch.setattr(attention.loader, "state", {"fn": None, "op": None})
     assert tokens() == with_kernel

@@ -363,3 +363,105 @@ def test_llm_threads_rule_counts_parameters_before_int8(ckpt, monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# ---- faults stay with their request
+GOOD = [greedy(max_tokens=10, ignore_eos=True), SamplingParams(n=2, seed=5, max_tokens=12, ignore_eos=True),
+        greedy(max_tokens=14, ignore_eos=True)]
+BAD_PROMPT = " ".join(PROMPTS)  # longer than the others: the only request that reaches its positions
+
+
+def _inject(engine, monkeypatch, where: str, bad_ids: list[int]):
+    """Make serving the request "bad" raise at `where` (from its third token on, once it runs)."""
+    def fault(*_):
+        raise RuntimeError(f"injected {where} fault")
+
+    def bad(s) -> bool:
+        return s.request.id == "bad" and len(s.tokens) >= 2
+    if where == "prefill":
+        real = engine._prefill
+        monkeypatch.setattr(engine, "_prefill", lambda ids, slots: fault() if ids == bad_ids else real(ids, slots))
+    elif where == "forward":  # in the batched forward: only the bad request's rows reach these positions
+        real_forward = engine.model.forward
+        monkeypatch.setattr(engine.model, "forward", lambda ids, positions=None, **kw: fault() if (
+            positions is not None and int(positions.max()) >= len(bad_ids) + 2) else real_forward(ids, positions, **kw))
+    elif where == "sample":
+        import phi4r.engine as engine_module
+        real_sample = engine_module.sample
+        monkeypatch.setattr(engine_module, "sample", lambda logits, params, u: fault() if any(
+            p.seed == 99 for p in params) else real_sample(logits, params, u))
+    elif where == "append":  # stop rules, detokenizing, the thinking budget: all per-token bookkeeping
+        real_append = engine._append
+        monkeypatch.setattr(engine, "_append", lambda s, t: fault() if bad(s) else real_append(s, t))
+    elif where == "finish":
+        real_finish = engine._finish
+        monkeypatch.setattr(engine, "_finish", lambda s, *a, **kw: fault() if s.request.id == "bad" else real_finish(s, *a, **kw))
+
+
+def _assert_idle(engine):
+    assert not engine.running and not engine.waiting and not engine.requests
+    assert engine.free_slots == list(range(engine.max_num_seqs))
+
+
+@pytest.mark.parametrize("where", ["prefill", "forward", "sample", "append", "finish"])
+def test_a_fault_serving_one_request_fails_it_alone(ckpt, monkeypatch, where):
+    engine = make_engine(ckpt, max_num_seqs=6)
+    prompts = [engine.tokenizer.encode(p) for p in PROMPTS[:3]]
+    expected, _ = run(engine, prompts, GOOD)
+    bad_ids = engine.tokenizer.encode(BAD_PROMPT)
+    _inject(engine, monkeypatch, where, bad_ids)
+    engine.add_request("bad", bad_ids, SamplingParams(n=2, seed=99, max_tokens=12, ignore_eos=True))
+    outs, deltas = run(engine, prompts, GOOD)
+    for out, ref in zip(outs, expected):  # every other request finishes as it does without the fault
+        assert [(o.token_ids, o.finish_reason) for o in out.outputs] == [(o.token_ids, "length") for o in ref.outputs]
+    failed = [d for d in deltas if d.request_id == "bad" and d.output is not None]
+    assert sorted(d.index for d in failed) == [0, 1] and failed[-1].request.finished
+    for d in failed:
+        assert d.finish_reason == d.output.finish_reason == "error"
+        assert d.output.error == f"RuntimeError: injected {where} fault"
+    _assert_idle(engine)
+    monkeypatch.undo()
+    again, _ = run(engine, prompts[:1], GOOD[:1])  # the engine keeps serving
+    assert again[0].outputs[0].token_ids == expected[0].outputs[0].token_ids
+
+
+def test_a_fault_outside_any_request_ends_the_running_ones_and_the_engine_keeps_serving(ckpt, monkeypatch):
+    engine = make_engine(ckpt, max_num_seqs=4)
+    prompts = [engine.tokenizer.encode(p) for p in PROMPTS[:3]]
+    expected, _ = run(engine, prompts, GOOD)
+    calls = []
+
+    def compact():  # fails once, in the middle of the requests
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected engine fault")
+    monkeypatch.setattr(engine, "_compact", compact)
+    outs, _ = run(engine, prompts, GOOD)
+    assert all(o.finish_reason == "error" and o.error == "RuntimeError: injected engine fault"
+               for out in outs for o in out.outputs)
+    _assert_idle(engine)
+    monkeypatch.undo()
+    again, _ = run(engine, prompts, GOOD)
+    assert [o.token_ids for out in again for o in out.outputs] == [o.token_ids for out in expected for o in out.outputs]
+
+
+@pytest.mark.parametrize("top_k", [0, 50])
+def test_a_tiny_top_p_samples_like_greedy(ckpt, top_k):
+    engine = make_engine(ckpt, max_num_seqs=4)
+    greedy_run, _ = run(engine, PROMPTS[:2], greedy(max_tokens=12, ignore_eos=True))
+    tiny = SamplingParams(temperature=1.0, top_p=1e-300, top_k=top_k, seed=3, max_tokens=12, ignore_eos=True)
+    outs, _ = run(engine, PROMPTS[:2], tiny)
+    assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in greedy_run]
+    _assert_idle(engine)
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=float("nan")), dict(top_p=float("inf")), dict(min_p=float("nan")),
+                                 dict(seed=2**70), dict(max_tokens=10**30), dict(stop_token_ids=[2**64])])
+def test_admission_refuses_out_of_range_values_set_after_construction(ckpt, bad):
+    engine = make_engine(ckpt)
+    params = greedy(max_tokens=4)
+    for k, v in bad.items():
+        setattr(params, k, v)
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        engine.add_request(None, [1, 2, 3], params)
+    assert not engine.has_unfinished()

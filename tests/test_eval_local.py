@@ -85,3 +85,25 @@ def test_local_evaluation_prompts_the_model_as_chat_does(llm, tmp_path):
         chat = llm.chat([{"role": "user", "content": instances[row["id"]].prompt}],
                         SamplingParams(temperature=0.0, max_tokens=24), use_tqdm=False)[0].outputs[0]
         assert row["text"] == chat.text, row["id"]
+
+
+def test_a_request_the_engine_fails_is_a_logged_error_and_the_run_goes_on(checkpoint, tmp_path, monkeypatch):
+    llm = LLM(checkpoint)  # its own engine: the fault is injected into it
+    engine, real = llm.engine, llm.engine._prefill
+    first_prompt = {}
+
+    def prefill(ids, slots):
+        first_prompt.setdefault("ids", ids)
+        if ids == first_prompt["ids"]:
+            raise RuntimeError("injected fault")
+        return real(ids, slots)
+
+    monkeypatch.setattr(engine, "_prefill", prefill)
+    result = run_eval(LocalBackend(llm), ["arithmetic"], tmp_path / "ev", runs=1, limit=3,
+                      sampling={"temperature": 0.0, "max_tokens": 8}, progress=False, plots=False)
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()]
+    failed = [r for r in rows if r.get("error")]
+    assert len(rows) == 3 and len(failed) == 1
+    assert "injected fault" in failed[0]["error"] and failed[0]["score"] == 0
+    assert all(r["finish_reason"] in ("stop", "length") for r in rows if not r.get("error"))
+    assert result["metrics"]["overall"]["errors"] == 1

@@ -65,11 +65,11 @@ def test_int8_linear_uses_the_kernel_and_agrees_with_the_torch_path(kernel, monk
     q = Int8Linear(lin.weight)
     x = torch.randn(2, 3, 200).to(torch.bfloat16)
     calls = []
-    monkeypatch.setattr(int8, "linear", lambda: lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(int8, "ready", lambda: lambda *a: calls.append(1) or kernel(*a))
     with torch.no_grad():
         got = q(x)
     assert calls and got.shape == (2, 3, 96) and got.dtype == torch.bfloat16
-    monkeypatch.setattr(int8, "linear", lambda: None)
+    monkeypatch.setattr(int8, "ready", lambda: None)
     with torch.no_grad():
         fallback = q(x)
     # The torch path rounds to bf16 twice (GEMM result, then times the scale); the kernel once.
@@ -87,7 +87,7 @@ def test_greedy_tokens_equal_the_torch_path(kernel, tmp_path, monkeypatch):
 
     _, with_kernel = tokens()
     monkeypatch.setenv("PHI4R_INT8_KERNEL", "0")
-    monkeypatch.setattr(int8, "_state", {})  # decide again: the environment now turns it off
+    monkeypatch.setattr(int8.loader, "state", {})  # decide again: the environment now turns it off
     assert int8.linear() is None
     llm, without = tokens()
     # Equal, except that the two paths round differently (the torch path twice), so a greedy pick may

@@ -125,9 +125,9 @@ def test_merge_lora_command_errors(ckpt, trained, tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
-    assert main(["merge-lora", str(ckpt), str(trained / "final"), str(taken)]) == 1
+    assert main(["merge-lora", str(ckpt), str(trained / "final"), str(taken)]) == 2
     assert (taken / "keep.txt").read_text() == "mine"  # nothing overwritten
-    assert main(["merge-lora", str(ckpt), str(ckpt), str(tmp_path / "out")]) == 1  # a checkpoint, not an adapter
+    assert main(["merge-lora", str(ckpt), str(ckpt), str(tmp_path / "out")]) == 2  # a checkpoint, not an adapter
     err = capsys.readouterr().err
     assert "not empty" in err and "adapter_config.json" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()

@@ -20,9 +20,15 @@ def test_unset_fields_take_generation_config_then_neutral_defaults():
 
 
 @pytest.mark.parametrize("bad", [dict(n=0), dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2),
-                                 dict(min_p=2), dict(max_tokens=0), dict(thinking_budget=-1)])
-def test_invalid_params_are_refused(bad):
-    with pytest.raises(ValueError):
+                                 dict(min_p=2), dict(max_tokens=0), dict(thinking_budget=-1),
+                                 dict(temperature=float("nan")), dict(temperature=float("inf")),
+                                 dict(top_p=float("nan")), dict(min_p=float("-inf")), dict(top_p="0.5"),
+                                 dict(n=2**64), dict(seed=-2**64), dict(top_k=2**63), dict(max_tokens=1.5),
+                                 dict(thinking_budget=True), dict(stop_token_ids=[1, 2**70]), dict(stop=["a", 3]),
+                                 dict(loop_guard="yes")])
+def test_invalid_params_are_refused_naming_the_field(bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
         SamplingParams(**bad)
 
 
@@ -123,3 +129,21 @@ def test_a_uniform_that_rounds_to_one_still_picks_a_kept_token():
     logits = torch.tensor([[0.0, 5.0, -1e9, 4.0, -1e9]])  # the last token has no mass
     for p in (_params(temperature=1.0), _params(temperature=1.0, top_k=2), _params(temperature=1.0, min_p=0.5)):
         assert sample(logits, [p], [1 - 2 ** -30])[0] in (1, 3)
+
+
+@pytest.mark.parametrize("kw", [dict(top_p=1e-300), dict(top_p=1e-300, top_k=3), dict(top_p=1e-9, min_p=0.5),
+                                dict(temperature=1e-300), dict(temperature=1e-6, top_k=2)])
+def test_a_tiny_top_p_or_temperature_keeps_only_the_most_likely_token(kw):
+    torch.manual_seed(1)
+    logits = torch.randn(3, 300) * 3
+    best = logits.argmax(-1).tolist()
+    params = _params(**{"temperature": 1.0, **kw})
+    for u in (0.0, 0.5, 1 - 2 ** -30):
+        assert sample(logits, [params] * 3, [u] * 3) == best
+
+
+def test_non_finite_logits_are_an_error_not_a_token():
+    logits = torch.zeros(2, 10)
+    logits[1, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        sample(logits, [_params(temperature=0)] * 2, [0.5, 0.5])

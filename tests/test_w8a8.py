@@ -129,20 +129,20 @@ def test_forward_uses_the_kernel_and_agrees_with_the_torch_path(kernel, monkeypa
     mod = W8A8Linear(torch.randn(96, 200))
     x = torch.randn(2, 3, 200).to(torch.bfloat16)
     calls = []
-    monkeypatch.setattr(w8a8, "linear", lambda: lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(w8a8, "ready", lambda: lambda *a: calls.append(1) or kernel(*a))
     with torch.no_grad():
         got = mod(x)
         assert calls
-        monkeypatch.setattr(w8a8, "linear", lambda: None)
+        monkeypatch.setattr(w8a8, "ready", lambda: None)
         fallback = mod(x)
         big = torch.randn(300, 200)  # many rows (a prefill) take the kernel too
-        monkeypatch.setattr(w8a8, "linear", lambda: kernel)
+        monkeypatch.setattr(w8a8, "ready", lambda: kernel)
         assert torch.equal(mod(big), w8a8_reference(big, mod.int8_weight(), mod.scales))
     ref = exact(x, mod.int8_weight(), mod.scales).reshape(2, 3, 96)
     assert ((got.double() - fallback.double()).abs() <= rounding(torch.bfloat16) * ref.abs() + 1e-30).all()
     x.requires_grad_(True)  # autograd: the torch path (the kernel has no backward)
     calls.clear()
-    monkeypatch.setattr(w8a8, "linear", lambda: lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(w8a8, "ready", lambda: lambda *a: calls.append(1) or kernel(*a))
     assert torch.equal(mod(x).detach(), fallback) and not calls
 
 
@@ -178,7 +178,7 @@ def test_fallback_without_the_kernel_gives_the_same_outputs(kernel, ckpt, monkey
     with_kernel = logits(llm, PROMPTS)
     tokens = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
     monkeypatch.setenv("PHI4R_W8A8_KERNEL", "0")
-    monkeypatch.setattr(w8a8, "_state", {})  # decide again: the environment now turns it off
+    monkeypatch.setattr(w8a8.loader, "state", {})  # decide again: the environment now turns it off
     assert w8a8.linear() is None and w8a8.op() is None
     llm = LLM(str(ckpt), quantization="w8a8", max_num_seqs=4, threads=1)
     without = logits(llm, PROMPTS)

@@ -77,7 +77,9 @@ class ChatView:
         out = final.output
         if not self.in_answer:
             self._close_thinking(out.reasoning_tokens)
-            if THINK_END not in out.text:  # the thinking never closed
+            if out.finish_reason == "error":
+                self._write("answer", f"[no answer: the engine failed on this request: {out.error}]")
+            elif THINK_END not in out.text:  # the thinking never closed
                 self._write("answer", f"[no answer: stopped while thinking, finish_reason={out.finish_reason}]")
         self._end_line()
         elapsed = time.perf_counter() - (self.first_token or self.start)

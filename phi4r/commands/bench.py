@@ -1,38 +1,49 @@
-"""`phi4r bench`: the engine benchmark (benchmarks/bench_engine.py) from the command line.
+"""`phi4r bench`: the engine benchmark (phi4r/bench.py) from the command line.
 
-    phi4r bench                                   # full grid: fp32/bf16/int8 x batch 1,4,16,64, vs transformers
+    phi4r bench                                   # full grid: fp32/bf16/int8/w8a8 x batch 1,4,16,64, vs transformers
     phi4r bench --batches 1,16 --dtypes fp32,int8 --new-tokens 32 --out results.json
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
+import argparse
 from pathlib import Path
 
-# The benchmark lives in the source tree, next to the other benchmarks, not in the installed package.
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_engine.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_engine", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # cheap: the script imports torch only when it runs
-    return module
+from ._options import add_model_args, int_list, positive_int
 
 
 def register(subparsers) -> None:
-    help_text = "benchmark the engine: prefill/decode tokens/s and memory vs transformers and the roofline"
-    if not SCRIPT.is_file():
-        p = subparsers.add_parser("bench", help=help_text, description=__doc__.split("\n")[0])
-        p.set_defaults(func=_missing)
-        return
-    script = _load_script()
-    p = subparsers.add_parser("bench", help=help_text, description=script.__doc__.split("\n")[0],
-                              epilog="See benchmarks/bench_engine.py and docs/BENCHMARKS.md.")
-    script.add_arguments(p)
-    p.set_defaults(func=script.run)
+    from phi4r import bench
+
+    p = subparsers.add_parser("bench", help="benchmark the engine: prefill/decode tokens/s and memory vs transformers "
+                                            "and the roofline", description=bench.__doc__.split("\n")[0],
+                              epilog="See phi4r/bench.py and docs/BENCHMARKS.md.")
+    add_model_args(p, precision=False, default=bench.BENCH_MODEL,
+                   help=f"'{bench.BENCH_MODEL}' (a Phi-4-shaped 250M random checkpoint, made in "
+                        f"{bench.DEFAULT_CHECKPOINT} on first use), 'nano' or a checkpoint directory [{bench.BENCH_MODEL}]")
+    p.add_argument("--checkpoint", dest="model", help=argparse.SUPPRESS)  # the flag's former name
+    p.add_argument("--batches", type=int_list, default=[1, 4, 16, 64], help="batch sizes [1,4,16,64]")
+    p.add_argument("--dtypes", type=_dtypes, default=list(bench.DTYPES),
+                   help=f"{','.join(bench.DTYPES)}: weights and activations of each row (int8: weight-only int8, "
+                        "w8a8: int8 weights and activations) [all]")
+    p.add_argument("--prompt-len", type=positive_int, default=128, help="prompt tokens per sequence [128]")
+    p.add_argument("--new-tokens", type=positive_int, default=64, help="decode steps timed per sequence [64]")
+    p.add_argument("--repeats", type=positive_int, default=1, help="timed runs per measurement; the best counts [1]")
+    p.add_argument("--no-transformers", dest="transformers", action="store_false", help="phi4r only")
+    p.add_argument("--out", type=Path, help="also write every number to this JSON file")
+    p.set_defaults(func=_run)
 
 
-def _missing(args) -> int:
-    print(f"phi4r bench: {SCRIPT} not found; the benchmark runs from a source checkout of phi4r", file=sys.stderr)
-    return 1
+def _dtypes(text: str) -> list[str]:
+    from phi4r.bench import DTYPES
+
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in names if n not in DTYPES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown dtype {(unknown or [text])[0]!r}; choose from {','.join(DTYPES)}")
+    return names
+
+
+def _run(args) -> int:
+    from phi4r.bench import run
+
+    return run(args)

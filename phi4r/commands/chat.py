@@ -22,7 +22,7 @@ def register(subparsers) -> None:
                               description=__doc__.split("\n")[0], epilog=EPILOG)
     p.add_argument("prompt", nargs="?", help="answer this one prompt and exit [interactive chat]")
     add_model_args(p)
-    add_sampling_args(p)
+    add_sampling_args(p, loop_guard=True)
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--fold-thinking", action="store_const", dest="thinking", const="fold",
                        help="show the thinking live in a small window, then fold it to one line")
@@ -34,14 +34,10 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from ._chat_view import ChatView
 
-    try:
-        params = sampling_params(args)
-    except ValueError as e:
-        print(f"phi4r chat: {e}", file=sys.stderr)
-        return 2
-    llm = load_llm(args, "chat", max_num_seqs=1)
-    if llm is None:
-        return 1
+    if args.prompt is not None and not args.prompt.strip():
+        raise ValueError("empty prompt")
+    params = sampling_params(args)
+    llm = load_llm(args, "chat", max_num_seqs=1, seed=args.seed)
     view = ChatView(mode=args.thinking)
     if args.prompt is not None:
         return 0 if _answer(llm, view, [{"role": "user", "content": args.prompt}], params, args) is not None else 1

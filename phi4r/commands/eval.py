@@ -11,13 +11,11 @@ from __future__ import annotations
 import os
 import sys
 
+from ._options import add_model_args, add_sampling_args, count, int_list, load_llm, number, positive_int
+
 EPILOG = ("Sampling defaults: a local model's generation_config.json; the card's temperature 0.8, top_p 0.95, "
           "top_k 50 for an endpoint. System prompt: the checkpoint's (local) or Phi-4-reasoning's (endpoint). "
           "Writes samples.jsonl (resumable log), report.md, summary.json and plots/*.png into --out.")
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def _pairs(text: str) -> dict[str, str]:
@@ -28,34 +26,27 @@ def _pairs(text: str) -> dict[str, str]:
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a model on the task suite (mean ± std over runs, best/worst-of-N, "
                                            "majority vote, pass@k)", description=__doc__.split("\n")[0], epilog=EPILOG)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="'nano', a checkpoint directory, or 'teacher' (each task's teacher trace)")
+    src = p.add_mutually_exclusive_group()
+    add_model_args(p, group=src, help="'nano' (the shipped model), a checkpoint directory, or 'teacher' (each "
+                                      "task's teacher trace) [nano]")
     src.add_argument("--endpoint", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="endpoint key [$OPENAI_API_KEY]")
     p.add_argument("--served-model", help="the endpoint's model name [the first one it lists]")
     p.add_argument("--tasks", required=True,
                    help="comma-separated task names; 'all' = every generated task plus those given --data")
-    p.add_argument("--difficulty", type=_ints, help="levels to generate, e.g. 1,2,3 (--limit instances each) [all, cycled]")
-    p.add_argument("--runs", type=int, default=1, help="samples per instance [1]")
-    p.add_argument("--limit", type=int, help="instances per generated task (per level) [10]; records per file [all]")
-    p.add_argument("--seed", type=int, default=0, help="instance generation and sampling seed [0]")
+    p.add_argument("--difficulty", type=int_list, help="levels to generate, e.g. 1,2,3 (--limit instances each) [all, cycled]")
+    p.add_argument("--runs", type=positive_int, default=1, help="samples per instance [1]")
+    p.add_argument("--limit", type=positive_int, help="instances per generated task (per level) [10]; records per file [all]")
     p.add_argument("--data", type=_pairs, default={}, help="files of published benchmarks: aime=PATH,gpqa=PATH,...")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--max-tokens", type=int)
-    p.add_argument("--thinking-budget", type=int, help="reasoning tokens before </think> is forced")
-    p.add_argument("--greedy", action="store_true", help="temperature 0")
-    p.add_argument("--system-prompt", help="replaces the default system prompt ('' for none)")
+    add_sampling_args(p, default=0, help="instance generation and sampling seed [0]").add_argument(
+        "--greedy", action="store_true", help="temperature 0")
     p.add_argument("--out", required=True, help="output directory (resumes the evaluation it holds)")
-    p.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight [8]")
-    p.add_argument("--retries", type=int, default=5, help="endpoint retries of a transient failure [5]")
-    p.add_argument("--timeout", type=float, default=3600.0, help="endpoint seconds per request [3600]")
-    p.add_argument("--dtype", help="local model dtype [the checkpoint's]")
-    p.add_argument("--quantization", choices=["int8", "w8a8"],
-                   help="local model quantization: int8 weight-only, or w8a8 (int8 weights and activations)")
-    p.add_argument("--max-num-seqs", type=int, default=16, help="local engine samples in flight [16]")
-    p.add_argument("--max-model-len", type=int, help="local engine context [the model's]")
+    p.add_argument("--concurrency", type=positive_int, default=8, help="endpoint requests in flight [8]")
+    p.add_argument("--retries", type=count, default=5, help="endpoint retries of a transient failure [5]")
+    p.add_argument("--timeout", type=number(float, 0.001, "a positive number of seconds"), default=3600.0,
+                   help="endpoint seconds per request [3600]")
+    p.add_argument("--max-num-seqs", type=positive_int, default=16, help="local engine samples in flight [16]")
+    p.add_argument("--max-model-len", type=positive_int, help="local engine context [the model's]")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -69,8 +60,8 @@ def _backend(args):
                                concurrency=args.concurrency, retries=args.retries, timeout=args.timeout)
     if args.model == "teacher":
         return TeacherBackend()
-    return LocalBackend(args.model, dtype=args.dtype, quantization=args.quantization,
-                        max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len)
+    llm = load_llm(args, "eval", max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len)
+    return LocalBackend(llm, quantization=args.quantization)
 
 
 def _tasks(args) -> list[str]:
@@ -79,20 +70,23 @@ def _tasks(args) -> list[str]:
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if names == ["all"]:
         return list_tasks(procedural=True) + sorted(args.data)
-    return [get_task(name).name for name in names]  # unknown names fail before a model is loaded
+    try:
+        return [get_task(name).name for name in names]  # unknown names fail before a model is loaded
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None  # its message, without KeyError's quotes
 
 
 def _run(args) -> int:
-    from ..evals import BackendError, EvalConfigError, run_eval
+    from ..evals import BackendError, run_eval
     from ..evals.report import main_table
+    from ..sandbox import SandboxError
 
     if args.greedy and args.temperature not in (None, 0):
-        print("error: --greedy and --temperature contradict each other", file=sys.stderr)
-        return 2
+        raise ValueError("--greedy and --temperature contradict each other")
     sampling = {"temperature": 0.0 if args.greedy else args.temperature, "top_p": args.top_p, "top_k": args.top_k,
                 "max_tokens": args.max_tokens, "thinking_budget": args.thinking_budget}
+    tasks = _tasks(args)
     try:
-        tasks = _tasks(args)
         summary = run_eval(_backend(args), tasks, args.out, runs=args.runs, limit=args.limit, seed=args.seed,
                            difficulty=args.difficulty, data=args.data, sampling=sampling,
                            system_prompt=args.system_prompt, progress=not args.quiet, plots=not args.no_plots)
@@ -104,8 +98,8 @@ def _run(args) -> int:
         print(f"\ninterrupted: the samples finished so far are saved in {args.out}/samples.jsonl; run the same "
               "command again to resume.", file=sys.stderr)
         return 130
-    except (EvalConfigError, KeyError, ValueError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+    except SandboxError as e:  # a code task on a machine that cannot isolate model-written code
+        print(f"phi4r eval: {e}", file=sys.stderr)
         return 2
     print(main_table(summary))
     print(f"\nreport: {os.path.join(args.out, 'report.md')}")

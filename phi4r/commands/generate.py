@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._options import add_model_args, add_sampling_args, load_llm, sampling_params
+from ._options import add_model_args, add_sampling_args, load_llm, positive_int, sampling_params
 
 EPILOG = ("Resuming: prompts whose id is already in --output are skipped, so an interrupted run continues "
           "where it stopped (with --seed, a resumed run gives the same samples as an uninterrupted one).")
@@ -32,18 +32,22 @@ def register(subparsers) -> None:
                               description=__doc__.split("\n")[0], epilog=EPILOG)
     p.add_argument("--input", required=True, help="JSONL: {\"prompt\": ...} or {\"messages\": [...]} per line")
     p.add_argument("--output", required=True, help="JSONL written as prompts finish (resumed if it exists)")
-    p.add_argument("--n", type=int, default=1, help="samples per prompt [1]")
-    p.add_argument("--max-num-seqs", type=int, default=16, help="samples generated together [16]")
+    p.add_argument("--n", type=positive_int, default=1, help="samples per prompt [1]")
+    p.add_argument("--max-num-seqs", type=positive_int, default=16, help="samples generated together [16]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
-    add_sampling_args(p)
+    add_sampling_args(p, loop_guard=False)
     p.set_defaults(func=_run)
 
 
 def read_prompts(path: Path) -> list[dict]:
     """Input records with an "id" each; raises InputError naming the bad line."""
     records, seen = [], set()
-    for number, line in enumerate(path.read_text().splitlines()):
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    for number, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
         where = f"{path}, line {number + 1}"
@@ -63,14 +67,24 @@ def read_prompts(path: Path) -> list[dict]:
 
 
 def finished_ids(path: Path) -> set:
-    """Ids already in the output; a last line cut short by a crash is removed so appending stays valid JSONL."""
+    """Ids already in the output; a last line cut short by a crash is removed so appending stays valid JSONL.
+    A file this command did not write (the input given as --output, say) is refused untouched."""
     if not path.exists():
         return set()
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[:data.rfind(b"\n") + 1]
-        path.write_bytes(data)
-    return {json.loads(line)["id"] for line in data.decode().splitlines() if line.strip()}
+    complete, ids = data[:data.rfind(b"\n") + 1], set()
+    for number, line in enumerate(complete.decode(errors="replace").splitlines()):
+        try:
+            record = json.loads(line) if line.strip() else {"id": None, "outputs": None}
+            if not isinstance(record, dict) or not {"id", "outputs"} <= record.keys():
+                raise ValueError
+            ids.add(record["id"])
+        except (ValueError, TypeError):
+            raise InputError(f"{path}, line {number + 1}: not a line phi4r generate writes; refusing to add to "
+                             "this file") from None
+    if complete != data:
+        path.write_bytes(complete)
+    return ids - {None}
 
 
 def _request_seed(seed: int, record_id) -> int:
@@ -91,21 +105,15 @@ def _run(args) -> int:
     from tqdm.auto import tqdm
 
     output = Path(args.output)
-    try:
-        params = sampling_params(args, n=args.n)
-        records = read_prompts(Path(args.input))
-        done = finished_ids(output)
-    except (OSError, ValueError) as e:  # InputError and bad sampling flags are ValueErrors
-        print(f"phi4r generate: {e}", file=sys.stderr)
-        return 2
+    params = sampling_params(args, n=args.n)
+    records = read_prompts(Path(args.input))
+    done = finished_ids(output)
     todo = [r for r in records if r["id"] not in done]
     if done:
         print(f"resuming: {len(records) - len(todo)} of {len(records)} prompts already in {output}", file=sys.stderr)
     if not todo:
         return 0
-    llm = load_llm(args, "generate", max_num_seqs=max(args.max_num_seqs, args.n))
-    if llm is None:
-        return 1
+    llm = load_llm(args, "generate", max_num_seqs=max(args.max_num_seqs, args.n), seed=args.seed)
     engine, tokenizer = llm.engine, llm.tokenizer
     pending, failed = {}, 0
     for record in todo:

@@ -29,21 +29,17 @@ def _run(args) -> int:
     from phi4r.tokenizer import Tokenizer
     from phi4r.train.checkpointing import save_model_dir
 
-    try:
-        base = hf.resolve_model_path(args.base)
-        out = Path(args.out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ValueError(f"{out}: already exists and is not empty; OUT must be a new directory")
-        print(f"merge-lora: loading {base}", file=sys.stderr)
-        model, tokenizer = hf.load(base, dtype=args.dtype)
-        config = lora.load_adapter(model, args.adapter)
-        n = len(lora.lora_modules(model))
-        lora.merge(model)
-        if (Path(args.adapter) / "tokenizer.json").is_file():
-            tokenizer = Tokenizer.from_dir(args.adapter)
-        save_model_dir(out, model, tokenizer, hf.read_generation_config(base) or None)
-    except (hf.CheckpointError, ValueError, OSError) as e:
-        print(f"phi4r merge-lora: {e}", file=sys.stderr)
-        return 1
+    base = hf.resolve_model_path(args.base)  # refusals are ValueErrors: cli.main prints them as one line
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: already exists and is not empty; OUT must be a new directory")
+    print(f"merge-lora: loading {base}", file=sys.stderr)
+    model, tokenizer = hf.load(base, dtype=args.dtype)
+    config = lora.load_adapter(model, args.adapter)
+    n = len(lora.lora_modules(model))
+    lora.merge(model)
+    if (Path(args.adapter) / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_dir(args.adapter)
+    save_model_dir(out, model, tokenizer, hf.read_generation_config(base) or None)
     print(f"merge-lora: {n} layers merged (r={config.r}, scaling {config.scaling:g}) into {out}", file=sys.stderr)
     return 0

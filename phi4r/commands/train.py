@@ -32,9 +32,20 @@ def register(subparsers) -> None:
 
 
 def _resolve(args):
+    import json
+
+    import yaml
+
     from ..train.config import from_args
 
-    return from_args(args.config_class, args)
+    try:
+        return from_args(args.config_class, args)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{args.config}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except yaml.YAMLError as e:  # its text spans several lines: name the problem and where
+        mark = getattr(e, "problem_mark", None)
+        raise ValueError(f"{args.config}: not valid YAML ({getattr(e, 'problem', e)}"
+                         f"{f', line {mark.line + 1}' if mark else ''})") from None
 
 
 def _tokenizer(args) -> int:

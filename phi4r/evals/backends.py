@@ -164,6 +164,9 @@ class LocalBackend:
                         if out.finish_reason == "abort":  # not an answer: never grade it
                             raise BackendError(f"the engine aborted request {delta.request_id}")
                         left -= 1
+                        if out.finish_reason == "error":  # this request failed alone: scored wrong, logged
+                            yield by_index[delta.index], Completion.failed(f"engine error: {out.error}")
+                            continue
                         yield by_index[delta.index], Completion(
                             out.reasoning, out.content, out.finish_reason, len(out.token_ids), out.reasoning_tokens,
                             out.text, max_tokens=budgets.get(delta.request_id))

@@ -8,26 +8,18 @@ cannot be used here, with one logged warning saying why (see build.py), except f
 PHI4R_ATTENTION_KERNEL=0 (asked for), or when a numerical probe against the float reference disagrees.
 The op is also `torch.ops.phi4r.decode_attention` (`op()`) with a shape function, for torch.compile.
 
-Any model gets faster with it, so the engine uses it without being asked; but the first build takes
-half a minute, which a first `phi4r chat` must not wait for. So `prepare()` (the engine's call) loads
-a build this machine already has and otherwise starts building it in a detached, niced process for the
-next run, and this process decodes with the torch path. `kernel()` builds in the foreground (torch.compile's
-users, who wait for compiling anyway, and the tests); `python -m phi4r.kernels.attention` builds it.
+Any model gets faster with it, so the engine uses it without being asked (`prepare()`), but a first
+`phi4r chat` must not wait for its build: see build.py (a child process builds it, this process decodes
+with the torch path until `ready()` returns it; a compiled engine and the tests wait, bounded, with
+`kernel()`; `python -m phi4r.kernels.attention` builds it).
 """
 from __future__ import annotations
 
-import logging
-import os
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import torch
 
 from . import build
-
-log = logging.getLogger(__name__)
 
 NAME = "phi4r_decode_attention"
 SOURCE = Path(__file__).with_name("decode_attention.cpp")
@@ -35,55 +27,13 @@ REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512_bf16")
 FALLBACK = "using the slower torch attention"
 DTYPES = (torch.float32, torch.bfloat16)
 
-_lock = threading.Lock()
-_state: dict = {}  # "fn": the kernel or None once decided
-
-
-def kernel():
-    """The checked kernel function, or None (decided once per process)."""
-    return build.decide(_state, _lock, _load, "decode_attention", _fake, "attention kernel")
-
-
-def ready():
-    """The kernel if this process has decided on it already, else None (never builds)."""
-    return _state.get("fn")
-
-
-def prepare() -> None:
-    """Load the kernel when this machine has a build of it; else build it in a background process for
-    the processes after this one (this one keeps the torch path: `ready()` stays None)."""
-    if "fn" in _state or "building" in _state or os.environ.get("PHI4R_ATTENTION_KERNEL", "1") == "0":
-        return
-    if build.is_built(NAME, SOURCE):
-        kernel()
-        return
-    with _lock:
-        if "fn" not in _state and "building" not in _state:
-            _state["building"] = True  # elsewhere; a kernel() call still builds here (and waits for that one)
-            try:
-                subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)  # outlives this process
-            except OSError as e:
-                log.warning("phi4r attention kernel: cannot start its build (%s); %s", e, FALLBACK)
-
-
-def op():
-    """The same kernel as the dispatcher op (for torch.compile's graphs), or None; valid after
-    `kernel()` was called."""
-    return _state.get("op")
-
-
-def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    return q.is_cpu and q.dtype in DTYPES and k.dtype == v.dtype == q.dtype and q.shape[-1] % 16 == 0
-
 
 def _fake(q, k, v, lengths, scale):
     return q.new_empty(q.shape)
 
 
-def _load():
-    return build.load_checked(
-        "PHI4R_ATTENTION_KERNEL", NAME, SOURCE, REQUIRED_FLAGS, "attention kernel", FALLBACK, "decode_attention", _probe)
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    return q.is_cpu and q.dtype in DTYPES and k.dtype == v.dtype == q.dtype and q.shape[-1] % 16 == 0
 
 
 def reference(q, k, v, lengths, scale):
@@ -118,6 +68,10 @@ def _probe(fn) -> str | None:
     return None
 
 
-if __name__ == "__main__":  # prepare()'s background build: niced, so that it never slows a decode
-    os.nice(10)
-    kernel()
+loader = build.Loader("phi4r.kernels.attention", NAME, SOURCE, REQUIRED_FLAGS, "attention kernel", FALLBACK,
+                      "PHI4R_ATTENTION_KERNEL", "decode_attention", _probe, _fake)
+# get: waits (bounded) for the build; prepare, ready: never wait (see build.py); op: for torch.compile's graphs
+kernel, prepare, ready, op = loader.get, loader.prepare, loader.ready, loader.op
+
+if __name__ == "__main__":
+    raise SystemExit(0 if kernel() is not None else 1)

@@ -1,6 +1,7 @@
 """Loader of the int8 linear kernel (int8_linear.cpp): compiled on first use, checked, or None.
 
-`linear()` returns the kernel's function `int8_linear(x, weight, scales)` (x [..., K] bf16 or fp32
+`linear()` (waiting, bounded, for its build) or `ready()` (never waiting: None while it builds; see
+build.py) returns the kernel's function `int8_linear(x, weight, scales)` (x [..., K] bf16 or fp32
 contiguous, weight [N, K] int8, scales [N]; returns x.float() @ (weight.float() * scales).T, [..., N], in x's
 dtype), or None when it cannot be used here, with one logged warning saying why:
 
@@ -13,11 +14,11 @@ The build also registers the kernel as the dispatcher op `torch.ops.phi4r.int8_l
 a shape function, so a torch.compile graph (the engine's compiled decode step) calls it without a
 graph break.
 
-Built by build.py on first use (about half a minute; cached per CPU afterwards).
+`quantize_int8` calls `prepare()`: a build this machine has is loaded, else a child process compiles it
+(about half a minute, once per CPU) while the int8 linears run the torch path (build.py).
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import torch
@@ -28,28 +29,8 @@ SOURCE = Path(__file__).with_name("int8_linear.cpp")
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_bf16")  # vbmi: vpermt2b
 FALLBACK = "using the slower torch int8 path"
 
-_lock = threading.Lock()
-_state: dict = {}  # "fn": the kernel or None once decided
-
-
-def linear():
-    """The checked kernel function, or None (decided once per process)."""
-    return build.decide(_state, _lock, _load, "int8_linear", _fake, "int8 kernel")
-
-
-def op():
-    """The same kernel as the dispatcher op `torch.ops.phi4r.int8_linear` (for torch.compile's graphs,
-    which cannot call a pybind function), or None; valid after `linear()` returned the kernel."""
-    return _state.get("op")
-
-
 def _fake(x, weight, scales):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-
-def _load():
-    return build.load_checked(
-        "PHI4R_INT8_KERNEL", "phi4r_int8_linear", SOURCE, REQUIRED_FLAGS, "int8 kernel", FALLBACK, "int8_linear", _probe)
 
 
 def _probe(fn) -> str | None:
@@ -71,3 +52,12 @@ def _probe(fn) -> str | None:
             if got.dtype != dtype or got.shape != ref.shape or (got.float() - ref).abs().max().item() > tol:
                 return f"the probe disagrees with the reference ({rows} rows, {dtype})"
     return None
+
+
+loader = build.Loader("phi4r.kernels.int8", "phi4r_int8_linear", SOURCE, REQUIRED_FLAGS, "int8 kernel", FALLBACK,
+                      "PHI4R_INT8_KERNEL", "int8_linear", _probe, _fake)
+# get: waits (bounded) for the build; prepare, ready: never wait (see build.py); op: for torch.compile's graphs
+linear, prepare, ready, op = loader.get, loader.prepare, loader.ready, loader.op
+
+if __name__ == "__main__":  # build it now
+    raise SystemExit(0 if linear() is not None else 1)

@@ -1,6 +1,7 @@
 """Loader of the W8A8 int8 linear kernel (w8a8_linear.cpp): compiled on first use, checked, or None.
 
-`linear()` returns the kernel's function `w8a8_linear(x, packed, comp, scales)`, or None when it cannot
+`linear()` (waiting, bounded, for its build) or `ready()` (never waiting: None while it builds; see
+build.py) returns the kernel's function `w8a8_linear(x, packed, comp, scales)`, or None when it cannot
 be used here, with one logged warning saying why:
 
 - PHI4R_W8A8_KERNEL=0 in the environment (no warning: asked for);
@@ -15,11 +16,11 @@ The kernel: x [..., K] bf16 or fp32 contiguous; `packed, comp = pack(q)` from in
 
 The build also registers the kernel as the dispatcher op `torch.ops.phi4r.w8a8_linear` (`op()`), with
 a shape function, so a torch.compile graph (the engine's compiled decode step) calls it without a
-graph break. Built by build.py on first use (about half a minute; cached per CPU afterwards).
+graph break. `quantize_w8a8` calls `prepare()`: a build this machine has is loaded, else a child process
+compiles it (about half a minute, once per CPU) while the linears run the torch path (build.py).
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import torch
@@ -30,21 +31,6 @@ SOURCE = Path(__file__).with_name("w8a8_linear.cpp")
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 FALLBACK = "using the slower torch W8A8 path"
 TILE = 64  # output channels per packed tile (the kernel's 4 x 16 int32 lanes)
-
-_lock = threading.Lock()
-_state: dict = {}  # "fn": the kernel or None once decided
-
-
-def linear():
-    """The checked kernel function, or None (decided once per process)."""
-    return build.decide(_state, _lock, _load, "w8a8_linear", _fake, "W8A8 kernel")
-
-
-def op():
-    """The same kernel as the dispatcher op `torch.ops.phi4r.w8a8_linear` (for torch.compile's graphs),
-    or None; valid after `linear()` returned the kernel."""
-    return _state.get("op")
-
 
 def _fake(x, packed, comp, scales):
     return x.new_empty((*x.shape[:-1], scales.shape[0]))
@@ -83,11 +69,6 @@ def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, amax / c127
 
 
-def _load():
-    return build.load_checked(
-        "PHI4R_W8A8_KERNEL", "phi4r_w8a8_linear", SOURCE, REQUIRED_FLAGS, "W8A8 kernel", FALLBACK, "w8a8_linear", _probe)
-
-
 def _probe(fn) -> str | None:
     """Compare with a float64 reference of the same scheme on shapes with N and K tails, every row-pass
     size (1..6) and more than one pass."""
@@ -110,3 +91,12 @@ def _probe(fn) -> str | None:
             if got.dtype != dtype or got.shape != ref.shape or (got.double() - ref).abs().max().item() > tol:
                 return f"the probe disagrees with the reference ({rows} rows, {dtype})"
     return None
+
+
+loader = build.Loader("phi4r.kernels.w8a8", "phi4r_w8a8_linear", SOURCE, REQUIRED_FLAGS, "W8A8 kernel", FALLBACK,
+                      "PHI4R_W8A8_KERNEL", "w8a8_linear", _probe, _fake)
+# get: waits (bounded) for the build; prepare, ready: never wait (see build.py); op: for torch.compile's graphs
+linear, prepare, ready, op = loader.get, loader.prepare, loader.ready, loader.op
+
+if __name__ == "__main__":  # build it now
+    raise SystemExit(0 if linear() is not None else 1)

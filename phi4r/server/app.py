@@ -27,9 +27,9 @@ PAGE = Path(__file__).resolve().parent.parent / "web" / "index.html"
 class ServerState:
     """What the handlers share: the engine (through its runner), tokenizer, limits and metrics."""
 
-    def __init__(self, llm, model_name: str, max_queue: int):
+    def __init__(self, llm, model_name: str, max_queue: int, loop_guard: bool):
         self.llm, self.engine, self.tokenizer = llm, llm.engine, llm.tokenizer
-        self.model_name = model_name
+        self.model_name, self.loop_guard = model_name, loop_guard
         self.created = int(time.time())
         self.runner = EngineRunner(self.engine)
         self.admission = Admission(self.engine, max_queue)
@@ -37,12 +37,14 @@ class ServerState:
 
 
 def create_app(llm, model_name: str = "nano", api_key: str | None = None, max_queue: int = defaults.MAX_QUEUE,
-               max_body_bytes: int = defaults.MAX_BODY_BYTES, reasoning_stream: str = "eager") -> FastAPI:
-    """reasoning_stream: how streamed chats send content after `</think>` unless a request says
+               max_body_bytes: int = defaults.MAX_BODY_BYTES, loop_guard: bool = False,
+               reasoning_stream: str = "eager") -> FastAPI:
+    """loop_guard: the default of the per-request `loop_guard` field (SamplingParams.loop_guard).
+    reasoning_stream: how streamed chats send content after `</think>` unless a request says
     otherwise: "eager" at once (with a correction if a later `</think>` comes), "hold" once certain."""
     if reasoning_stream not in ("eager", "hold"):
         raise ValueError(f"reasoning_stream must be 'eager' or 'hold', got {reasoning_stream!r}")
-    state = ServerState(llm, model_name, max_queue)
+    state = ServerState(llm, model_name, max_queue, loop_guard)
     state.reasoning_stream = reasoning_stream
 
     @asynccontextmanager

@@ -19,6 +19,7 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
 class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None):
+        message, param = _printable(message), param if param is None else _printable(param)
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
@@ -28,6 +29,11 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates (echoed from a bad request) escaped: a JSON response is UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _location(loc: tuple) -> str:
@@ -42,6 +48,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
     """The first problem pydantic found, named the way OpenAI names parameters."""
     err = exc.errors()[0]
     param = _location(tuple(err.get("loc", ())))
+    if err.get("type") == "invalid_unicode":  # found by a walk over the whole body, which names the place
+        return APIError(400, err["msg"], param=err["ctx"]["param"], code="invalid_unicode")
     if err.get("type") == "json_invalid":
         return APIError(400, f"malformed JSON body: {err.get('msg')}", code="invalid_json")
     if err.get("type") == "extra_forbidden":
@@ -64,4 +72,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
-        return APIError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
+        code = "invalid_json" if exc.status_code == 400 else None  # FastAPI's 400: a body it cannot parse
+        return APIError(exc.status_code, str(exc.detail), code=code, headers=getattr(exc, "headers", None)).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # a bug: still OpenAI's shape, never text/plain
+        # Starlette re-raises it after this response, so the server logs the traceback.
+        return APIError(500, f"internal server error: {type(exc).__name__}: {exc}", code="internal_error").response()

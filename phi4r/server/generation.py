@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -28,6 +29,7 @@ from .jobs import Job
 from .protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from .runner import EngineFailure
 
+log = logging.getLogger("phi4r.server")
 router = APIRouter()
 # nginx's "client closed request": never seen by the client, but /metrics counts it apart from errors.
 CLIENT_GONE = Response(status_code=499)
@@ -99,10 +101,12 @@ def _start(server, body: GenerationRequest, prompts, prefix: str, param: str) ->
                                 f"{len(ids) + max_tokens} tokens ({len(ids)} in the {param}, {max_tokens} in the "
                                 "completion). Please reduce the length of the input or of max_tokens.",
                            param="max_tokens", code="context_length_exceeded")
+    fields = body.sampling_fields()
+    fields.setdefault("loop_guard", server.loop_guard)
     try:
-        params = SamplingParams(**body.sampling_fields(), max_tokens=max_tokens)
-    except ValueError as e:
-        raise APIError(400, str(e)) from e
+        params = SamplingParams(**fields, max_tokens=max_tokens)
+    except ValueError as e:  # its messages start with the field's name
+        raise APIError(400, str(e), param=str(e).split()[0].split("=")[0], code="invalid_value") from e
     if params.n > server.engine.max_num_seqs:  # could never be scheduled: a 400, not a 429 to retry
         raise APIError(400, f"n={params.n} exceeds the server's --max-num-seqs={server.engine.max_num_seqs}", param="n")
     return Job(server.runner, server.admission, server.metrics, prefix, prompts, params, param)
@@ -151,7 +155,7 @@ class EventStream(StreamingResponse):
     finished, failed, or cancelled because the client disconnected."""
 
     def __init__(self, events, on_close):
-        super().__init__(events, media_type="text/event-stream",
+        super().__init__(_guarded(events), media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.on_close = on_close
 
@@ -160,6 +164,18 @@ class EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.on_close()
+
+
+async def _guarded(events):
+    """`events`, ended by an error event and [DONE] should they raise: once the 200 and its headers
+    are sent, an unexpected exception must not just drop the connection."""
+    try:
+        async for event in events:
+            yield event
+    except Exception as e:  # a bug: the client still gets OpenAI's error shape
+        log.exception("a stream failed")
+        yield _sse(APIError(500, f"internal server error: {type(e).__name__}: {e}", code="internal_error").body())
+        yield "data: [DONE]\n\n"
 
 
 def _sse(data) -> str:

@@ -1,7 +1,8 @@
 """A request in flight: its engine requests, admission against the queue limit, and the deltas.
 
 Sequences are what the engine schedules (a request with n=4 is four), so admission counts them:
-at most max_num_seqs running plus `max_queue` waiting; beyond that the server answers 429.
+at most max_num_seqs running plus `max_queue` waiting; beyond that the server answers 429, unless
+the request alone needs more than that: it could never be admitted, so it is a 400 (not worth a retry).
 """
 from __future__ import annotations
 
@@ -30,8 +31,13 @@ class Admission:
     def waiting(self) -> int:
         return max(0, self.outstanding - self.running)
 
-    def take(self, seqs: int) -> None:
-        if self.outstanding + seqs > self.engine.max_num_seqs + self.max_queue:
+    def take(self, seqs: int, param: str) -> None:
+        capacity = self.engine.max_num_seqs + self.max_queue
+        if seqs > capacity:
+            raise APIError(400, f"this request needs {seqs} sequences (prompts x n) but the server holds at most "
+                                f"{capacity} ({self.engine.max_num_seqs} running + {self.max_queue} queued); "
+                                "send fewer at a time", param=param, code="too_many_sequences")
+        if self.outstanding + seqs > capacity:
             raise APIError(429, f"the server is at capacity ({self.engine.max_num_seqs} running, "
                                 f"{self.max_queue} queued sequences); retry shortly", code="queue_full",
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
@@ -57,7 +63,8 @@ class Job:
         self.finished: dict[str, object] = {}  # engine id -> RequestOutput
         self._first_token = False
         self._closed = False
-        admission.take(self.seqs)
+        self.failed = False  # the engine ended one of its requests with an error
+        admission.take(self.seqs, "n" if len(prompts) == 1 else param_name)
         try:
             self.queue = runner.submit([(rid, ids, params, text) for rid, (text, ids) in zip(self.engine_ids, prompts)])
         except BaseException as e:
@@ -78,6 +85,9 @@ class Job:
             delta = await self.queue.get()
             if isinstance(delta, EngineFailure):
                 raise delta
+            if delta.finish_reason == "error":  # the engine failed this request alone (see engine.py)
+                self.failed = True
+                raise EngineFailure(f"engine error while serving this request: {delta.output.error}")
             if not self._first_token and delta.token_ids:
                 self._first_token = True
                 self.metrics.first_token(time.perf_counter() - self.start)
@@ -108,6 +118,7 @@ class Job:
         self.runner.release(self.engine_ids, abort=unfinished)
         self.admission.give_back(self.seqs)
         outputs = [o for rid in self.engine_ids if rid in self.finished for o in self.finished[rid].outputs]
+        cut = "error" if self.failed else "abort"  # how the unfinished ones ended
         self.metrics.tokens(self.prompt_tokens, sum(len(o.token_ids) for o in outputs),
                             sum(o.reasoning_tokens for o in outputs),
-                            [o.finish_reason for o in outputs] + ["abort"] * (len(unfinished) * self.n))
+                            [o.finish_reason for o in outputs] + [cut] * (len(unfinished) * self.n))

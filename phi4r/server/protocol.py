@@ -4,12 +4,26 @@ Unknown fields are a 400 (`extra="forbid"`), unlike vLLM, which ignores them wit
 a client that sends `logit_bias` or `tools` and gets an answer that ignored them has been misled.
 Known OpenAI parameters that phi4r does not implement are declared so the error can say so
 plainly; each is accepted only at a value that asks for nothing (null, false, 0, empty).
+
+Every value is checked here, before anything runs: numbers must be finite and in range (integers fit
+64 bits, what seeds and tensors hold), and no string anywhere in the body (keys included) may hold a
+lone surrogate, which JSON's `\ud800` escapes can carry but UTF-8, the tokenizer and the response cannot.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 # parameter -> the values that ask for nothing, besides null
 _NOOP = {
@@ -22,18 +36,66 @@ _NOOP = {
 }
 
 
+INT64_MAX = 2**63 - 1
+Count = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
+Seed = Annotated[StrictInt, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+
+
+def _finite(**bounds):
+    return Field(None, allow_inf_nan=False, **bounds)
+
+
+def _invalid_unicode_path(body) -> str | None:
+    """OpenAI-style path ('messages[0].content') of the first string or key in `body` that UTF-8
+    cannot encode (a lone surrogate), or None. Iterative: a deeply nested body cannot overflow the stack."""
+    stack = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and not _utf8(value):
+                return path or "body"
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                sub = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str) and not key.isascii() and not _utf8(key):
+                    return sub.encode("utf-8", "backslashreplace").decode()  # the key itself is the problem
+                stack.append((sub, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ChatMessage(Strict):
     role: Literal["system", "user", "assistant"]
-    content: str | list[dict] | None = None  # text parts are checked by chat.message_text, which names a bad one
+    # Required; text parts are checked by chat.message_text, which names a bad one. Null only for an
+    # assistant turn: an answer that never left its thinking has content null when sent back.
+    content: str | list[dict] | None
     # Clients often send an earlier answer back whole; Phi-4's template renders an assistant turn
     # as its content alone, so its reasoning is accepted and left out, as the template does.
     reasoning_content: str | None = None
     reasoning: str | None = None
     name: Any = None  # refused unless null: ChatML here has no speaker names
+
+    @field_validator("content")
+    @classmethod
+    def _has_content(cls, content, info: ValidationInfo):
+        role = info.data.get("role")
+        if content is None and role != "assistant":
+            raise PydanticCustomError("missing_content", "a {role} message needs content (a string or text parts)",
+                                      {"role": role})
+        return content
 
 
 class StreamOptions(Strict):
@@ -44,16 +106,17 @@ class StreamOptions(Strict):
 class GenerationRequest(Strict):
     """Fields shared by /v1/chat/completions and /v1/completions (vLLM's names and meanings)."""
     model: str | None = None
-    n: StrictInt = Field(1, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: StrictInt | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: StrictInt | None = Field(None, ge=1)
+    n: StrictInt = Field(1, ge=1, le=INT64_MAX)
+    temperature: float | None = _finite(ge=0, le=2)
+    top_p: float | None = _finite(gt=0, le=1)  # a tiny one keeps only the most likely token
+    top_k: StrictInt | None = Field(None, ge=-1, le=INT64_MAX)
+    min_p: float | None = _finite(ge=0, le=1)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=INT64_MAX)
     stop: str | list[str] | None = None
-    stop_token_ids: list[StrictInt] | None = None
-    seed: StrictInt | None = None
-    thinking_token_budget: StrictInt | None = Field(None, ge=0)
+    stop_token_ids: list[Count] | None = None
+    seed: Seed | None = None
+    thinking_token_budget: Count | None = None
+    loop_guard: StrictBool | None = None  # phi4r's: end a degenerate loop ("repetition"); null: the server's default
     ignore_eos: StrictBool = False  # vLLM's: run to max_tokens (benchmarks)
     include_stop_str_in_output: StrictBool = False
     stream: StrictBool = False
@@ -71,6 +134,15 @@ class GenerationRequest(Strict):
     metadata: Any = None
     service_tier: Any = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data):
+        path = _invalid_unicode_path(data)
+        if path is not None:
+            raise PydanticCustomError("invalid_unicode", "{param} is not valid Unicode (it holds a lone surrogate)",
+                                      {"param": path})
+        return data
+
     def unsupported(self) -> list[str]:
         """Names of refused parameters set to something other than a value that asks for nothing."""
         return [name for name, noop in _NOOP.items()
@@ -85,13 +157,13 @@ class GenerationRequest(Strict):
                   "min_p": self.min_p, "seed": self.seed, "thinking_budget": self.thinking_token_budget,
                   "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
                   "stop_token_ids": self.stop_token_ids, "ignore_eos": self.ignore_eos,
-                  "include_stop_str_in_output": self.include_stop_str_in_output}
+                  "include_stop_str_in_output": self.include_stop_str_in_output, "loop_guard": self.loop_guard}
         return {k: v for k, v in fields.items() if v is not None}
 
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=INT64_MAX)
     # phi4r's: "eager" streams content as it is written (with corrections), "hold" only once certain;
     # None: the server's --reasoning-stream.
     reasoning_stream: Literal["eager", "hold"] | None = None

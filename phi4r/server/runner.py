@@ -15,7 +15,8 @@ log = logging.getLogger("phi4r.server")
 
 
 class EngineFailure(RuntimeError):
-    """The engine raised inside `step()`; every request in flight ends with this error."""
+    """A request's engine work failed: the engine ended it with finish_reason "error" (that request
+    alone), or, should `step()` itself ever raise, every request in flight ends with this error."""
 
 
 class EngineRunner:

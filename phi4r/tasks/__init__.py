@@ -5,8 +5,9 @@
     inst = task.generate(4, seed=0, difficulty=1)[0]
     task.score(inst, task.teacher(inst))  # 1.0
 
-Procedural tasks generate seeded instances and have teachers; `aime`, `math`, `gpqa` and
-`mmlu_pro` load the published files a user gives (`task.load(path, limit=None)`).
+Procedural tasks generate seeded instances and have teachers; `aime`, `math`, `gpqa`, `mmlu_pro`,
+`ifeval` and the code benchmarks (`humaneval`, `humanevalplus`, `livecodebench`, `codeforces`, graded
+in phi4r.sandbox) load the published files a user gives (`task.load(path, limit=None)`).
 """
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from .aime import Aime
 from .arithmetic import Arithmetic
 from .base import Instance, Score, Task, approx_tokens, final_text
 from .calendar import Calendar
+from .code import Codeforces, LiveCodeBench
 from .countdown import Countdown
 from .flenqa import FlenQA
 from .gpqa import Gpqa
+from .humaneval import HumanEval, HumanEvalPlus
+from .ifeval import IFEval
 from .maze import Maze
 from .mmlu_pro import MmluPro
 from .omnimath import MathTask
@@ -26,7 +30,8 @@ from .tsp import Tsp
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Sat3(), Tsp(), Calendar(), Maze(), SpatialMap(), FlenQA(), Arithmetic(), Countdown(),
-    Aime(), MathTask(), Gpqa(), MmluPro(),
+    Aime(), MathTask(), Gpqa(), MmluPro(), IFEval(),
+    HumanEval(), HumanEvalPlus(), LiveCodeBench(), Codeforces(),
 )}
 
 
