@@ -82,6 +82,8 @@ def _load_lora(cfg, resume_path):
 
     if getattr(cfg, "init_config", None) or not cfg.model:
         raise ValueError("--use-peft adapts an existing model: give --model CHECKPOINT (not --init-config)")
+    if getattr(cfg, "fsdp", False):
+        raise ValueError("--use-peft with --fsdp is not supported: LoRA trains on one process or under DDP")
     base = hf.resolve_model_path(cfg.model)
     model, tokenizer = hf.load(base, dtype=cfg.torch_dtype)
     if resume_path is not None:
