@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from .chat import render_chat
 from .checkpoint import load_model, read_generation_config, resolve_model_path
 from .engine import CompletionOutput, Delta, Engine, RequestOutput
+from .lora import load_adapter
 from .reasoning import HoldBack
 from .sampling import LoopGuard, SamplingParams
 
@@ -62,7 +63,7 @@ class LLM:
     def __init__(self, model: str = "nano", dtype: str | None = None, quantization: str | None = None,
                  max_num_seqs: int = 16, max_model_len: int | None = None, seed: int | None = None,
                  device: str | None = None, threads: int | None = None, prepack: bool | None = None,
-                 compile: bool | None = None):
+                 compile: bool | None = None, adapter: str | None = None):
         """Load a Hugging Face checkpoint directory ("nano": the model shipped with phi4r).
 
         quantization="int8": weight-only int8 linear layers (phi4r.quant); "w8a8": int8 weights and
@@ -76,6 +77,8 @@ class LLM:
         fits in a quarter of physical memory.
         compile: decode steps through torch.compile (phi4r.engine; the first steps compile, ~20-40 s
         per new batch/span shape, then each step runs the fused graph); None: on when PHI4R_COMPILE=1.
+        adapter: a LoRA adapter directory (PEFT's format, e.g. a `--use-peft` run's final/) applied unmerged
+        on the base (phi4r.lora); with quantization the base is quantized and the adapter stays fp32.
         """
         import torch
 
@@ -92,6 +95,8 @@ class LLM:
         if quantization in ("int8", "w8a8") and dtype is None:
             dtype = "bfloat16"
         net, _ = load_model(path, dtype=dtype, device=device or "cpu", progress=True)
+        if adapter:
+            load_adapter(net, adapter)
         if not threads and net.num_parameters() < SMALL_MODEL:  # counted before int8 turns weights into buffers
             torch.set_num_threads(1)
         if quantization:

@@ -1,7 +1,8 @@
 """Checkpoints a killed run resumes from exactly.
 
 `output_dir/checkpoint-N/` is a complete Hugging Face directory (weights, config, tokenizer,
-generation_config.json: it loads in phi4r, transformers, vLLM) plus `trainer_state.pt` (optimizer,
+generation_config.json: it loads in phi4r, transformers, vLLM; under --use-peft a PEFT adapter
+directory with the tokenizer instead) plus `trainer_state.pt` (optimizer,
 step, data position, RNG states of every rank) and the run's `train_config.yaml`. It is written to a
 temporary directory and renamed into place, so a kill mid-save never leaves a checkpoint that looks
 complete. `trainer_state.pt` holds tensors and plain Python values only and is read with
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import checkpoint as hf
+from .. import lora
 from . import config as config_mod
 
 PREFIX = "checkpoint-"
@@ -56,9 +58,17 @@ def _atomic_dir(final: Path, write) -> Path:
     return final
 
 
+def _save_weights(model, tokenizer, path: Path, generation_config: dict | None) -> None:
+    """A Hugging Face directory, or PEFT's adapter directory when only LoRA adapters train."""
+    if lora.has_adapters(model):
+        lora.save(model, tokenizer, path)
+    else:
+        hf.save(model, tokenizer, path, generation_config=generation_config)
+
+
 def save_model_dir(path: Path, model, tokenizer, generation_config: dict | None = None) -> Path:
-    """An atomic Hugging Face directory (used for `final/`)."""
-    return _atomic_dir(Path(path), lambda tmp: hf.save(model, tokenizer, tmp, generation_config=generation_config))
+    """An atomic Hugging Face (or adapter) directory (used for `final/`)."""
+    return _atomic_dir(Path(path), lambda tmp: _save_weights(model, tokenizer, tmp, generation_config))
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: dict, config,
@@ -67,7 +77,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: 
     output_dir = Path(output_dir)
 
     def write(tmp: Path) -> None:
-        hf.save(model, tokenizer, tmp, generation_config=generation_config)
+        _save_weights(model, tokenizer, tmp, generation_config)
         torch.save(state, tmp / STATE_FILE)
         config_mod.save(config, tmp / "train_config.yaml")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state.get("summary", {})}, indent=2) + "\n")

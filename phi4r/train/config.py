@@ -66,6 +66,17 @@ class TrainConfig:
     resume_from_checkpoint: str | None = opt(None, "'latest' (newest checkpoint in output_dir) or a checkpoint directory")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto (under torchrun: cuda:LOCAL_RANK when CUDA is there)")
     bf16: bool = opt(False, "bf16 autocast for forward/backward (weights and optimizer stay fp32)")
+    use_peft: bool = opt(False, "train LoRA adapters on the frozen --model instead of all its weights; checkpoints "
+                                "and final/ are PEFT adapter directories")
+    lora_r: int = opt(16, "LoRA rank r")
+    lora_alpha: int = opt(32, "LoRA alpha: the update is (alpha / r) * B @ A")
+    lora_dropout: float = opt(0.05, "dropout on the adapters' input while training")
+    lora_target_modules: list[str] = opt(["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+                                         "modules that get adapters: names or name suffixes (all-linear: every "
+                                         "linear layer but lm_head)")
+    use_rslora: bool = opt(False, "rank-stabilised LoRA: scale by alpha / sqrt(r)")
+    torch_dtype: str = opt("auto", "dtype of the frozen base under --use-peft (auto: the checkpoint's, bf16 for "
+                                   "Phi-4); adapters stay fp32, and full fine-tuning always trains fp32 weights")
 
 
 @dataclass

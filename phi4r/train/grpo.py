@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .. import lora
 from . import data as data_mod
 from . import distributed as dist
 from . import models
@@ -208,8 +209,8 @@ def train_grpo(cfg) -> Path:
     model, tokenizer, generation_config = models.start(cfg, run.resume_path)
     model.to(device)
     ref = None
-    if cfg.beta > 0:  # the frozen starting model, also when resuming
-        ref = models.start(cfg)[0].to(device).eval().requires_grad_(False)
+    if cfg.beta > 0:  # the frozen starting model, also when resuming; under LoRA the base itself, adapters off
+        ref = lora.WithoutAdapters(model) if cfg.use_peft else models.start(cfg)[0].to(device).eval().requires_grad_(False)
 
     context = model.config.max_position_embeddings
     if cfg.max_completion_length >= context:
@@ -231,7 +232,7 @@ def train_grpo(cfg) -> Path:
     run.begin(step, f"{len(prompts)} prompts ({dropped} longer than {max_prompt_length} tokens dropped), "
                     f"{cfg.num_prompts_per_step} x G={G} completions per step, {cfg.max_steps} steps, reward constants "
                     f"L_max={constants.l_max} L_pos={constants.l_pos} L_neg={constants.l_neg}, "
-                    f"{world} process(es) on {device}")
+                    f"{world} process(es) on {device}, {models.trainable(model)}")
 
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     bar = tqdm(total=cfg.max_steps, initial=step, desc="grpo", disable=not run.main, dynamic_ncols=True)

@@ -1,7 +1,8 @@
 """The model a run starts from: a checkpoint (fine-tuning, resuming) or a fresh initialisation.
 
-Training keeps fp32 master weights (bf16 is only an autocast option), so checkpoints are loaded in
-fp32 whatever their stored dtype.
+Full fine-tuning keeps fp32 master weights (bf16 is only an autocast option), so checkpoints are
+loaded in fp32 whatever their stored dtype. Under --use-peft the base stays frozen in --torch-dtype
+(the checkpoint's own by default) and only fp32 LoRA adapters train (phi4r/lora.py).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 import torch
 
 from .. import checkpoint as hf
+from .. import lora
 from ..config import Phi3Config
 from ..model import Phi3ForCausalLM
 from . import config as config_mod
@@ -40,10 +42,21 @@ def start(cfg, resume_path=None):
     """(model fp32, tokenizer, generation_config) for a run: the resume checkpoint, else --init-config
     with --tokenizer, else --model. A --system-prompt override becomes the tokenizer's default, so
     the checkpoints written inject at inference the prompt they were trained with."""
-    model, tokenizer, generation_config = _load(cfg, resume_path)
+    loader = _load_lora if getattr(cfg, "use_peft", False) else _load
+    model, tokenizer, generation_config = loader(cfg, resume_path)
     if cfg.system_prompt is not None:
         tokenizer.system_prompt = cfg.system_prompt
     return model, tokenizer, generation_config
+
+
+def trainable(model) -> str:
+    """What trains, for the run's first line: "LoRA r=16 on 160 modules: 0.5% of 14.7B parameters"."""
+    params = {id(p): p for p in model.parameters()}.values()
+    total, train = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+    if not lora.has_adapters(model):
+        return f"all {total / 1e6:.1f}M parameters trained"
+    return (f"LoRA r={model.lora_config.r} on {len(lora.lora_modules(model))} modules: {train / 1e6:.2f}M of "
+            f"{total / 1e6:.1f}M parameters trained, base frozen in {str(model.dtype).removeprefix('torch.')}")
 
 
 def _load(cfg, resume_path):
@@ -61,3 +74,24 @@ def _load(cfg, resume_path):
         raise ValueError("say what to train: --model CHECKPOINT (or --init-config SIZES --tokenizer DIR)")
     model, tokenizer = hf.load(cfg.model, dtype=torch.float32)
     return model, tokenizer, hf.read_generation_config(hf.resolve_model_path(cfg.model)) or None
+
+
+def _load_lora(cfg, resume_path):
+    """The frozen base from --model with fresh adapters, or with the resume checkpoint's (an adapter directory)."""
+    from ..tokenizer import Tokenizer
+
+    if getattr(cfg, "init_config", None) or not cfg.model:
+        raise ValueError("--use-peft adapts an existing model: give --model CHECKPOINT (not --init-config)")
+    if getattr(cfg, "fsdp", False):
+        raise ValueError("--use-peft with --fsdp is not supported: LoRA trains on one process or under DDP")
+    base = hf.resolve_model_path(cfg.model)
+    model, tokenizer = hf.load(base, dtype=cfg.torch_dtype)
+    if resume_path is not None:
+        lora.load_adapter(model, resume_path, trainable=True)
+        tokenizer = Tokenizer.from_dir(resume_path)
+    else:
+        config = lora.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=list(cfg.lora_target_modules), use_rslora=cfg.use_rslora,
+                                 base_model_name_or_path=str(base.resolve()))
+        lora.add_adapters(model, config, seed=cfg.seed)
+    return model, tokenizer, hf.read_generation_config(base) or None

@@ -113,7 +113,7 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None) -> Path:
                 if cfg.group_by_length else "")
     run.begin(step, f"{len(train)} train / {len(heldout)} held-out conversations ({dropped} longer than "
                     f"max_length={max_length} dropped), global batch {global_batch}, {total} steps, "
-                    f"{dist.world_size()} process(es) on {device}{grouping}")
+                    f"{dist.world_size()} process(es) on {device}, {models.trainable(model)}{grouping}")
 
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
