@@ -24,6 +24,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+from ..reasoning import THINK_END, THINK_START
+
 REPORT_L_MAX, REPORT_L_POS, REPORT_L_NEG = 31744, 25600, 3702
 W_ACC, W_REP = 8 / 13, 1 / 13
 MALFORMED_REWARD, TRUNCATED_REWARD = -1.0, -0.5
@@ -64,8 +66,7 @@ def repetition_penalty(token_ids: list[int], n: int = 5, threshold: int = 5) -> 
 
 def well_formed(text: str) -> bool:
     """`<think>` reasoning `</think>` answer: the response opens with `<think>` and has one of each tag."""
-    return (text.lstrip().startswith("<think>") and text.count("<think>") == 1
-            and text.count("</think>") == 1)
+    return text.lstrip().startswith(THINK_START) and text.count(THINK_START) == text.count(THINK_END) == 1
 
 
 @dataclass
