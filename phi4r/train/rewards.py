@@ -1,4 +1,4 @@
-"""The Phi-4-reasoning-plus reward (technical report, shared/PHI4_REASONING.md section 6).
+"""The Phi-4-reasoning-plus reward (Phi-4-reasoning technical report, arXiv:2504.21318, its RL section).
 
     R_final = (8/13) * R_acc + (1/13) * R_rep
 
