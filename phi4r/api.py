@@ -33,8 +33,8 @@ Messages = list[dict]
 
 
 # Below this size a token's matmuls are too small to gain much from a second core, and splitting them
-# costs many times over when other work shares the cores (nano, with a training job on the other of
-# 2 cores: 310-380 tok/s on 1 thread, 29-96 on 2). LLM then uses one torch thread unless told.
+# costs many times over when other work shares the cores (each matmul then waits for the busy core).
+# LLM then uses one torch thread unless told.
 SMALL_MODEL = 100 * 10**6
 
 

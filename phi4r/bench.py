@@ -314,7 +314,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def check_targets(rows: list[dict]) -> list[str]:
-    """The issue's targets, for the rows this grid has."""
+    """The engine's targets (ratios to transformers, to batch 1 and to the roofline), for the rows this grid has."""
     decode = {(r["engine"], r["dtype"], r["batch"]): r["decode_tok_s"] for r in rows}
     roof = {(r["engine"], r["dtype"], r["batch"]): r["roofline_tok_s"] for r in rows}
     ratios = [(f"batch-1 decode {d}: phi4r / transformers", ("phi4r", d, 1), ("transformers", d, 1), 1.5)

@@ -1,6 +1,6 @@
 """The Phi-3-family model configuration, as Hugging Face's `config.json` spells it.
 
-Defaults are Phi-4-reasoning's (see shared/PHI4_REASONING.md section 1). Fields phi4r does not
+Defaults are Phi-4-reasoning's (the `config.json` of huggingface.co/microsoft/Phi-4-reasoning). Fields phi4r does not
 model are kept in `extra` so a config read and written back loses nothing.
 """
 from __future__ import annotations

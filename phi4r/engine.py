@@ -253,7 +253,7 @@ class Engine:
         self.generation_config = generation_config or {}
         self.stop_ids = set(tokenizer.stop_ids)
         end = tokenizer.think_end_id
-        self.think_end = [end] if end is not None else tokenizer.encode("</think>")
+        self.think_end = [end] if end is not None else tokenizer.encode(THINK_END)
         self.bridge = tokenizer.encode(BUDGET_BRIDGE)
         self._seeds = random.Random(seed)  # seeds of unseeded requests: reproducible under LLM(seed=...)
         self._ids = itertools.count()
@@ -303,6 +303,10 @@ class Engine:
         with self._lock:
             self._aborts.append(str(request_id))
         self._wakeup.set()
+
+    def num_running(self) -> int:
+        """Sequences generating now (a request with n samples counts n)."""
+        return len(self.running)
 
     def has_unfinished(self) -> bool:
         with self._lock:

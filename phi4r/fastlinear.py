@@ -1,15 +1,10 @@
 """Inference-only linear layers with their weights prepacked for oneDNN (CPU).
 
 `F.linear` reorders a weight into oneDNN's blocked layout on every call; prepacking does it once
-(what inductor's weight freezing does on CPU). On the benchmark checkpoint's linear layers, one
-thread (docs/BENCHMARKS.md, "Where the time goes"), ms per decode step:
-
-    rows                 1      4     16
-    bf16 F.linear     47.6   51.1   77.9
-    bf16 prepacked    28.4   26.2   46.6    results bit-identical to F.linear
-    fp32 F.linear     61.1  153.6  220.0
-    fp32 prepacked    62.3   50.6   87.9    (packed for 16 rows; ~1e-6 from F.linear)
-    fp32 prepacked    55.2   90.1  132.3    (packed for 1 row)
+(what inductor's weight freezing does on CPU). For bf16 that reorder is a large part of a decode
+step's linear time, and the packed result is bit-identical to F.linear. An fp32 weight is packed
+for a number of rows (`batch_hint`) and gains most near it; its results differ from F.linear by
+rounding only. `phi4r bench` with PHI4R_PREPACK=0 measures the difference on a given machine.
 
 `prepack(model, batch_hint)` turns every bias-free nn.Linear of a model into a `PackedLinear` in
 place: the same module (same class hierarchy, same `weight` Parameter, so state_dict, tied weights

@@ -25,10 +25,12 @@ Text after a `</think>` is content unless another `</think>` follows. Two polici
 """
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import NamedTuple
 
 THINK_START, THINK_END = "<think>", "</think>"
+THINK_TAGS = re.compile(f"({THINK_START}|{THINK_END})")  # split() keeps the tags, sub() drops them
 
 
 def _strip_start(text: str) -> str:
@@ -43,6 +45,14 @@ def split_reasoning(text: str) -> tuple[str, str | None]:
     if cut < 0:
         return text, None
     return text[:cut], text[cut + len(THINK_END):] or None
+
+
+def final_text(text: str) -> str | None:
+    """What a grader reads: the text after the LAST `</think>`. A `<think>` that never closed means the
+    model never answered (cut at max_tokens): None. With no tags at all, the whole text is the answer."""
+    if THINK_END in text:
+        return text.rsplit(THINK_END, 1)[1]
+    return None if THINK_START in text else text
 
 
 def partial_suffix(text: str, tag: str = THINK_END) -> int:

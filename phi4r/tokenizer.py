@@ -16,6 +16,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trai
 
 from .chat import DEFAULT_SYSTEM_PROMPT, IM_END, IM_SEP, IM_START, chat_template, chat_turns, \
     system_prompt_from_template
+from .reasoning import THINK_END, THINK_START
 
 # tiktoken's cl100k_base split pattern, which Phi-4 inherits.
 CL100K_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -26,7 +27,7 @@ CL100K_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 FINE_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 SPLITS = {"cl100k": CL100K_PATTERN, "fine": FINE_PATTERN}
-ENDOFTEXT, THINK_START, THINK_END = "<|endoftext|>", "<think>", "</think>"
+ENDOFTEXT = "<|endoftext|>"
 PAD = "<|dummy_85|>"
 PHI4_SPECIAL_TOKENS = [ENDOFTEXT, "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", IM_START, IM_END, IM_SEP,
                        "<|endofprompt|>", PAD]

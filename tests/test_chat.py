@@ -10,7 +10,7 @@ SYS = "<|im_start|>system<|im_sep|>"
 
 
 def test_default_system_prompt_is_the_cards_exactly():
-    # sha256 of the one-line prompt in PHI4_REASONING.md section 3
+    # sha256 of the system prompt in the model card (huggingface.co/microsoft/Phi-4-reasoning)
     assert hashlib.sha256(D.encode()).hexdigest() == "88df15fe1f347e9837ab4579c60f4fbae1cd1abf5a5ceab1bd93b846f65e1228"
     assert D.startswith("You are Phi, a language model trained by Microsoft to help users.")
     assert "format: <think> {Thought section} </think> {Solution section}." in D

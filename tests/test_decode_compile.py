@@ -1,4 +1,4 @@
-"""torch.compile of the decode step (Engine(compile=True), docs/BENCHMARKS.md "torch.compile decode"):
+"""torch.compile of the decode step (Engine(compile=True)):
 greedy tokens equal the eager engine's for fp32, bf16 and int8 under continuous batching, a bounded
 number of compiles, the eager fallback, the switch. Small 2-layer random models keep compiling short."""
 import logging

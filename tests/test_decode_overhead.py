@@ -1,5 +1,5 @@
-"""The decode hot path's cheaper formulations (docs/BENCHMARKS.md, "Decode overhead") against the
-formulas they replaced: same bits where the maths is the same, close where only rounding changed."""
+"""The decode hot path's cheaper formulations against the plain formulas they stand for: same bits
+where the maths is the same, close where only rounding changed."""
 import pytest
 import torch
 import torch.nn.functional as F

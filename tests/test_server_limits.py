@@ -72,7 +72,7 @@ def test_full_queue_is_429_with_retry_after(checkpoint):
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=10)
         running, waiting = Stream(url, LONG), Stream(url, LONG)
         running.start()
-        wait_until(lambda: len(llm.engine.running) == 1)
+        wait_until(lambda: llm.engine.num_running() == 1)
         waiting.start()  # one slot, one queue place: this one waits
         wait_until(lambda: "phi4r_num_requests_waiting 1" in httpx.get(url + "/metrics").text)
         with pytest.raises(openai.RateLimitError) as e:
@@ -122,7 +122,7 @@ def test_disconnect_mid_stream_frees_the_slot(checkpoint):
             lines = r.iter_lines()
             for _ in range(6):
                 next(lines)
-            assert len(llm.engine.running) == 1
+            assert llm.engine.num_running() == 1
         wait_until(lambda: not llm.engine.has_unfinished(), seconds=3)
         assert finished(url, "abort") == 1
         assert "phi4r_num_requests_running 0" in httpx.get(url + "/metrics").text

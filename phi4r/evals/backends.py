@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
-from ..reasoning import split_reasoning
+from ..reasoning import THINK_END, THINK_START, split_reasoning
 from ..tasks import Instance, approx_tokens, get_task
 
 
@@ -43,9 +43,8 @@ class Completion:
         Rebuilt from the (reasoning, content) split, because an endpoint only returns the split:
         grading it rather than the raw text keeps local and HTTP scores identical.
         """
-        if self.content is None:
-            return "<think>" + (self.reasoning or "")
-        return "<think>" + (self.reasoning or "") + "</think>" + self.content
+        closed = THINK_END + self.content if self.content is not None else ""
+        return THINK_START + (self.reasoning or "") + closed
 
 
 class BackendError(RuntimeError):

@@ -25,7 +25,7 @@ class Admission:
 
     @property
     def running(self) -> int:
-        return len(self.engine.running)
+        return self.engine.num_running()
 
     @property
     def waiting(self) -> int:

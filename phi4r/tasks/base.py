@@ -11,6 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..reasoning import THINK_END, THINK_START, final_text
+
 
 @dataclass
 class Instance:
@@ -35,19 +37,6 @@ class Score:
     score: float  # in [0, 1]
     extracted: Any  # the parsed answer, None when there is none
     details: dict = field(default_factory=dict)
-
-
-def final_text(response: str) -> str | None:
-    """The part of a response that may hold the answer: the text after the LAST `</think>`.
-
-    An open `<think>` that never closes means the model never answered (cut at max_tokens), so
-    there is nothing to grade; with no think tags at all the whole text is the answer.
-    """
-    if "</think>" in response:
-        return response.rsplit("</think>", 1)[1]
-    if "<think>" in response:
-        return None
-    return response
 
 
 def approx_tokens(text: str) -> int:
@@ -119,7 +108,7 @@ class Task:
 
 def trace(steps: list[str], answer: str) -> str:
     """A teacher trace in the model's output format."""
-    return "<think>\n" + "\n".join(steps) + "\n</think>\n\n" + answer
+    return f"{THINK_START}\n" + "\n".join(steps) + f"\n{THINK_END}\n\n" + answer
 
 
 def parse_final_number(text: str):

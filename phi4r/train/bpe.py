@@ -7,13 +7,11 @@ added tokens of their own, so merges spent on their characters would be wasted.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from ..reasoning import THINK_TAGS
 from . import config as config_mod
 from . import data as data_mod
-
-_THINK_TAGS = re.compile(r"</?think>")
 
 
 def corpus(cfg) -> list[str]:
@@ -32,7 +30,7 @@ def corpus(cfg) -> list[str]:
                 conversations.append(record.get("messages", []))
     for messages in conversations:
         texts += ([system] if messages and messages[0].get("role") != "system" else []) + [message_text(m) for m in messages]
-    return [_THINK_TAGS.sub("", t) for t in texts if t]
+    return [THINK_TAGS.sub("", t) for t in texts if t]
 
 
 def _has_teacher(task) -> bool:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import message_text
-
-_THINK_TAGS = re.compile(r"(<think>|</think>)")
+from ..reasoning import THINK_END, THINK_START, THINK_TAGS
 
 
 @dataclass
@@ -27,9 +25,9 @@ class Example:
 
 def encode_output(tokenizer, text: str) -> list[int]:
     """Ids of model output: think tags as their tokens (when the vocabulary has them), the rest plain."""
-    tags = {"<think>": tokenizer.think_start_id, "</think>": tokenizer.think_end_id}
+    tags = {THINK_START: tokenizer.think_start_id, THINK_END: tokenizer.think_end_id}
     ids: list[int] = []
-    for piece in _THINK_TAGS.split(text):
+    for piece in THINK_TAGS.split(text):
         ids += [tags[piece]] if tags.get(piece) is not None else tokenizer.encode(piece)
     return ids
 

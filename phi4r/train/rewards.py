@@ -1,4 +1,4 @@
-"""The Phi-4-reasoning-plus reward (technical report, shared/PHI4_REASONING.md section 6).
+"""The Phi-4-reasoning-plus reward (Phi-4-reasoning technical report, arXiv:2504.21318, its RL section).
 
     R_final = (8/13) * R_acc + (1/13) * R_rep
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+
+from ..reasoning import THINK_END, THINK_START
 
 REPORT_L_MAX, REPORT_L_POS, REPORT_L_NEG = 31744, 25600, 3702
 W_ACC, W_REP = 8 / 13, 1 / 13
@@ -64,8 +66,7 @@ def repetition_penalty(token_ids: list[int], n: int = 5, threshold: int = 5) -> 
 
 def well_formed(text: str) -> bool:
     """`<think>` reasoning `</think>` answer: the response opens with `<think>` and has one of each tag."""
-    return (text.lstrip().startswith("<think>") and text.count("<think>") == 1
-            and text.count("</think>") == 1)
+    return text.lstrip().startswith(THINK_START) and text.count(THINK_START) == text.count(THINK_END) == 1
 
 
 @dataclass
