@@ -60,15 +60,34 @@ def breakdown_table(task: str, summary: dict, key: str) -> str:
     return _table([key, *(label for label, _ in rows)], [[g, *(cell(m) for _, cell in rows)] for g, m in groups.items()])
 
 
+def modes_table(summary: dict) -> str:
+    """Each task's accuracy in every scoring mode, the headline mode first, with the number of
+    samples they score differently and the share of samples where Eureka asks a judge."""
+    modes, headline = summary.get("modes") or {}, summary["settings"].get("scoring", "strict")
+    if not modes:
+        return ""
+    names = sorted(next(iter(modes.values())), key=lambda k: (k != headline, k))
+    names = [n for n in names if n != "differ"]
+    rows = [[task, *(pct(m[n]["mean"], m[n]["std"]) for n in names), str(m["differ"]),
+             pct(m["eureka"]["details"].get("needs_judge", 0.0) if "eureka" in m else None)]
+            for task, m in modes.items()]
+    header = ["task", *(f"{n} (headline)" if n == headline else n for n in names),
+              "samples scored differently", "eureka: needs a judge (%)"]
+    return ("## Scoring modes\n\nstrict: phi4r's exact verifiers; eureka: Eureka's extraction and metrics "
+            "rule for rule (its LLM steps only with a judge).\n\n" + _table(header, rows))
+
+
 def render_markdown(summary: dict, plot_files: list[str]) -> str:
     s = summary["settings"]
     sampling = ", ".join(f"{k}={v}" for k, v in s["sampling"].items()) or "-"
     parts = [
         f"# Evaluation of {s['backend']}",
         f"tasks: {', '.join(s['tasks'])}; runs: {s['runs']}; limit: {s['limit']}; seed: {s['seed']}; "
-        f"difficulty: {s['difficulty'] or 'all'}; sampling: {sampling}",
+        f"difficulty: {s['difficulty'] or 'all'}; sampling: {sampling}; scoring: {s.get('scoring', 'strict')}",
         main_table(summary),
     ]
+    if summary.get("modes"):
+        parts.append(modes_table(summary))
     for task, m in summary["metrics"]["by_task"].items():
         parts += [f"## {task}", breakdown_table(task, summary, "category"), breakdown_table(task, summary, "difficulty")]
         if m["errors"]:
@@ -77,6 +96,10 @@ def render_markdown(summary: dict, plot_files: list[str]) -> str:
         if m["details"]:
             parts.append("Verifier details (mean over samples): "
                          + ", ".join(f"{k} {v:.3g}" for k, v in m["details"].items()))
+        for mode, other in (summary.get("modes") or {}).get(task, {}).items():
+            if mode not in ("differ", s.get("scoring", "strict")) and other["details"] and summary["modes"][task]["differ"]:
+                parts.append(f"{mode} details (mean over samples): "
+                             + ", ".join(f"{k} {v:.3g}" for k, v in other["details"].items()))
     if plot_files:
         parts += ["## Plots", *(f"![{Path(f).stem}]({f})" for f in plot_files)]
     return "\n\n".join(parts) + "\n"

@@ -9,11 +9,16 @@ import random
 
 from .base import Instance
 from .choice import ChoiceTask, format_options, shuffle_options
+from .eureka import gpqa as eureka
 from .external import ExternalTask, field
 
 
 class Gpqa(ChoiceTask, ExternalTask):
     name = "gpqa"
+    eureka_source = "user_configs/gpqa.py"
+
+    def check_eureka(self, inst, response, judge=None):
+        return eureka.check(inst, response, inst.answer["letter"], judge)
 
     def from_record(self, record):
         question = field(record, "Question", "question").strip()
