@@ -292,7 +292,7 @@ class OldFormTeacher(TeacherBackend):
 
 
 def test_run_logs_both_modes_and_reports_where_they_differ(tmp_path):
-    kwargs = dict(limit=6, seed=7, progress=False, plots=False)  # seed 7: both kinds of instance
+    kwargs = {"limit": 6, "seed": 7, "progress": False, "plots": False}  # seed 7: both kinds of instance
     summary = run_eval(OldFormTeacher(), ["sat3", "calendar"], tmp_path, scoring="eureka", **kwargs)
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     # Eureka fails exactly the unsatisfiable formulas (old form) and the calendars without a slot.

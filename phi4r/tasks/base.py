@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 # How a response is graded. "strict": phi4r's exact verifiers. "eureka": Microsoft's Eureka ML
 # Insights harness, which scored the model card, rule for rule (phi4r/tasks/eureka/).

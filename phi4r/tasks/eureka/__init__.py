@@ -15,7 +15,8 @@ Eureka's LLM steps (the answer-extraction fallback, Omni-MATH's equivalence judg
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..base import Instance, Judge, final_text
 

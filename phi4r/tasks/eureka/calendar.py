@@ -168,7 +168,7 @@ def first_slot(row: dict, availability: dict) -> str | None:
                     mine.extend(by_constraints(found, c, day))
                 common = set(mine) if common is None else common.intersection(mine)
         if common:
-            start, end = sorted(common)[0]
+            start, end = min(common)
             expected = (f"{day} {(start + timedelta(minutes=buffer)).strftime('%H:%M')}-"
                         f"{(end - timedelta(minutes=buffer)).strftime('%H:%M')}")
     return expected

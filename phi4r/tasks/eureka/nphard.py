@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from itertools import pairwise
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def tsp_correct(dist, optimal: int, tour_string: str, optimal_tours: list | None
     cities = list(range(len(dist)))
     if len(tour) != len(cities) + 1 or tour[0] != tour[-1] or set(tour[:-1]) != set(cities):
         return False
-    if sum(dist[a][b] for a, b in zip(tour, tour[1:])) != optimal:
+    if sum(dist[a][b] for a, b in pairwise(tour)) != optimal:
         return False
     if optimal_tours is None:
         return tour[0] == 0
