@@ -236,7 +236,7 @@ def test_gpqa_and_the_extraction_judge():
 
     assert task.grade(inst, "Final Answer: **C**", "eureka").details == {"needs_judge": True}
     verdict = task.grade(inst, "Final Answer: **C**", "eureka", judge)
-    assert (verdict.score, verdict.details) == (1.0, {"judge_extracted": True})
+    assert (verdict.score, verdict.details) == (1.0, {"needs_judge": False, "judge_extracted": True})
     assert task.grade(inst, "Final Answer: (C)", "eureka", judge).score == 0.0  # "c" is not "C"
     assert task.grade(inst, "Final Answer: C", "eureka", judge).score == 1.0
     assert asked == [("extract", "Final Answer: **C**"), ("extract", "Final Answer: (C)")]  # rules first
@@ -274,7 +274,7 @@ def test_math_judge_decides_in_eureka_mode():
     reply = "## Student Final Answer\n1\n\n## Equivalence Judgement\n**TRUE**\n\n## Justification\nsame"
     assert task.grade(inst, "\\boxed{1}", "eureka", lambda step, i, r: reply).score == 1.0
     unreadable = task.grade(inst, "\\boxed{1}", "eureka", lambda step, i, r: "no verdict")
-    assert (unreadable.score, unreadable.details) == (0.0, {"judge_unreadable": True})
+    assert (unreadable.score, unreadable.details) == (0.0, {"needs_judge": False, "judge_unreadable": True})
 
 
 def test_unknown_mode_is_refused():
@@ -304,10 +304,12 @@ def test_run_logs_both_modes_and_reports_where_they_differ(tmp_path):
         assert s["modes"]["eureka"]["score"] == float(s["id"] not in unsat | no_slot) == s["score"]
     modes = summary["modes"]
     assert (modes["sat3"]["differ"], modes["calendar"]["differ"]) == (len(unsat), len(no_slot))
-    assert summary["metrics"]["by_task"]["sat3"]["mean"] == modes["sat3"]["eureka"]["mean"] == 1 - len(unsat) / 6
+    assert summary["metrics"]["by_task"]["sat3"]["mean"] == modes["sat3"]["by_mode"]["eureka"]["mean"] == 1 - len(unsat) / 6
     report = (tmp_path / "report.md").read_text()
-    assert "| task | eureka (headline) | strict | samples scored differently |" in report
-    assert f"| sat3 | {100 * (1 - len(unsat) / 6):.1f} | 100.0 | {len(unsat)} |" in report
+    assert "| task | eureka (headline) | strict | samples scored differently | verdicts without a judge |" in report
+    # Eureka's LLM extractor would be asked about the bare `Unsatisfiable` blocks.
+    assert f"| sat3 | {100 * (1 - len(unsat) / 6):.1f} | 100.0 | {len(unsat)} | {len(unsat)} |" in report
+    assert "strict details (mean over samples): claimed_unsat" in report  # the other mode, where they differ
 
     # The headline mode is a reporting choice: the same log, scored strict, asks nothing again;
     # samples logged without modes are graded again from their text.
@@ -315,4 +317,4 @@ def test_run_logs_both_modes_and_reports_where_they_differ(tmp_path):
         json.dumps({k: v for k, v in s.items() if k != "modes"}) + "\n" for s in samples))
     again = run_eval(TeacherBackend(), ["sat3", "calendar"], tmp_path, **kwargs)
     assert again["metrics"]["overall"]["mean"] == 1.0
-    assert again["modes"]["sat3"]["eureka"]["mean"] == 1 - len(unsat) / 6
+    assert again["modes"]["sat3"]["by_mode"]["eureka"]["mean"] == 1 - len(unsat) / 6

@@ -119,8 +119,8 @@ def breakdown(samples: list[dict], runs: int) -> dict:
 
 
 def compare_modes(samples: list[dict], runs: int) -> dict:
-    """Per task, the metrics of every scoring mode a sample was graded in (its `modes`), and how
-    many samples the modes score differently."""
+    """Per task, the metrics of every scoring mode a sample was graded in (its `modes`), how many
+    samples the modes score differently, and how many verdicts skipped a judge (`needs_judge`)."""
     tasks: dict[str, list[dict]] = defaultdict(list)
     for s in samples:
         tasks[s["task"]].append(s)
@@ -128,7 +128,8 @@ def compare_modes(samples: list[dict], runs: int) -> dict:
     for task, group in tasks.items():
         modes = list(group[0]["modes"])
         out[task] = {"differ": sum(len({m["score"] for m in s["modes"].values()}) > 1 for s in group),
-                     **{mode: summarize([{**s, **s["modes"][mode]} for s in group], runs) for mode in modes}}
+                     "needs_judge": sum(bool(m["details"].get("needs_judge")) for s in group for m in s["modes"].values()),
+                     "by_mode": {mode: summarize([{**s, **s["modes"][mode]} for s in group], runs) for mode in modes}}
     return out
 
 

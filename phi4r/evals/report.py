@@ -62,17 +62,16 @@ def breakdown_table(task: str, summary: dict, key: str) -> str:
 
 def modes_table(summary: dict) -> str:
     """Each task's accuracy in every scoring mode, the headline mode first, with the number of
-    samples they score differently and the share of samples where Eureka asks a judge."""
+    samples they score differently and of verdicts made without the judge Eureka would ask."""
     modes, headline = summary.get("modes") or {}, summary["settings"].get("scoring", "strict")
     if not modes:
         return ""
-    names = sorted(next(iter(modes.values())), key=lambda k: (k != headline, k))
-    names = [n for n in names if n != "differ"]
-    rows = [[task, *(pct(m[n]["mean"], m[n]["std"]) for n in names), str(m["differ"]),
-             pct(m["eureka"]["details"].get("needs_judge", 0.0) if "eureka" in m else None)]
+    names = sorted(next(iter(modes.values()))["by_mode"], key=lambda k: (k != headline, k))
+    rows = [[task, *(pct(m["by_mode"][n]["mean"], m["by_mode"][n]["std"]) for n in names), str(m["differ"]),
+             str(m["needs_judge"])]
             for task, m in modes.items()]
     header = ["task", *(f"{n} (headline)" if n == headline else n for n in names),
-              "samples scored differently", "eureka: needs a judge (%)"]
+              "samples scored differently", "verdicts without a judge"]
     return ("## Scoring modes\n\nstrict: phi4r's exact verifiers; eureka: Eureka's extraction and metrics "
             "rule for rule (its LLM steps only with a judge).\n\n" + _table(header, rows))
 
@@ -96,8 +95,9 @@ def render_markdown(summary: dict, plot_files: list[str]) -> str:
         if m["details"]:
             parts.append("Verifier details (mean over samples): "
                          + ", ".join(f"{k} {v:.3g}" for k, v in m["details"].items()))
-        for mode, other in (summary.get("modes") or {}).get(task, {}).items():
-            if mode not in ("differ", s.get("scoring", "strict")) and other["details"] and summary["modes"][task]["differ"]:
+        compared = (summary.get("modes") or {}).get(task, {"differ": 0})
+        for mode, other in compared.get("by_mode", {}).items():
+            if mode != s.get("scoring", "strict") and other["details"] and compared["differ"]:
                 parts.append(f"{mode} details (mean over samples): "
                              + ", ".join(f"{k} {v:.3g}" for k, v in other["details"].items()))
     if plot_files:

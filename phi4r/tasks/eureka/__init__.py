@@ -32,6 +32,7 @@ def with_fallback(parse: Callable[[str], Any], missing: Any, inst: Instance, res
     extractor, whose reply is read by the pipeline's transform, `parse_reply`, by default `parse`)."""
     text = answer_text(response)
     got = missing if text is None else parse(text)
+    details["needs_judge"] = False
     if got != missing:
         return got
     if judge is None:

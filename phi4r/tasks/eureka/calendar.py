@@ -71,16 +71,11 @@ def slots(start, end) -> list:
 
 
 def by_duration(time_slots, duration) -> list:
-    """filter_slots_by_duration: each run of slots from a start that reaches `duration` minutes."""
-    out = []
-    for i in range(len(time_slots)):
-        total = timedelta()
-        for j in range(i, len(time_slots)):
-            total += time_slots[j][1] - time_slots[j][0]
-            if total >= timedelta(minutes=duration):
-                out.append((time_slots[i][0], time_slots[j][1]))
-                break
-    return out
+    """filter_slots_by_duration: from each slot, the shortest run of slots that lasts `duration`
+    minutes. Eureka adds the slots up one by one; as `slots` are consecutive and 5 minutes each,
+    the run from slot i ends at slot i + ceil(duration / 5) - 1 (at least slot i itself)."""
+    count = max(1, -(-duration // 5))
+    return [(time_slots[i][0], time_slots[i + count - 1][1]) for i in range(len(time_slots) - count + 1)]
 
 
 def by_constraints(time_slots, c: dict, day: str) -> list:

@@ -26,5 +26,5 @@ def check(inst: Instance, response: str, strict: Score, judge: Judge | None = No
     if judge is None:
         return Score(strict.score, strict.extracted, {**strict.details, "needs_judge": True})
     verdict = judgement(judge("math_equivalence", inst, response))
-    details = {"judge_unreadable": True} if verdict is None else {}
+    details = {"needs_judge": False, **({"judge_unreadable": True} if verdict is None else {})}
     return Score(verdict or 0.0, strict.extracted, details)
