@@ -17,10 +17,11 @@ from typing import Any
 MODES = ("strict", "eureka")
 
 # The judge model behind Eureka's LLM steps: judge(step, inst, response) -> the judge's raw reply,
-# or None when it has none. Steps: "extract" (Eureka's answer-extraction fallback, asked only when
-# its rules found no answer; the reply is read with the same rules) and "math_equivalence"
-# (Omni-MATH's equivalence judgement). Without a judge those steps are skipped and the sample's
-# details say `needs_judge`.
+# or None when it has none; `response` is the whole response, reasoning included. Steps: "extract"
+# (Eureka's answer-extraction fallback, asked only when its rules found no answer; the reply is read
+# with the same rules) and "math_equivalence" (Omni-MATH's equivalence judgement, whose reply ends
+# in `## Equivalence Judgement` TRUE / FALSE). Without a judge those steps are skipped and the
+# verdict's details say `needs_judge`.
 Judge = Callable[[str, "Instance", str], "str | None"]
 
 

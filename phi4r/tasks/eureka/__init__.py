@@ -21,16 +21,12 @@ from typing import Any
 from ..base import Instance, Judge, final_text
 
 
-def answer_text(response: str) -> str | None:
-    return final_text(response)
-
-
 def with_fallback(parse: Callable[[str], Any], missing: Any, inst: Instance, response: str,
                   judge: Judge | None, details: dict, parse_reply: Callable[[str], Any] | None = None) -> Any:
     """`parse` over the answer text; when it finds nothing (`missing`), Eureka's LLM extraction
     (user_configs/llm_extraction.py: only rows whose rule-based answer is empty are sent to the
     extractor, whose reply is read by the pipeline's transform, `parse_reply`, by default `parse`)."""
-    text = answer_text(response)
+    text = final_text(response)
     got = missing if text is None else parse(text)
     details["needs_judge"] = False
     if got != missing:

@@ -12,8 +12,7 @@ import json
 import re
 from datetime import datetime, timedelta
 
-from ..base import Score
-from . import answer_text
+from ..base import Score, final_text
 
 NO_SOLUTION = "No common time slot available"
 CHECKS = ["availability", "meeting_duration", "buffer_time", "no_weekends", "time_restrictions",
@@ -170,7 +169,7 @@ def first_slot(row: dict, availability: dict) -> str | None:
 
 
 def check(row: dict, response: str) -> Score:
-    text = answer_text(response)
+    text = final_text(response)
     got = parse_calendar(text) if text is not None else ""
     checks = run_checks(row, got.strip('"').strip("`").strip("\n"))
     passed = [v for v in checks.values() if v is not None]

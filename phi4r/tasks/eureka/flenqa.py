@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 
-from ..base import Score
-from . import answer_text
+from ..base import Score, final_text
 
 
 def normalize(text: str) -> str:
@@ -28,6 +27,6 @@ def category(text: str) -> str:
 
 
 def check(response: str, truth: bool) -> Score:
-    text = answer_text(response)
+    text = final_text(response)
     got = category(normalize(text)) if text is not None else "none"
     return Score(float(got == str(truth).lower()), None if got == "none" else got == "true")

@@ -14,8 +14,8 @@ from itertools import pairwise
 
 import numpy as np
 
-from ..base import Instance, Judge, Score
-from . import answer_text, with_fallback
+from ..base import Instance, Judge, Score, final_text
+from . import with_fallback
 
 NO_SAT_ANSWER = "-1"  # Eureka's "not extracted" value for SAT (also what a malformed answer gives)
 NO_TOUR = "0,0,0,0"  # ... and for TSP
@@ -131,6 +131,6 @@ def tsp_correct(dist, optimal: int, tour_string: str, optimal_tours: list | None
 
 
 def check_tsp(inst: Instance, response: str, dist, optimal: int, optimal_tours: list | None = None) -> Score:
-    text = answer_text(response)
+    text = final_text(response)
     got = parse_tsp(text) if text is not None else NO_TOUR
     return Score(float(tsp_correct(dist, optimal, got, optimal_tours)), got, {})
