@@ -318,3 +318,18 @@ def test_run_logs_both_modes_and_reports_where_they_differ(tmp_path):
     again = run_eval(TeacherBackend(), ["sat3", "calendar"], tmp_path, **kwargs)
     assert again["metrics"]["overall"]["mean"] == 1.0
     assert again["modes"]["sat3"]["by_mode"]["eureka"]["mean"] == 1 - len(unsat) / 6
+
+
+def test_cli_picks_the_headline_mode(tmp_path, capsys):
+    from phi4r.cli import main
+
+    args = ["eval", "--model", "teacher", "--tasks", "calendar", "--limit", "6", "--seed", "7", "--quiet", "--no-plots"]
+    assert main([*args, "--out", str(tmp_path), "--scoring", "eureka"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["settings"]["scoring"] == "eureka"
+    eureka = summary["modes"]["calendar"]["by_mode"]["eureka"]["mean"]
+    assert eureka < 1.0 and f"| accuracy | {100 * eureka:.1f} |" in printed  # the teacher's no-slot answers
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--out", str(tmp_path), "--scoring", "exact"])
+    assert refused.value.code == 2 and "invalid choice: 'exact'" in capsys.readouterr().err
