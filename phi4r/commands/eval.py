@@ -47,6 +47,8 @@ def register(subparsers) -> None:
                    help="endpoint seconds per request [3600]")
     p.add_argument("--max-num-seqs", type=positive_int, default=16, help="local engine samples in flight [16]")
     p.add_argument("--max-model-len", type=positive_int, help="local engine context [the model's]")
+    p.add_argument("--scoring", choices=["strict", "eureka"], default="strict", help="headline scoring: phi4r's "
+                   "exact verifiers or Eureka's rules (the report shows both where they differ) [strict]")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -90,7 +92,8 @@ def _run(args) -> int:
     try:
         summary = run_eval(_backend(args), tasks, args.out, runs=args.runs, limit=args.limit, seed=args.seed,
                            difficulty=args.difficulty, data=args.data, sampling=sampling,
-                           system_prompt=args.system_prompt, progress=not args.quiet, plots=not args.no_plots)
+                           system_prompt=args.system_prompt, progress=not args.quiet, plots=not args.no_plots,
+                           scoring=args.scoring)
     except BackendError as e:
         print(f"error: {e}\nThe samples finished so far are saved in {args.out}/samples.jsonl; run the same "
               "command again to resume.", file=sys.stderr)

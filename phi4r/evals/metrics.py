@@ -118,6 +118,21 @@ def breakdown(samples: list[dict], runs: int) -> dict:
     }
 
 
+def compare_modes(samples: list[dict], runs: int) -> dict:
+    """Per task, the metrics of every scoring mode a sample was graded in (its `modes`), how many
+    samples the modes score differently, and how many verdicts skipped a judge (`needs_judge`)."""
+    tasks: dict[str, list[dict]] = defaultdict(list)
+    for s in samples:
+        tasks[s["task"]].append(s)
+    out = {}
+    for task, group in tasks.items():
+        modes = list(group[0]["modes"])
+        out[task] = {"differ": sum(len({m["score"] for m in s["modes"].values()}) > 1 for s in group),
+                     "needs_judge": sum(bool(m["details"].get("needs_judge")) for s in group for m in s["modes"].values()),
+                     "by_mode": {mode: summarize([{**s, **s["modes"][mode]} for s in group], runs) for mode in modes}}
+    return out
+
+
 def _order(key: str):
     """Numeric keys (difficulty levels) in numeric order, other keys alphabetically after them."""
     return (0, int(key), "") if key.lstrip("-").isdigit() else (1, 0, key)

@@ -60,15 +60,33 @@ def breakdown_table(task: str, summary: dict, key: str) -> str:
     return _table([key, *(label for label, _ in rows)], [[g, *(cell(m) for _, cell in rows)] for g, m in groups.items()])
 
 
+def modes_table(summary: dict) -> str:
+    """Each task's accuracy in every scoring mode, the headline mode first, with the number of
+    samples they score differently and of verdicts made without the judge Eureka would ask."""
+    modes, headline = summary.get("modes") or {}, summary["settings"].get("scoring", "strict")
+    if not modes:
+        return ""
+    names = sorted(next(iter(modes.values()))["by_mode"], key=lambda k: (k != headline, k))
+    rows = [[task, *(pct(m["by_mode"][n]["mean"], m["by_mode"][n]["std"]) for n in names), str(m["differ"]),
+             str(m["needs_judge"])]
+            for task, m in modes.items()]
+    header = ["task", *(f"{n} (headline)" if n == headline else n for n in names),
+              "samples scored differently", "verdicts without a judge"]
+    return ("## Scoring modes\n\nstrict: phi4r's exact verifiers; eureka: Eureka's extraction and metrics "
+            "rule for rule (its LLM steps only with a judge).\n\n" + _table(header, rows))
+
+
 def render_markdown(summary: dict, plot_files: list[str]) -> str:
     s = summary["settings"]
     sampling = ", ".join(f"{k}={v}" for k, v in s["sampling"].items()) or "-"
     parts = [
         f"# Evaluation of {s['backend']}",
         f"tasks: {', '.join(s['tasks'])}; runs: {s['runs']}; limit: {s['limit']}; seed: {s['seed']}; "
-        f"difficulty: {s['difficulty'] or 'all'}; sampling: {sampling}",
+        f"difficulty: {s['difficulty'] or 'all'}; sampling: {sampling}; scoring: {s.get('scoring', 'strict')}",
         main_table(summary),
     ]
+    if summary.get("modes"):
+        parts.append(modes_table(summary))
     for task, m in summary["metrics"]["by_task"].items():
         parts += [f"## {task}", breakdown_table(task, summary, "category"), breakdown_table(task, summary, "difficulty")]
         if m["errors"]:
@@ -77,6 +95,11 @@ def render_markdown(summary: dict, plot_files: list[str]) -> str:
         if m["details"]:
             parts.append("Verifier details (mean over samples): "
                          + ", ".join(f"{k} {v:.3g}" for k, v in m["details"].items()))
+        compared = (summary.get("modes") or {}).get(task, {"differ": 0})
+        for mode, other in compared.get("by_mode", {}).items():
+            if mode != s.get("scoring", "strict") and other["details"] and compared["differ"]:
+                parts.append(f"{mode} details (mean over samples): "
+                             + ", ".join(f"{k} {v:.3g}" for k, v in other["details"].items()))
     if plot_files:
         parts += ["## Plots", *(f"![{Path(f).stem}]({f})" for f in plot_files)]
     return "\n\n".join(parts) + "\n"

@@ -7,6 +7,11 @@ scored. A sample the backend could not answer is logged with its error and score
 transient failure (the server busy or down beyond the retries) is asked again by a resumed run.
 `config.json` pins the settings that decide the samples, so a resumed run cannot mix models
 or sampling parameters.
+
+Every sample is graded in both scoring modes (tasks/base.py MODES: phi4r's strict verifiers and
+Eureka's rules), kept under `modes`; its top-level score, extracted answer and details are those of
+the headline mode (`scoring`), which the metrics, the card table and the plots use. The report adds
+the other mode wherever the two disagree.
 """
 from __future__ import annotations
 
@@ -16,11 +21,12 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from ..tasks import get_task
+from ..tasks import MODES, get_task
+from ..tasks.base import Judge
 from .backends import Backend, Completion, Job, derive_seed
 from .instances import select_instances
 from .log import SampleLog
-from .metrics import breakdown
+from .metrics import breakdown, compare_modes
 from .report import write_report
 
 SAMPLES_FILE, CONFIG_FILE = "samples.jsonl", "config.json"
@@ -30,15 +36,23 @@ class EvalConfigError(ValueError):
     """`out_dir` holds an evaluation made with different settings."""
 
 
-def score_sample(job: Job, completion: Completion) -> dict:
+def grade_modes(inst, response: str, judge: Judge | None = None) -> dict:
+    """{mode: {score, extracted, details}} for every scoring mode."""
+    task = get_task(inst.task)
+    return {mode: vars(task.grade(inst, response, mode, judge)) for mode in MODES}
+
+
+def score_sample(job: Job, completion: Completion, scoring: str = "strict", judge: Judge | None = None) -> dict:
     inst = job.instance
     if completion.error is not None:
         return {"task": inst.task, "id": inst.id, "run": job.run, "category": inst.category,
                 "difficulty": inst.difficulty, "seed": job.seed, "prompt": inst.prompt, "text": None,
                 "reasoning": None, "content": None, "response_tokens": None, "reasoning_tokens": None,
                 "finish_reason": completion.finish_reason, "extracted": None, "score": 0.0, "details": {},
+                "modes": {m: {"score": 0.0, "extracted": None, "details": {}} for m in MODES},
                 "error": completion.error, "retry": completion.retry}
-    result = get_task(inst.task).check(inst, completion.answer_text())
+    modes = grade_modes(inst, completion.answer_text(), judge)
+    result = modes[scoring]
     budget = {} if completion.max_tokens is None else {"max_tokens": completion.max_tokens}
     return {
         "task": inst.task, "id": inst.id, "run": job.run, "category": inst.category, "difficulty": inst.difficulty,
@@ -47,8 +61,20 @@ def score_sample(job: Job, completion: Completion) -> dict:
         "reasoning": completion.reasoning, "content": completion.content,
         "response_tokens": completion.response_tokens, "reasoning_tokens": completion.reasoning_tokens,
         "finish_reason": completion.finish_reason,
-        "extracted": result.extracted, "score": result.score, "details": result.details, **budget,
+        "extracted": result["extracted"], "score": result["score"], "details": result["details"],
+        "modes": modes, **budget,
     }
+
+
+def headline(sample: dict, inst, scoring: str) -> dict:
+    """The sample with its top-level verdict in the `scoring` mode; a sample logged before modes
+    existed is graded again from its logged reasoning and content, as `Completion.answer_text`."""
+    if "modes" not in sample:
+        graded = ({m: {"score": 0.0, "extracted": None, "details": {}} for m in MODES} if sample.get("error")
+                  else grade_modes(inst, Completion(sample.get("reasoning"), sample.get("content"),
+                                                    None, None, None).answer_text()))
+        sample = {**sample, "modes": graded}
+    return {**sample, **sample["modes"][scoring]}
 
 
 def _check_config(path: Path, config: dict) -> None:
@@ -66,8 +92,12 @@ def _check_config(path: Path, config: dict) -> None:
 def run_eval(backend: Backend, tasks: list[str], out_dir, *, runs: int = 1, limit: int | None = None,
              seed: int = 0, difficulty: list[int] | None = None, data: dict[str, str] | None = None,
              sampling: dict | None = None, system_prompt: str | None = None, progress: bool = True,
-             on_sample: Callable[[dict], None] | None = None, plots: bool = True) -> dict:
+             on_sample: Callable[[dict], None] | None = None, plots: bool = True,
+             scoring: str = "strict", judge: Judge | None = None) -> dict:
     """Evaluate `backend` on `tasks`, `runs` samples per instance; returns the summary (report.py).
+
+    `scoring` is the headline mode ("strict" or "eureka"); both are logged and reported. `judge`
+    answers Eureka's LLM steps (tasks/base.py Judge); without one they are skipped.
 
     `sampling` overrides the backend's defaults (keys temperature, top_p, top_k, max_tokens,
     thinking_budget; None keeps the default). `system_prompt` None is the backend's default.
@@ -75,6 +105,8 @@ def run_eval(backend: Backend, tasks: list[str], out_dir, *, runs: int = 1, limi
     """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
+    if scoring not in MODES:
+        raise ValueError(f"unknown scoring mode {scoring!r}; known: {', '.join(MODES)}")
     out = Path(out_dir)
     instances = select_instances(tasks, limit=limit, seed=seed, difficulty=difficulty, data=data)
     sampling = {**backend.sampling_defaults(), **{k: v for k, v in (sampling or {}).items() if v is not None}}
@@ -90,7 +122,7 @@ def run_eval(backend: Backend, tasks: list[str], out_dir, *, runs: int = 1, limi
         total = len(instances) * runs
         with tqdm(total=total, initial=total - len(jobs), desc="eval", unit="sample", disable=not progress) as bar:
             for job, completion in backend.complete(jobs, sampling, system_prompt):
-                sample = score_sample(job, completion)
+                sample = score_sample(job, completion, scoring, judge)
                 log.append(sample)
                 bar.update()
                 if on_sample is not None:
@@ -99,11 +131,13 @@ def run_eval(backend: Backend, tasks: list[str], out_dir, *, runs: int = 1, limi
         missing = [k for k in keys if k not in log]
         if missing:
             raise RuntimeError(f"{backend.name} returned no answer for {len(missing)} samples, e.g. {missing[0]}")
-        selected = [log.samples[k] for k in keys]
+        by_key = {(i.task, i.id): i for i in instances}
+        selected = [headline(log.samples[k], by_key[k[:2]], scoring) for k in keys]
 
     settings = {"backend": backend.name, "tasks": tasks, "runs": runs, "limit": limit, "seed": seed,
-                "difficulty": difficulty, "data": data or {}, "sampling": sampling, "system_prompt": system_prompt}
-    summary = {"settings": settings, "metrics": breakdown(selected, runs),
+                "difficulty": difficulty, "data": data or {}, "sampling": sampling, "system_prompt": system_prompt,
+                "scoring": scoring}
+    summary = {"settings": settings, "metrics": breakdown(selected, runs), "modes": compare_modes(selected, runs),
                "errors_to_retry": sum(bool(s.get("retry")) for s in selected),
                "first_errors": {}}  # task -> the first error logged, so the report says why
     for s in selected:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .aime import Aime
 from .arithmetic import Arithmetic
-from .base import Instance, Score, Task, approx_tokens, final_text
+from .base import MODES, Instance, Judge, Score, Task, approx_tokens, final_text
 from .calendar import Calendar
 from .code import Codeforces, LiveCodeBench
 from .countdown import Countdown
@@ -47,4 +47,4 @@ def list_tasks(procedural: bool | None = None) -> list[str]:
     return sorted(n for n, t in TASKS.items() if procedural is None or t.procedural == procedural)
 
 
-__all__ = ["Instance", "Score", "Task", "TASKS", "get_task", "list_tasks", "final_text", "approx_tokens"]
+__all__ = ["MODES", "Instance", "Judge", "Score", "Task", "TASKS", "get_task", "list_tasks", "final_text", "approx_tokens"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from .base import Instance, Score, parse_final_number
+from .eureka import aime as eureka
 from .external import ExternalTask, field
 from .omnimath import last_boxed
 
@@ -46,3 +47,8 @@ class Aime(ExternalTask):
     def check(self, inst, response):
         got = self.extract(response)
         return Score(float(got is not None and got == inst.answer["value"]), got)
+
+    eureka_source = "data_utils/numeric_answer_utils.py"
+
+    def check_eureka(self, inst, response, judge=None):
+        return eureka.check(inst, response, inst.answer["value"], judge)

@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..reasoning import THINK_END, THINK_START, final_text
+
+# How a response is graded. "strict": phi4r's exact verifiers. "eureka": Microsoft's Eureka ML
+# Insights harness, which scored the model card, rule for rule (phi4r/tasks/eureka/).
+MODES = ("strict", "eureka")
+
+# The judge model behind Eureka's LLM steps: judge(step, inst, response) -> the judge's raw reply,
+# or None when it has none; `response` is the whole response, reasoning included. Steps: "extract"
+# (Eureka's answer-extraction fallback, asked only when its rules found no answer; the reply is read
+# with the same rules) and "math_equivalence" (Omni-MATH's equivalence judgement, whose reply ends
+# in `## Equivalence Judgement` TRUE / FALSE). Without a judge those steps are skipped and the
+# verdict's details say `needs_judge`.
+Judge = Callable[[str, "Instance", str], "str | None"]
 
 
 @dataclass
@@ -97,10 +110,26 @@ class Task:
         raise NotImplementedError
 
     def check(self, inst: Instance, response: str) -> Score:
+        """The strict verdict: phi4r's exact verifier."""
         raise NotImplementedError
 
-    def score(self, inst: Instance, response: str) -> float:
-        return self.check(inst, response).score
+    # The Eureka file whose rules `check_eureka` follows; None when Eureka has no such benchmark,
+    # and then the eureka verdict is the strict one.
+    eureka_source: str | None = None
+
+    def check_eureka(self, inst: Instance, response: str, judge: Judge | None = None) -> Score:
+        """The verdict of Eureka's extraction and metric for this benchmark (see `eureka_source`)."""
+        return self.check(inst, response)
+
+    def grade(self, inst: Instance, response: str, mode: str = "strict", judge: Judge | None = None) -> Score:
+        if mode == "strict":
+            return self.check(inst, response)
+        if mode == "eureka":
+            return self.check_eureka(inst, response, judge)
+        raise ValueError(f"unknown scoring mode {mode!r}; known: {', '.join(MODES)}")
+
+    def score(self, inst: Instance, response: str, mode: str = "strict") -> float:
+        return self.grade(inst, response, mode).score
 
     def teacher(self, inst: Instance) -> str:
         raise NotImplementedError(f"{self.name} has no teacher")

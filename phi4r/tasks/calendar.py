@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from .base import Instance, Score, Task, last_match, trace
+from .eureka import calendar as eureka
 from .external import RecordLoader, field, structured
 
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -289,6 +290,13 @@ class Calendar(RecordLoader, Task):
         passed = sum(checks.values())
         return Score(float(passed == len(checks)), got,
                      {"checks": checks, "fraction_passed": passed / len(checks)})
+
+    eureka_source = "metrics/ba_calendar_metrics.py"
+
+    def check_eureka(self, inst, response, judge=None):
+        # A released BA-Calendar record keeps Eureka's own columns; a generated one is converted.
+        row = inst.answer if "metadata" in inst.answer else eureka.eureka_row(inst.answer)
+        return eureka.check(row, response)
 
     def teacher(self, inst):
         spec = inst.answer

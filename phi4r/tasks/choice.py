@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .base import Score, Task, last_match
+from .eureka import spatial
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -44,3 +45,11 @@ class ChoiceTask(Task):
     def check(self, inst, response):
         got = self.extract(response)
         return Score(float(got == inst.answer["letter"]), got)
+
+    # Maze and SpatialMap; GPQA has rules of its own.
+    eureka_source = "data_utils/spatial_utils.py"
+
+    def check_eureka(self, inst, response, judge=None):
+        ans = inst.answer
+        target = ans.get("value", ans["options"][LETTERS.index(ans["letter"])])
+        return spatial.check(inst, response, ans["options"], target, judge)

@@ -9,6 +9,7 @@ filler is generated from templates that never touch the facts' people, rooms or 
 from __future__ import annotations
 
 from .base import Instance, Score, Task, approx_tokens, last_match, trace
+from .eureka import flenqa as eureka
 from .external import RecordLoader, as_list, field
 
 TARGETS = {1: 0, 2: 250, 3: 500, 4: 1000, 5: 3000}
@@ -133,6 +134,11 @@ class FlenQA(RecordLoader, Task):
     def check(self, inst, response):
         got = self.extract(response)
         return Score(float(got is not None and got == inst.answer["truth"]), got)
+
+    eureka_source = "data_utils/flenqa_utils.py"
+
+    def check_eureka(self, inst, response, judge=None):
+        return eureka.check(response, inst.answer["truth"])
 
     def teacher(self, inst):
         facts, truth = inst.answer["facts"], inst.answer["truth"]

@@ -12,6 +12,7 @@ import random
 
 from .base import Instance
 from .choice import LETTERS, ChoiceTask, format_options, shuffle_options
+from .eureka import gpqa as eureka
 from .external import ExternalTask, as_list, field
 
 
@@ -27,6 +28,10 @@ def correct_letter(answer, n: int) -> str:
 
 class Gpqa(ChoiceTask, ExternalTask):
     name = "gpqa"
+    eureka_source = "user_configs/gpqa.py"
+
+    def check_eureka(self, inst, response, judge=None):
+        return eureka.check(inst, response, inst.answer["letter"], judge)
 
     def from_record(self, record):
         question = str(field(record, "Question", "question", "problem")).strip()

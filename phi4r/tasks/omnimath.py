@@ -12,7 +12,15 @@ import threading
 from math_verify import parse, verify
 
 from .base import Instance, Score, last_match
+from .eureka import omni_math as eureka
 from .external import ExternalTask, field, structured
+
+# Words of a sentence, not of mathematics: letters not led by a backslash (\frac, \text) and not
+# a function name. Two or more make the reference a text answer.
+WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+MATH_WORDS = {"sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "lg", "exp", "max", "min", "gcd",
+              "lcm", "mod", "deg", "det", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "lim", "inf", "sup"}
+NUMBER = re.compile(r"[-+]?(\d[\d,]*(\.\d+)?|\.\d+|\\d?frac\{-?\d+\}\{\d+\})")
 
 
 def last_boxed(text: str) -> str | None:
@@ -26,6 +34,14 @@ def last_boxed(text: str) -> str | None:
         if depth == 0:
             return text[i + 1:j]
     return None
+
+
+def is_text_answer(gold: str) -> bool:
+    return len([w for w in WORD.findall(gold) if w.lower() not in MATH_WORDS]) >= 2
+
+
+def is_bare_number(pred: str) -> bool:
+    return NUMBER.fullmatch(pred.strip().strip("$").strip().replace(" ", "")) is not None
 
 
 def equivalent(gold: str, pred: str) -> bool:
@@ -64,4 +80,14 @@ class MathTask(ExternalTask):
 
     def check(self, inst, response):
         got = self.extract(response)
-        return Score(float(got is not None and equivalent(inst.answer["answer"], got)), got)
+        gold = inst.answer["answer"]
+        # math-verify reads a number out of a sentence ("... k = 1 for all n" parses as 1), so a
+        # bare number would pass for an answer that says more: only a judge may accept that.
+        if got is not None and is_text_answer(gold) and is_bare_number(got):
+            return Score(0.0, got, {"bare_number_for_text": True})
+        return Score(float(got is not None and equivalent(gold, got)), got)
+
+    eureka_source = "data_utils/omni_math_utils.py"
+
+    def check_eureka(self, inst, response, judge=None):
+        return eureka.check(inst, response, self.check(inst, response), judge)

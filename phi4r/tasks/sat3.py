@@ -14,6 +14,7 @@ import numpy as np
 from pysat.solvers import Solver
 
 from .base import Instance, Score, Task, last_match, trace
+from .eureka import nphard
 from .external import RecordLoader, as_list, field
 
 RATIOS = {"hard": 4.26, "hard_many_solutions": 4.26, "easy_under": 2.0, "easy_over": 8.0}
@@ -54,7 +55,8 @@ def format_solution(values: list[bool]) -> str:
     return "<final_answer>{'Solution': '" + ", ".join(str(v) for v in values) + "'}</final_answer>"
 
 
-UNSAT_ANSWER = "<final_answer>Unsatisfiable</final_answer>"
+# Eureka's form: its parser reads only a dict, so a bare `Unsatisfiable` block scores 0 there.
+UNSAT_ANSWER = "<final_answer>{'Solution': 'Unsatisfiable'}</final_answer>"
 
 
 def dpll(n: int, clauses: list[list[int]]) -> tuple[dict[int, bool] | None, list[str]]:
@@ -145,6 +147,8 @@ def same_models(n: int, clauses: list[list[int]], solutions: list[list[bool]]) -
 
 class Sat3(RecordLoader, Task):
     name = "sat3"
+    # 2: unsatisfiable is answered as Eureka's prompt asks, <final_answer>{'Solution': 'Unsatisfiable'}</final_answer>.
+    prompt_version = 2
     difficulties = list(range(1, 14))
     categories = list(RATIOS)
 
@@ -163,7 +167,7 @@ class Sat3(RecordLoader, Task):
             f"(~ means NOT, | means OR), or say that no such values exist.\n"
             + "\n".join(f"{i}. {clause_str(c)}" for i, c in enumerate(clauses, 1))
             + f"\nAnswer as <final_answer>{{'Solution': 'True, False, ...'}}</final_answer> with the "
-            f"values of x1..x{n} in order, or <final_answer>Unsatisfiable</final_answer>."
+            f"values of x1..x{n} in order, or {UNSAT_ANSWER} if no such values exist."
         )
         return Instance(
             id="", task=self.name, prompt=prompt, category=category, difficulty=difficulty,
@@ -198,7 +202,7 @@ class Sat3(RecordLoader, Task):
 
     def parse(self, text):
         """'UNSAT', a list of bools, or None. The last <final_answer> block wins; without one the
-        last Solution dict or 'Unsatisfiable' in the text is read."""
+        last Solution dict or 'Unsatisfiable' in the text is read (bare or as the Solution)."""
         block = last_match(r"<final_answer>(.*?)</final_answer>", text, re.S)
         body = block.group(1) if block else text
         sol = last_match(r"""['"]?Solution['"]?\s*:\s*['"]([^'"]*)['"]""", body)
@@ -229,6 +233,14 @@ class Sat3(RecordLoader, Task):
         satisfied = sum(any((lit > 0) == got[abs(lit) - 1] for lit in c) for c in clauses)
         return Score(float(satisfied == len(clauses)), got,
                      {"format_ok": True, "clauses_satisfied": satisfied / len(clauses)})
+
+    eureka_source = "metrics/nphard_sat_metrics.py"
+
+    def check_eureka(self, inst, response, judge=None):
+        # A released record carries its list of solutions; a generated one lists all its models.
+        a = inst.answer
+        solutions = a["solutions"] if "solutions" in a else nphard.all_models(a["n"], a["clauses"])
+        return nphard.check_sat(inst, response, solutions, judge)
 
     def teacher(self, inst):
         n, clauses = inst.answer["n"], inst.answer["clauses"]

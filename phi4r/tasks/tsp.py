@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from .base import Instance, Score, Task, last_match, trace
+from .eureka import nphard
 from .external import RecordLoader, as_list, field, structured
 
 
@@ -202,6 +203,12 @@ class Tsp(RecordLoader, Task):
         details = {"format_ok": True, "valid": True, "length": length, "optimal": opt,
                    "optimality_gap": (length - opt) / opt, "distance_correct": stated_ok}
         return Score(float(length == opt and stated_ok), got, details)
+
+    eureka_source = "metrics/nphard_tsp_metrics.py"
+
+    def check_eureka(self, inst, response, judge=None):
+        a = inst.answer
+        return nphard.check_tsp(inst, response, a["dist"], a["optimal"], a.get("optimal_tours"))
 
     def teacher(self, inst):
         dist, opt = inst.answer["dist"], inst.answer["optimal"]
