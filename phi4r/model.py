@@ -104,7 +104,7 @@ class CacheStep:
                  slots: torch.Tensor | None = None, span: int | None = None, attention=attention_kernel.reference):
         B, T = positions.shape
         self.ks, self.vs, self.attention = ks, vs, attention
-        self.select = slice(0, B)
+        self.select, pos = slice(0, B), None
         if span is None:
             pos, rows = positions.tolist(), slots.tolist()  # one host sync for the whole forward
             span = max(max(p) for p in pos) + 1
@@ -118,6 +118,15 @@ class CacheStep:
         self.mask = _visible(span, positions) if T > 1 else None
         self.lengths = positions[:, 0] + 1 if T == 1 else None
         self.index = _cache_rows(ks[0], slots, positions)
+        # The reference's mask, once for all layers (none when every sequence sees the whole span).
+        self.extra = {}
+        if T == 1 and attention is attention_kernel.reference:
+            full = pos is not None and all(p[0] == span - 1 for p in pos)
+            self.extra = {"hidden": False if full else attention_kernel.hidden_keys(self.lengths, span)}
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+        """Decode attention of q [B, H, D] over the keys/values `update` returned: [B, H, D]."""
+        return self.attention(q, keys, values, self.lengths, scale, **self.extra)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v [B, T, kv_heads, head_dim]; return the keys/values [B, kv_heads, span, head_dim] to attend to."""
@@ -164,7 +173,7 @@ class Attention(nn.Module):
         else:
             keys, values = step.update(self.layer_idx, k, v)
             if T == 1:  # decode: SDPA's CPU kernel is slow for a single query
-                out = step.attention(q[:, 0], keys, values, step.lengths, self.head_dim ** -0.5)
+                out = step.attend(q[:, 0], keys, values, self.head_dim ** -0.5)
             else:
                 out = F.scaled_dot_product_attention(q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype),
                                                      attn_mask=step.mask, enable_gqa=KV != H).transpose(1, 2)

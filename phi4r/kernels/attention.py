@@ -37,17 +37,26 @@ def supports(dtype: torch.dtype, head_dim: int, device: torch.device) -> bool:
     return device.type == "cpu" and dtype in DTYPES and head_dim % 16 == 0
 
 
-def reference(q, k, v, lengths, scale):
+def reference(q, k, v, lengths, scale, hidden: torch.Tensor | bool | None = None):
     """The kernel's maths in torch, the model's attention wherever the kernel is not chosen (any device,
     dtype, head dim; autograd). Two grouped matmuls in fp32: on CPU, bf16 bmm of these small shapes is
     slower than converting q/K/V and multiplying in fp32, and less accurate; SDPA's CPU kernel is far
-    slower for a single query. [B, KV] merge into one batch dim as a view, also for a cache slice."""
+    slower for a single query. [B, KV] merge into one batch dim as a view, also for a cache slice.
+    hidden: `hidden_keys(lengths, S)` if the caller has it (a model step computes it once for all layers),
+    False if every key is visible, None: computed here."""
     B, H, D = q.shape
     KV, S = k.shape[1], k.shape[2]
     scores = torch.bmm(q.float().reshape(B * KV, H // KV, D), k.float().reshape(B * KV, S, D).transpose(1, 2))
-    hidden = torch.arange(S, device=q.device) >= lengths[:, None, None, None]
-    scores.mul_(scale).view(B, KV, H // KV, S).masked_fill_(hidden, float("-inf"))
+    scores.mul_(scale)
+    if hidden is not False:
+        hidden = hidden_keys(lengths, S) if hidden is None else hidden
+        scores.view(B, KV, H // KV, S).masked_fill_(hidden, float("-inf"))
     return torch.bmm(scores.softmax(-1), v.float().reshape(B * KV, S, D)).to(q.dtype).view(B, H, D)
+
+
+def hidden_keys(lengths: torch.Tensor, span: int) -> torch.Tensor:
+    """[B, 1, 1, span]: True at the keys past each sequence's `lengths`."""
+    return torch.arange(span, device=lengths.device) >= lengths.view(-1, 1, 1, 1)
 
 
 def choose(dtype: torch.dtype, head_dim: int, device: torch.device, compiled: bool = False):
