@@ -237,16 +237,17 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         if compile is None:
             compile = os.environ.get("PHI4R_COMPILE", "0") == "1"
-        # The engine chooses the model's decode attention (model.forward/decode take it as an argument):
-        # the kernel where it applies once its build is ready, else the torch reference, asked every step
-        # (`_attention`) so that a build finishing mid-run is picked up; eager decoding never waits for it.
-        # A compiled step keeps what was chosen when it was traced, so compiling waits for the builds (bounded).
+        # The engine alone chooses the model's decode attention (an argument of model.forward/decode): the
+        # kernel where it applies once its build is ready, else the torch reference, asked every step
+        # (attention_kernel.choose) so that a build finishing mid-run is picked up; nothing waits for it. A
+        # compiled step keeps what was chosen when it was traced, so compiling waits for the builds (bounded).
         self._kernel_args = (model.dtype, model.config.head_dim, model.device)
         if attention_kernel.supports(*self._kernel_args):
             attention_kernel.prepare()
         if compile and model.device.type == "cpu":
             kernel_build.wait_for_builds()
-        self._compiled = _compile_decode(model, attention_kernel.choose(*self._kernel_args, compiled=True)) if compile else None
+        attention = attention_kernel.choose(*self._kernel_args, compiled=True)
+        self._compiled = _compile_decode(model, attention) if compile else None
         self.config = model.config
         self.max_num_seqs = max_num_seqs
         limit = self.config.max_position_embeddings
@@ -601,9 +602,10 @@ class Engine:
 
 
 def _compile_decode(model, attention):
-    """A callable running `model.decode` with `attention` compiled by torch.compile (inductor), or None (logged) when
-    torch.compile is unavailable here. Compiling happens at the first call and again, a bounded number
-    of times, when a size first changes (span, batch size, cache length: each then becomes dynamic)."""
+    """A callable running `model.decode` with `attention`, compiled by torch.compile (inductor), or None
+    (logged) when torch.compile is unavailable here. Compiling happens at the first call and again, a
+    bounded number of times, when a size first changes (span, batch size, cache length: each then
+    becomes dynamic)."""
     try:
         import torch._dynamo  # noqa: F401 - fails early on builds without dynamo
 

@@ -22,8 +22,9 @@ exact in int32, then y = acc * row_scale * channel_scale (fp32) in the activatio
 `weight` (int8 in the kernel's layout [ceil(out / 64), ceil(in / 4), 64, 4], phi4r.kernels.w8a8.pack),
 `comp` (int32, 128 * each channel's weight sum, which the kernel's unsigned activations need) and
 `scales`. For CPU activations in bf16 or fp32 (any number of rows: W8A8_KERNEL_MAX_ROWS), made with
-kernel=True (quantize_w8a8's default), it runs phi4r's AVX-512 VNNI kernel (vpdpbusd: int8 products at twice vdpbf16ps' rate, so batched decode, which is
-compute-bound, runs up to ~2x faster than Int8Linear; PHI4R_W8A8_KERNEL=0 turns it off); otherwise
+kernel=True (quantize_w8a8's default), it runs phi4r's AVX-512 VNNI kernel (vpdpbusd: int8 products at
+twice vdpbf16ps' rate, so batched decode, which is compute-bound, runs up to ~2x faster than
+Int8Linear; PHI4R_W8A8_KERNEL=0 turns it off); otherwise
 the same numbers in torch (`w8a8_reference`: the rows quantized alike, `torch._int_mm`, or float64
 products where that is missing: exact either way, then the same fp32 scaling). The activation
 quantization costs accuracy that weight-only int8 does not lose, most with outlier features.

@@ -11,7 +11,8 @@ The op is also `torch.ops.phi4r.decode_attention` (`op()`) with a shape function
 The model never picks it itself: `Phi3ForCausalLM.forward`/`decode` take the attention function as an
 argument (default `reference`, the one torch implementation), and the engine, the one place that
 chooses, passes `choose(...)`: the kernel once `prepare()`'s build is ready (see build.py: a child
-process builds it, nothing waits for it), else `reference`.
+process builds it, nothing waits for it), else `reference`. A compiled engine and the tests wait for
+the build, bounded, with `kernel()`; `python -m phi4r.kernels.attention` builds it.
 """
 from __future__ import annotations
 
