@@ -1,5 +1,5 @@
-"""Microbenchmark of one layer's decode attention: the Python path eager, the same under torch.compile
-(the fused kernel inductor makes of `DecodeStep.attention`'s Python formula), and phi4r's C++ kernel.
+"""Microbenchmark of one layer's decode attention: the torch reference (phi4r.kernels.attention.reference)
+eager, the same under torch.compile (what inductor makes of it), and phi4r's C++ kernel.
 
     taskset -c 1 python benchmarks/bench_decode_attention.py --threads 1 [--batches 1,16,64] [--contexts 150,2000]
 
@@ -16,17 +16,6 @@ import torch
 from timing import median_time  # benchmarks/timing.py: run as scripts, this folder is on sys.path
 
 from phi4r.kernels import attention
-from phi4r.model import DecodeStep, _decode_attention
-
-
-
-
-def _python_step(q, ck, cv, positions, span):
-    """DecodeStep.attention's Python formula (no lengths: the kernel is not used)."""
-    step = DecodeStep([ck], [cv], positions, span)
-    step.lengths = None
-    B = q.shape[0]
-    return step.attention(q, ck[:B, :, :span], cv[:B, :, :span])
 
 
 def main() -> None:
@@ -45,7 +34,7 @@ def main() -> None:
     H, KV, D = args.heads, args.kv_heads, args.head_dim
     kernel = attention.kernel()
     assert kernel is not None, "the attention kernel is not available here (see the log)"
-    compiled = torch.compile(_python_step, dynamic=False)
+    compiled = torch.compile(attention.reference, dynamic=False)
 
     print(f"{H} heads, {KV} KV heads, head dim {D}, {args.dtype}, {args.threads} thread(s); us per layer")
     print("| batch | context | python eager | python compiled | kernel | kernel vs compiled | kernel GFLOP/s | kernel K/V GB/s |")
@@ -58,15 +47,11 @@ def main() -> None:
             lengths = positions[:, 0] + 1
             cache_bytes = 2 * B * KV * max_len * D * dtype.itemsize
             copies = max(2, -(-256 * 2**20 // cache_bytes))
-            cases = [(torch.randn(B, 1, H, D).to(dtype), torch.randn(B, KV, max_len, D).to(dtype),
+            cases = [(torch.randn(B, H, D).to(dtype), torch.randn(B, KV, max_len, D).to(dtype),
                       torch.randn(B, KV, max_len, D).to(dtype)) for _ in range(copies)]
-            mask = DecodeStep([cases[0][1]], [cases[0][2]], positions, span).mask
             with torch.no_grad():
-                eager = median_time(lambda q, ck, cv: _decode_attention(q, ck[:, :, :span], cv[:, :, :span], mask),
-                              cases, args.reps)
-                comp = median_time(lambda q, ck, cv: compiled(q, ck, cv, positions, span), cases, args.reps)
-                ours = median_time(lambda q, ck, cv: kernel(q[:, 0], ck[:, :, :span], cv[:, :, :span], lengths, D ** -0.5),
-                             cases, args.reps)
+                eager, comp, ours = (median_time(lambda q, ck, cv, f=f, s=span, n=lengths: f(q, ck[:, :, :s], cv[:, :, :s], n, D ** -0.5),
+                                                 cases, args.reps) for f in (attention.reference, compiled, kernel))
             visible = lengths.sum().item()
             flops = 4 * H * D * visible
             kv_bytes = 2 * KV * D * dtype.itemsize * visible

@@ -60,7 +60,7 @@ def accuracy(outliers: bool) -> None:
         with torch.no_grad():
             ref = F.linear(x.float(), lin.weight)
             res = []
-            for mod in (Int8Linear(lin.weight), W8A8Linear(lin.weight)):
+            for mod in (Int8Linear(lin.weight, kernel=True), W8A8Linear(lin.weight, kernel=True)):
                 err = (mod(x).float() - ref).norm(dim=1) / ref.norm(dim=1)
                 res += [err.max().item(), err.mean().item()]
         print(f"| {name} | {res[0]:.2e} | {res[1]:.2e} | {res[2]:.2e} | {res[3]:.2e} |")

@@ -237,13 +237,17 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         if compile is None:
             compile = os.environ.get("PHI4R_COMPILE", "0") == "1"
-        if model.device.type == "cpu":
-            # Eager decoding never waits for a kernel build (the torch path until it is ready); a compiled step
-            # uses a kernel only if it was decided before tracing, so compiling waits for the builds (bounded).
+        # The engine alone chooses the model's decode attention (an argument of model.forward/decode): the
+        # kernel where it applies once its build is ready, else the torch reference, asked every step
+        # (attention_kernel.choose) so that a build finishing mid-run is picked up; nothing waits for it. A
+        # compiled step keeps what was chosen when it was traced, so compiling waits for the builds (bounded).
+        self._kernel_args = (model.dtype, model.config.head_dim, model.device)
+        if attention_kernel.supports(*self._kernel_args):
             attention_kernel.prepare()
-            if compile:
-                kernel_build.wait_for_builds()
-        self._compiled = _compile_decode(model) if compile else None
+        if compile and model.device.type == "cpu":
+            kernel_build.wait_for_builds()
+        attention = attention_kernel.choose(*self._kernel_args, compiled=True)
+        self._compiled = _compile_decode(model, attention) if compile else None
         self.config = model.config
         self.max_num_seqs = max_num_seqs
         limit = self.config.max_position_embeddings
@@ -391,8 +395,8 @@ class Engine:
         device = self.model.device
         ids = torch.tensor([prompt_ids], device=device)
         positions = torch.arange(n, device=device)[None]
-        logits = self.model(ids, positions=positions, cache=self.cache,
-                            slots=torch.tensor(slots[:1], device=device), last_only=True)[:, -1].float()
+        logits = self.model(ids, positions=positions, cache=self.cache, slots=torch.tensor(slots[:1], device=device),
+                            last_only=True, attention=attention_kernel.choose(*self._kernel_args))[:, -1].float()
         for slot in slots[1:]:
             self.cache.copy_slot(slots[0], slot, n)
         return logits
@@ -431,7 +435,8 @@ class Engine:
                             type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
                 self._compiled = None  # the eager forward below rewrites the same cache positions
         if logits is None:
-            logits = self.model(ids, positions=positions, cache=self.cache, slots=slots, last_only=True)[:, -1].float()
+            logits = self.model(ids, positions=positions, cache=self.cache, slots=slots, last_only=True,
+                                attention=attention_kernel.choose(*self._kernel_args))[:, -1].float()
         return logits
 
     def _per_sample(self, batch: list[_Sample], fn, join, deltas: list[Delta]):
@@ -600,10 +605,11 @@ class Engine:
         return delta
 
 
-def _compile_decode(model):
-    """A callable running `model.decode` compiled by torch.compile (inductor), or None (logged) when
-    torch.compile is unavailable here. Compiling happens at the first call and again, a bounded number
-    of times, when a size first changes (span, batch size, cache length: each then becomes dynamic)."""
+def _compile_decode(model, attention):
+    """A callable running `model.decode` with `attention`, compiled by torch.compile (inductor), or None
+    (logged) when torch.compile is unavailable here. Compiling happens at the first call and again, a
+    bounded number of times, when a size first changes (span, batch size, cache length: each then
+    becomes dynamic)."""
     try:
         import torch._dynamo  # noqa: F401 - fails early on builds without dynamo
 
@@ -623,5 +629,5 @@ def _compile_decode(model):
 
     def decode(ids, positions, ks, vs, span):
         with patch:
-            return compiled(ids, positions, ks, vs, span)
+            return compiled(ids, positions, ks, vs, span, attention)
     return decode

@@ -89,70 +89,52 @@ class KVCache:
 
 
 class CacheStep:
-    """One forward's view of the cache, worked out once for all layers: where each new key goes,
-    which keys each query may see, and how to read a batch's cache rows."""
+    """One forward's view of the cache, worked out once for all layers: where each new key goes, which keys
+    each query may see, how to read a batch's cache rows, and the decode attention to use.
 
-    def __init__(self, cache: KVCache, positions: torch.Tensor, slots: torch.Tensor):
+    ks/vs: the cache tensors (KVCache.k/.v); slots [B]: the cache rows the sequences own (None: 0..B-1);
+    span: max(positions) + 1, or None to read it from `positions` (one host sync). A compiled step passes
+    slots None and span (a plain int: torch.compile makes it a dynamic size after the first value that
+    differs, so a growing span does not recompile), so it has no host syncs.
+    attention(q [B, H, D], k, v [B, KV, span, D], lengths [B], scale) -> [B, H, D]: a query's attention
+    over the first lengths[b] keys (kernels.attention.reference, or its kernel).
+    """
+
+    def __init__(self, ks: list[torch.Tensor], vs: list[torch.Tensor], positions: torch.Tensor,
+                 slots: torch.Tensor | None = None, span: int | None = None, attention=attention_kernel.reference):
         B, T = positions.shape
-        self.cache = cache
-        # One host sync for the whole forward (not one per .item() per question below).
-        pos, rows = positions.tolist(), slots.tolist()
-        high, low = max(max(p) for p in pos), min(min(p) for p in pos)
-        self.span = high + 1
-        # Sequences in consecutive slots are read through a view; others need a gathered copy.
-        self.select = slice(rows[0], rows[0] + B) if rows == list(range(rows[0], rows[0] + B)) else slots
-        # Each query sees keys of its own sequence at positions up to its own. When every key in the
-        # span is visible (one decode position for the whole batch) no mask is needed.
-        if T == 1 and low == high:
-            self.mask = None
-        else:
-            self.mask = _visible(self.span, positions)
-        self.lengths = positions[:, -1] + 1 if T == 1 else None  # keys each query sees (decode only)
-        self.index = _cache_rows(cache.k[0], slots, positions)
+        self.ks, self.vs, self.attention = ks, vs, attention
+        self.select, pos = slice(0, B), None
+        if span is None:
+            pos, rows = positions.tolist(), slots.tolist()  # one host sync for the whole forward
+            span = max(max(p) for p in pos) + 1
+            # Sequences in consecutive slots are read through a view; others need a gathered copy.
+            self.select = slice(rows[0], rows[0] + B) if rows == list(range(rows[0], rows[0] + B)) else slots
+        self.span = span
+        if slots is None:
+            slots = torch.arange(B, device=positions.device)
+        # Each query sees keys of its own sequence at positions up to its own: a mask for several new
+        # tokens per sequence (SDPA), the number of leading keys for one.
+        self.mask = _visible(span, positions) if T > 1 else None
+        self.lengths = positions[:, 0] + 1 if T == 1 else None
+        self.index = _cache_rows(ks[0], slots, positions)
+        # The reference's mask, once for all layers (none when every sequence sees the whole span).
+        self.extra = {}
+        if T == 1 and attention is attention_kernel.reference:
+            full = pos is not None and all(p[0] == span - 1 for p in pos)
+            self.extra = {"hidden": False if full else attention_kernel.hidden_keys(self.lengths, span)}
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+        """Decode attention of q [B, H, D] over the keys/values `update` returned: [B, H, D]."""
+        return self.attention(q, keys, values, self.lengths, scale, **self.extra)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v [B, T, kv_heads, head_dim]; return the keys/values [B, kv_heads, span, head_dim] to attend to."""
-        ck, cv = _write_kv(self.cache.k[layer], self.cache.v[layer], self.index, k, v)
+        ck, cv = self.ks[layer], self.vs[layer]
+        D = ck.shape[-1]
+        ck.view(-1, D).index_put_((self.index,), k.to(ck.dtype))
+        cv.view(-1, D).index_put_((self.index,), v.to(cv.dtype))
         return ck[self.select, :, :self.span], cv[self.select, :, :self.span]
-
-    def attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return _decode_attention(q, keys, values, self.mask, self.lengths)
-
-
-class DecodeStep:
-    """The cache view of a decode step (one new token per sequence) with no host syncs, for a
-    compiled step (`Phi3ForCausalLM.decode`): the batch's sequences own slots 0..B-1 (the engine
-    compacts them there), and each query attends over the first `span` positions of the cache with
-    a mask (positions past its own). `span` is a plain int: torch.compile makes it a dynamic size
-    after the first value that differs, so a growing span does not recompile."""
-
-    def __init__(self, ks: list[torch.Tensor], vs: list[torch.Tensor], positions: torch.Tensor, span: int):
-        self.ks, self.vs, self.B, self.span = ks, vs, positions.shape[0], span
-        self.mask = _visible(span, positions)
-        self.lengths = positions[:, 0] + 1
-        self.index = _cache_rows(ks[0], torch.arange(self.B, device=positions.device), positions)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ck, cv = _write_kv(self.ks[layer], self.vs[layer], self.index, k, v)
-        return ck[:self.B, :, :self.span], cv[:self.B, :, :self.span]
-
-    def attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """The C++ kernel as an op in the graph where it applies (`_kernel_attention`). Otherwise
-        `_decode_attention` written as broadcast products and sums, which inductor fuses with the
-        fp32 conversion of the cache (no fp32 copy of K/V, no bmm calls), and the softmax's division
-        applied to the [heads, head_dim] result instead of every weight. fp32 like the eager path;
-        only the rounding order differs."""
-        out = _kernel_attention(q, keys, values, self.lengths)
-        if out is not None:
-            return out
-        B, _, H, D = q.shape
-        KV, L = keys.shape[1], keys.shape[2]
-        qf = q.float().reshape(B, KV, H // KV, 1, D)
-        scores = (qf * keys[:, :, None].float()).sum(-1) * D ** -0.5  # [B, KV, H // KV, L]
-        scores = scores.masked_fill(~self.mask.reshape(B, 1, 1, L), float("-inf"))
-        e = (scores - scores.amax(-1, keepdim=True)).exp()
-        out = (e[..., None] * values[:, :, None].float()).sum(-2) / e.sum(-1)[..., None]  # [B, KV, H // KV, D]
-        return out.to(q.dtype).reshape(B, H, 1, D)
 
 
 def _visible(span: int, positions: torch.Tensor) -> torch.Tensor:
@@ -166,60 +148,6 @@ def _cache_rows(cache_layer: torch.Tensor, slots: torch.Tensor, positions: torch
     _, kv_heads, max_len, _ = cache_layer.shape
     heads = torch.arange(kv_heads, device=positions.device)
     return (slots[:, None, None] * kv_heads + heads) * max_len + positions[:, :, None]
-
-
-def _write_kv(ck: torch.Tensor, cv: torch.Tensor, index: torch.Tensor, k: torch.Tensor,
-              v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write k/v [B, T, kv_heads, D] into one layer's cache tensors at `index` (_cache_rows); returns them."""
-    D = ck.shape[-1]
-    ck.view(-1, D).index_put_((index,), k.to(ck.dtype))
-    cv.view(-1, D).index_put_((index,), v.to(cv.dtype))
-    return ck, cv
-
-
-def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                      mask: torch.Tensor | None, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention of one query per sequence, with the softmax in fp32.
-
-    q: [B, 1, H, D]; keys/values: [B, KV, span, D]; mask: None or [B, 1, 1, span] (True: visible);
-    lengths: None or [B], the number of leading positions each query sees (the mask's True prefix).
-    Returns [B, H, 1, D] like SDPA, in q's dtype. The same maths as SDPA with enable_gqa (query head
-    h reads KV head h // (H / KV)), but SDPA's CPU kernel is slow for a single query (bf16 batch 16:
-    4.4 ms per layer against 0.55 ms here). With lengths, the C++ kernel where it applies
-    (`_kernel_attention`). Otherwise two grouped matmuls, all in fp32: bf16 bmm of these small shapes
-    is 2x slower on CPU than converting q/K/V and multiplying in fp32 (one layer, batch 1, 160
-    positions: 91 vs 42 us), and more accurate.
-    """
-    out = _kernel_attention(q, keys, values, lengths)
-    if out is not None:
-        return out
-    B, _, H, D = q.shape
-    KV, span = keys.shape[1], keys.shape[2]
-    dtype = q.dtype
-    q = q.reshape(B * KV, H // KV, D).float()
-    # [B, KV] merge into one batch dim as a view, also for a slice of the cache's rows and positions.
-    scores = torch.bmm(q, keys.float().reshape(B * KV, span, D).transpose(1, 2)).mul_(D ** -0.5)
-    if mask is not None:
-        scores.view(B, KV, -1, span).masked_fill_(~mask.reshape(B, 1, 1, span), float("-inf"))
-    out = torch.bmm(scores.softmax(-1), values.float().reshape(B * KV, span, D))
-    return out.to(dtype).view(B, H, 1, D)
-
-
-def _kernel_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                      lengths: torch.Tensor | None) -> torch.Tensor | None:
-    """`_decode_attention` by phi4r's AVX-512 kernel (phi4r/kernels/attention.py: fp32 sums and softmax;
-    bf16 batch 16, 150 positions, one thread: 0.17 ms per layer against 0.56 ms for inductor's fusion of
-    the Python path), or None where it does not apply: no lengths, CUDA, a head dim or dtype it lacks,
-    autograd, or no kernel decided in this process (the engine decides: attention.prepare or .kernel)."""
-    if (lengths is None or not attention_kernel.supports(q, keys, values)
-            or (torch.is_grad_enabled() and (q.requires_grad or keys.requires_grad or values.requires_grad))):
-        return None
-    # torch.compile's graphs call it through the dispatcher (an opaque op in the graph).
-    fn = attention_kernel.op() if torch.compiler.is_compiling() else attention_kernel.ready()
-    if fn is None:
-        return None
-    D = q.shape[-1]
-    return fn(q[:, 0], keys, values, lengths, D ** -0.5).unsqueeze(2)
 
 
 class Attention(nn.Module):
@@ -241,15 +169,15 @@ class Attention(nn.Module):
 
         if step is None:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 is_causal=T > 1, enable_gqa=KV != H)
+                                                 is_causal=T > 1, enable_gqa=KV != H).transpose(1, 2)
         else:
             keys, values = step.update(self.layer_idx, k, v)
-            if T == 1:
-                out = step.attention(q, keys, values)
+            if T == 1:  # decode: SDPA's CPU kernel is slow for a single query
+                out = step.attend(q[:, 0], keys, values, self.head_dim ** -0.5)
             else:
                 out = F.scaled_dot_product_attention(q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype),
-                                                     attn_mask=step.mask, enable_gqa=KV != H)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * self.head_dim))
+                                                     attn_mask=step.mask, enable_gqa=KV != H).transpose(1, 2)
+        return self.o_proj(out.reshape(B, T, H * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -310,26 +238,28 @@ class Phi3ForCausalLM(nn.Module):
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
     def decode(self, input_ids: torch.Tensor, positions: torch.Tensor, ks: list[torch.Tensor],
-               vs: list[torch.Tensor], span: int) -> torch.Tensor:
+               vs: list[torch.Tensor], span: int, attention=attention_kernel.reference) -> torch.Tensor:
         """One decode step for torch.compile: logits [B, V] of `input_ids` [B, 1] at `positions` [B, 1],
         the sequences in cache slots 0..B-1 of the cache tensors `ks`/`vs` (KVCache.k/.v), `span` =
-        max(positions) + 1. The same maths as forward(..., last_only=True) up to rounding order."""
+        max(positions) + 1, `attention` as in forward. The same maths as forward(..., last_only=True)."""
         x = self.model.embed_tokens(input_ids)
         cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
         cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
-        step = DecodeStep(ks, vs, positions, span)
+        step = CacheStep(ks, vs, positions, span=span, attention=attention)
         for layer in self.model.layers:
             x = layer(x, self.rotary, cos, sin, step)
         return self.lm_head(self.model.norm(x))[:, -1]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, slots: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, attention=attention_kernel.reference) -> torch.Tensor:
         """Logits [B, T, V] (or [B, 1, V] with last_only).
 
         Without a cache: a plain causal forward over `input_ids` (training, scoring).
         With a cache: `positions` [B, T] are the tokens' absolute positions, `slots` [B] the cache
-        rows their sequences own; new keys/values are written there before attending.
+        rows their sequences own; new keys/values are written there before attending. A decode step
+        (T = 1) attends with `attention` (see CacheStep): the torch reference unless the caller (the
+        engine) passes the kernel; nothing else in the process changes which one runs.
         """
         B, T = input_ids.shape
         if positions is None:
@@ -339,7 +269,7 @@ class Phi3ForCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
         cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
-        step = CacheStep(cache, positions, slots) if cache is not None else None
+        step = CacheStep(cache.k, cache.v, positions, slots, attention=attention) if cache is not None else None
         for layer in self.model.layers:
             x = layer(x, self.rotary, cos, sin, step)
         if last_only:

@@ -7,9 +7,9 @@ Decoding reads a quarter of the fp32 bytes.
 
 Int8Linear (weight-only): buffers `weight` (int8, [out, in], row-major as before: no repacking) and
 `scales`. Activations are not quantized. The matmul, for CPU activations in bf16 or fp32 and up to
-KERNEL_MAX_ROWS rows (decode), is phi4r's own AVX-512 kernel (phi4r/kernels: compiled once per machine,
-~30 s, in a child process while the torch path runs; checked against the float reference;
-PHI4R_INT8_KERNEL=0 turns it off). It
+KERNEL_MAX_ROWS rows (decode), is phi4r's own AVX-512 kernel if the layer was made with kernel=True
+(quantize_int8's default; phi4r/kernels: compiled once per machine, ~30 s, in a child process while the
+torch path runs; checked against the float reference; PHI4R_INT8_KERNEL=0 turns it off). It
 converts the int8 weights exactly and accumulates in fp32 (bf16 activations: vdpbf16ps; fp32: FMA),
 returns x's dtype, and streams the weights at the memory bandwidth at batch 1 (~3x
 `_weight_int8pack_mm`). Otherwise (no kernel on this CPU, more rows, autograd) it is PyTorch's
@@ -21,9 +21,10 @@ amax(|row|) / 127 (phi4r.kernels.w8a8.quantize_rows). The product of int8 activa
 exact in int32, then y = acc * row_scale * channel_scale (fp32) in the activation dtype. Buffers:
 `weight` (int8 in the kernel's layout [ceil(out / 64), ceil(in / 4), 64, 4], phi4r.kernels.w8a8.pack),
 `comp` (int32, 128 * each channel's weight sum, which the kernel's unsigned activations need) and
-`scales`. For CPU activations in bf16 or fp32 (any number of rows: W8A8_KERNEL_MAX_ROWS) it runs phi4r's
-AVX-512 VNNI kernel (vpdpbusd: int8 products at twice vdpbf16ps' rate, so batched decode, which is
-compute-bound, runs up to ~2x faster than Int8Linear; PHI4R_W8A8_KERNEL=0 turns it off); otherwise
+`scales`. For CPU activations in bf16 or fp32 (any number of rows: W8A8_KERNEL_MAX_ROWS), made with
+kernel=True (quantize_w8a8's default), it runs phi4r's AVX-512 VNNI kernel (vpdpbusd: int8 products at
+twice vdpbf16ps' rate, so batched decode, which is compute-bound, runs up to ~2x faster than
+Int8Linear; PHI4R_W8A8_KERNEL=0 turns it off); otherwise
 the same numbers in torch (`w8a8_reference`: the rows quantized alike, `torch._int_mm`, or float64
 products where that is missing: exact either way, then the same fp32 scaling). The activation
 quantization costs accuracy that weight-only int8 does not lose, most with outlier features.
@@ -66,16 +67,19 @@ def _kernel_scales(scales: torch.Tensor) -> torch.Tensor:
 
 
 class Int8Linear(nn.Module):
-    def __init__(self, weight: torch.Tensor):
+    """kernel: use phi4r's int8 kernel where it applies, once its build is ready (int8_kernel.prepare(), which
+    quantize_int8 calls); False: always the torch path. A layer's choice is its own, whatever else runs."""
+
+    def __init__(self, weight: torch.Tensor, kernel: bool = False):
         super().__init__()
-        self.out_features, self.in_features = weight.shape
+        self.out_features, self.in_features, self.kernel = *weight.shape, kernel
         q, scales = per_channel_int8(weight)
         self.register_buffer("weight", q)
         self.register_buffer("scales", scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Decode's hot path: as few Python steps as possible (the kernel takes [..., K] as it is).
-        if (not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu  # the kernel has no backward
+        if (self.kernel and not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu  # no backward
                 and x.numel() <= KERNEL_MAX_ROWS * self.in_features):
             # torch.compile's graphs call the kernel through the dispatcher (an opaque op in the graph).
             kernel = int8_kernel.op() if torch.compiler.is_compiling() else int8_kernel.ready()
@@ -94,11 +98,12 @@ class Int8Linear(nn.Module):
 
 
 class W8A8Linear(nn.Module):
-    """W8A8: int8 weights per output channel (as Int8Linear's) and int8 activations per row, int32 products."""
+    """W8A8: int8 weights per output channel (as Int8Linear's) and int8 activations per row, int32 products.
+    kernel: as Int8Linear's, for phi4r's W8A8 kernel (quantize_w8a8 prepares it)."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, kernel: bool = False):
         super().__init__()
-        self.out_features, self.in_features = weight.shape
+        self.out_features, self.in_features, self.kernel = *weight.shape, kernel
         q, scales = per_channel_int8(weight)
         packed, comp = w8a8_kernel.pack(q)
         self.register_buffer("weight", packed)  # the kernel's layout; int8_weight() is [out, in]
@@ -110,7 +115,7 @@ class W8A8Linear(nn.Module):
         return w8a8_kernel.unpack(self.weight, self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu  # the kernel has no backward
+        if (self.kernel and not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu  # no backward
                 and (W8A8_KERNEL_MAX_ROWS is None or x.numel() <= W8A8_KERNEL_MAX_ROWS * self.in_features)):
             # torch.compile's graphs call the kernel through the dispatcher (an opaque op in the graph).
             kernel = w8a8_kernel.op() if torch.compiler.is_compiling() else w8a8_kernel.ready()
@@ -138,25 +143,25 @@ def w8a8_reference(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> to
     return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear of `model` in place by an Int8Linear; returns the model."""
-    _replace(model)
-    if any(isinstance(m, Int8Linear) and m.weight.device.type == "cpu" for m in model.modules()):
+def quantize_int8(model: nn.Module, kernel: bool = True) -> nn.Module:
+    """Replace every nn.Linear of `model` in place by an Int8Linear(kernel=kernel); returns the model."""
+    _replace(model, Int8Linear, kernel)
+    if kernel and any(isinstance(m, Int8Linear) and m.weight.device.type == "cpu" for m in model.modules()):
         int8_kernel.prepare()  # load it, or build it in a child process (the torch path until it is ready)
     return model
 
 
-def quantize_w8a8(model: nn.Module) -> nn.Module:
-    """Replace every bias-free nn.Linear of `model` in place by a W8A8Linear; returns the model."""
-    _replace(model, W8A8Linear)
-    if any(isinstance(m, W8A8Linear) and m.weight.device.type == "cpu" for m in model.modules()):
+def quantize_w8a8(model: nn.Module, kernel: bool = True) -> nn.Module:
+    """Replace every bias-free nn.Linear of `model` in place by a W8A8Linear(kernel=kernel); returns the model."""
+    _replace(model, W8A8Linear, kernel)
+    if kernel and any(isinstance(m, W8A8Linear) and m.weight.device.type == "cpu" for m in model.modules()):
         w8a8_kernel.prepare()  # load it, or build it in a child process (the torch path until it is ready)
     return model
 
 
-def _replace(model: nn.Module, cls: type[nn.Module] = Int8Linear) -> None:
+def _replace(model: nn.Module, cls: type[nn.Module], kernel: bool) -> None:
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Linear) and child.bias is None:
-            setattr(model, name, cls(child.weight))
+            setattr(model, name, cls(child.weight, kernel))
         else:
-            _replace(child, cls)
+            _replace(child, cls, kernel)

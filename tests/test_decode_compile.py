@@ -11,7 +11,7 @@ from phi4r import fastlinear
 from phi4r.checkpoint import load, read_generation_config
 from phi4r.engine import Engine
 from phi4r.kernels import int8
-from phi4r.model import DecodeStep, _decode_attention
+from phi4r.model import CacheStep
 from phi4r.quant import quantize_int8
 from phi4r.tiny import make_checkpoint
 
@@ -68,17 +68,17 @@ def test_compiled_decode_greedy_equals_eager(ckpt, dtype, caplog):
     assert got == eager
 
 
-def test_decode_step_attention_matches_the_eager_one():
+def test_a_compiled_step_sees_what_an_eager_step_sees():
     torch.manual_seed(0)
-    B, H, KV, D, L = 3, 8, 2, 16, 20
-    q = torch.randn(B, 1, H, D)
+    B, KV, D, L = 3, 2, 16, 20
+    positions, k, v = torch.tensor([[10], [4], [7]]), torch.randn(B, 1, KV, D), torch.randn(B, 1, KV, D)
     ks, vs = [torch.randn(B + 1, KV, L, D)], [torch.randn(B + 1, KV, L, D)]
-    positions = torch.tensor([[10], [4], [7]])
-    step = DecodeStep(ks, vs, positions, span=11)
-    keys, values = step.update(0, torch.randn(B, 1, KV, D), torch.randn(B, 1, KV, D))
-    assert keys.shape == (B, KV, 11, D) and torch.equal(keys[1, :, 4], ks[0][1, :, 4])
-    ref = _decode_attention(q, keys, values, step.mask)
-    assert (step.attention(q, keys, values) - ref).abs().max() < 1e-5
+    eager = CacheStep([ks[0].clone()], [vs[0].clone()], positions, torch.arange(B))  # span read from positions
+    step = CacheStep(ks, vs, positions, span=11)  # no host syncs: slots 0..B-1 and span given
+    keys, values = step.update(0, k, v)
+    assert keys.shape == (B, KV, 11, D) and torch.equal(keys[1, :, 4], k[1, 0]) and torch.equal(values[2, :, 7], v[2, 0])
+    assert [torch.equal(a, b) for a, b in zip(eager.update(0, k, v), (keys, values))] == [True, True]
+    assert eager.span == step.span and step.lengths.tolist() == eager.lengths.tolist() == [11, 5, 8]
 
 
 def test_a_failing_compiled_step_falls_back_to_eager_with_one_warning(ckpt, caplog):

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from phi4r.config import Phi3Config
-from phi4r.model import CacheStep, KVCache, Phi3ForCausalLM, RMSNorm, Rotary, _decode_attention
+from phi4r.kernels.attention import reference
+from phi4r.model import CacheStep, KVCache, Phi3ForCausalLM, RMSNorm, Rotary
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -45,28 +46,28 @@ def test_cache_write_lands_where_advanced_indexing_puts_it():
         slots, positions = torch.tensor(slots), torch.tensor(positions)
         cache, ref = KVCache(config, 6, 16), torch.zeros(6, 2, 16, config.head_dim)
         k = torch.randn(*positions.shape, 2, config.head_dim)
-        step = CacheStep(cache, positions, slots)
+        step = CacheStep(cache.k, cache.v, positions, slots)
         keys, _ = step.update(0, k, k)
         ref[slots[:, None].expand_as(positions), :, positions] = k
         assert torch.equal(cache.k[0], ref) and torch.equal(cache.v[0], ref)
         assert keys.shape == (len(slots), 2, int(positions.max()) + 1, config.head_dim)
-        assert (step.mask is None) == (positions.shape[1] == 1 and len(set(positions.flatten().tolist())) == 1)
+        assert (step.mask is None) == (positions.shape[1] == 1)  # decode attends over `lengths` keys
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_decode_attention_in_fp32_matches_sdpa(dtype):
     torch.manual_seed(0)
     B, H, KV, D, S = 3, 8, 2, 16, 11
-    q, k, v = (t.to(dtype) for t in (torch.randn(B, 1, H, D), torch.randn(B, KV, S, D), torch.randn(B, KV, S, D)))
+    q, k, v = (t.to(dtype) for t in (torch.randn(B, H, D), torch.randn(B, KV, S, D), torch.randn(B, KV, S, D)))
     # keys as a slice of a bigger cache (rows and positions), as the engine passes them
     big_k, big_v = torch.zeros(B + 2, KV, S + 5, D, dtype=dtype), torch.zeros(B + 2, KV, S + 5, D, dtype=dtype)
     big_k[1:B + 1, :, :S], big_v[1:B + 1, :, :S] = k, v
-    mask = (torch.arange(S) <= torch.tensor([10, 4, 7])[:, None, None])[:, None]
-    for m in (mask, None):
-        ref = F.scaled_dot_product_attention(q.transpose(1, 2).float(), k.float(), v.float(), attn_mask=m,
-                                             enable_gqa=True)
-        got = _decode_attention(q, big_k[1:B + 1, :, :S], big_v[1:B + 1, :, :S], m)
-        assert got.dtype == dtype and got.shape == (B, H, 1, D)
+    for lengths in (torch.tensor([11, 5, 8]), torch.tensor([S] * B)):
+        mask = (torch.arange(S) < lengths[:, None, None])[:, None]
+        ref = F.scaled_dot_product_attention(q[:, :, None].float(), k.float(), v.float(), attn_mask=mask,
+                                             enable_gqa=True)[:, :, 0]
+        got = reference(q, big_k[1:B + 1, :, :S], big_v[1:B + 1, :, :S], lengths, D ** -0.5)
+        assert got.dtype == dtype and got.shape == (B, H, D)
         assert (got.float() - ref).abs().max() <= (1e-5 if dtype == torch.float32 else 2 ** -7)
 
 

@@ -279,19 +279,7 @@ def test_int8_model_logits_and_greedy_tokens_stay_close(ckpt):
     assert cosine.mean() > 0.995 and cosine.min() > 0.98 and top1 > 0.8
 
 
-# ---- fast inference kernels: prepacked linears (phi4r.fastlinear) and grouped decode attention
-def test_decode_attention_matches_sdpa():
-    from phi4r.model import _decode_attention
-
-    torch.manual_seed(0)
-    B, H, KV, D, S = 3, 8, 2, 16, 11
-    q, k, v = torch.randn(B, 1, H, D), torch.randn(B, KV, S, D), torch.randn(B, KV, S, D)
-    mask = (torch.arange(S) <= torch.tensor([10, 4, 7])[:, None, None])[:, None]  # [B, 1, 1, S]
-    for m in (mask, None):
-        ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=m, enable_gqa=True)
-        assert torch.allclose(_decode_attention(q, k, v, m), ref, atol=1e-5)
-
-
+# ---- fast inference kernels: prepacked linears (phi4r.fastlinear)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prepacked_linears_keep_logits_and_greedy_tokens(ckpt, dtype):
     from phi4r.fastlinear import PackedLinear, available, prepack

@@ -62,16 +62,19 @@ def test_kernel_scales_dtypes_and_threads(kernel):
 def test_int8_linear_uses_the_kernel_and_agrees_with_the_torch_path(kernel, monkeypatch):
     torch.manual_seed(0)
     lin = torch.nn.Linear(200, 96, bias=False)
-    q = Int8Linear(lin.weight)
+    q = Int8Linear(lin.weight, kernel=True)
     x = torch.randn(2, 3, 200).to(torch.bfloat16)
     calls = []
     monkeypatch.setattr(int8, "ready", lambda: lambda *a: calls.append(1) or kernel(*a))
     with torch.no_grad():
         got = q(x)
-    assert calls and got.shape == (2, 3, 96) and got.dtype == torch.bfloat16
-    monkeypatch.setattr(int8, "ready", lambda: None)
-    with torch.no_grad():
+        assert calls and got.shape == (2, 3, 96) and got.dtype == torch.bfloat16
+        calls.clear()
+        plain = Int8Linear(lin.weight)(x)  # kernel=False (the default): the torch path, kernel loaded or not
+        assert not calls
+        monkeypatch.setattr(int8, "ready", lambda: None)  # kernel=True but its build is not ready: the torch path
         fallback = q(x)
+    assert torch.equal(plain, fallback)
     # The torch path rounds to bf16 twice (GEMM result, then times the scale); the kernel once.
     assert (got.float() - fallback.float()).abs().max() <= 2 ** -6 * fallback.float().abs().max()
 

@@ -126,15 +126,20 @@ def test_w8a8_linear_is_the_dequantized_linear_within_the_activation_quantizatio
 
 def test_forward_uses_the_kernel_and_agrees_with_the_torch_path(kernel, monkeypatch):
     torch.manual_seed(0)
-    mod = W8A8Linear(torch.randn(96, 200))
+    weight = torch.randn(96, 200)
+    mod = W8A8Linear(weight, kernel=True)
     x = torch.randn(2, 3, 200).to(torch.bfloat16)
     calls = []
     monkeypatch.setattr(w8a8, "ready", lambda: lambda *a: calls.append(1) or kernel(*a))
     with torch.no_grad():
         got = mod(x)
         assert calls
-        monkeypatch.setattr(w8a8, "ready", lambda: None)
+        calls.clear()
+        plain = W8A8Linear(weight)(x)  # kernel=False (the default): the torch path, kernel loaded or not
+        assert not calls
+        monkeypatch.setattr(w8a8, "ready", lambda: None)  # kernel=True but its build is not ready: the torch path
         fallback = mod(x)
+        assert torch.equal(plain, fallback)
         big = torch.randn(300, 200)  # many rows (a prefill) take the kernel too
         monkeypatch.setattr(w8a8, "ready", lambda: kernel)
         assert torch.equal(mod(big), w8a8_reference(big, mod.int8_weight(), mod.scales))
@@ -216,7 +221,7 @@ def test_compiled_decode_calls_the_kernel_and_equals_eager(kernel, tmp_path, cap
 
 def test_compiled_module_is_one_graph_with_the_op(kernel):
     torch.manual_seed(0)
-    mod = W8A8Linear(torch.randn(70, 48))
+    mod = W8A8Linear(torch.randn(70, 48), kernel=True)
     x = torch.randn(5, 48).to(torch.bfloat16)
     with torch.no_grad():
         compiled = torch.compile(mod, fullgraph=True, backend="eager")  # fullgraph: a graph break raises

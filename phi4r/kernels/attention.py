@@ -8,10 +8,11 @@ cannot be used here, with one logged warning saying why (see build.py), except f
 PHI4R_ATTENTION_KERNEL=0 (asked for), or when a numerical probe against the float reference disagrees.
 The op is also `torch.ops.phi4r.decode_attention` (`op()`) with a shape function, for torch.compile.
 
-Any model gets faster with it, so the engine uses it without being asked (`prepare()`), but a first
-`phi4r chat` must not wait for its build: see build.py (a child process builds it, this process decodes
-with the torch path until `ready()` returns it; a compiled engine and the tests wait, bounded, with
-`kernel()`; `python -m phi4r.kernels.attention` builds it).
+The model never picks it itself: `Phi3ForCausalLM.forward`/`decode` take the attention function as an
+argument (default `reference`, the one torch implementation), and the engine, the one place that
+chooses, passes `choose(...)`: the kernel once `prepare()`'s build is ready (see build.py: a child
+process builds it, nothing waits for it), else `reference`. A compiled engine and the tests wait for
+the build, bounded, with `kernel()`; `python -m phi4r.kernels.attention` builds it.
 """
 from __future__ import annotations
 
@@ -32,18 +33,41 @@ def _fake(q, k, v, lengths, scale):
     return q.new_empty(q.shape)
 
 
-def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    return q.is_cpu and q.dtype in DTYPES and k.dtype == v.dtype == q.dtype and q.shape[-1] % 16 == 0
+def supports(dtype: torch.dtype, head_dim: int, device: torch.device) -> bool:
+    """Whether the kernel applies to a model's q/k/v (cache and activations in the model's dtype)."""
+    return device.type == "cpu" and dtype in DTYPES and head_dim % 16 == 0
 
 
-def reference(q, k, v, lengths, scale):
-    """The kernel's maths in torch (fp32)."""
+def reference(q, k, v, lengths, scale, hidden: torch.Tensor | bool | None = None):
+    """The kernel's maths in torch, the model's attention wherever the kernel is not chosen (any device,
+    dtype, head dim; autograd). Two grouped matmuls in fp32: on CPU, bf16 bmm of these small shapes is
+    slower than converting q/K/V and multiplying in fp32, and less accurate; SDPA's CPU kernel is far
+    slower for a single query. [B, KV] merge into one batch dim as a view, also for a cache slice.
+    hidden: `hidden_keys(lengths, S)` if the caller has it (a model step computes it once for all layers),
+    False if every key is visible, None: computed here."""
     B, H, D = q.shape
     KV, S = k.shape[1], k.shape[2]
-    scores = torch.einsum("bkgd,bksd->bkgs", q.float().view(B, KV, H // KV, D), k.float()) * scale
-    visible = torch.arange(S) < lengths[:, None, None, None]
-    weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-    return torch.einsum("bkgs,bksd->bkgd", weights, v.float()).reshape(B, H, D)
+    scores = torch.bmm(q.float().reshape(B * KV, H // KV, D), k.float().reshape(B * KV, S, D).transpose(1, 2))
+    scores.mul_(scale)
+    if hidden is not False:
+        hidden = hidden_keys(lengths, S) if hidden is None else hidden
+        scores.view(B, KV, H // KV, S).masked_fill_(hidden, float("-inf"))
+    return torch.bmm(scores.softmax(-1), v.float().reshape(B * KV, S, D)).to(q.dtype).view(B, H, D)
+
+
+def hidden_keys(lengths: torch.Tensor, span: int) -> torch.Tensor:
+    """[B, 1, 1, span]: True at the keys past each sequence's `lengths`."""
+    return torch.arange(span, device=lengths.device) >= lengths.view(-1, 1, 1, 1)
+
+
+def choose(dtype: torch.dtype, head_dim: int, device: torch.device, compiled: bool = False):
+    """The kernel where it applies and is ready (as the dispatcher op for a torch.compile graph), else
+    `reference`. Cheap (a dict lookup, a build that finished is loaded once): call it every step."""
+    if supports(dtype, head_dim, device):
+        fn = op() if compiled else ready()
+        if fn is not None:
+            return fn
+    return reference
 
 
 def _probe(fn) -> str | None:
@@ -56,7 +80,7 @@ def _probe(fn) -> str | None:
             k, v = cache[0, 1:], cache[1, 1:]  # [3, KV, 40, D], strided
             q = torch.randn(3, H + 1, D, generator=gen).to(dtype)[:, 1:]
             lengths = torch.tensor([1, 17, 40])
-            ref = reference(q, k, v, lengths, D ** -0.5)
+            ref = reference(q.float(), k.float(), v.float(), lengths, D ** -0.5)
             try:
                 got = fn(q, k, v, lengths, D ** -0.5)
             except Exception as e:  # noqa: BLE001
