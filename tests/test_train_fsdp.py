@@ -109,8 +109,9 @@ def test_grpo_sharded_matches_one_process(ckpt, tmp_path):
     warm = train_sft(SFTConfig(model=str(ckpt), output_dir=str(tmp_path / "warm"),
                                **dict(SFT, max_steps=25, eval_fraction=0.0, per_device_train_batch_size=8)))
     one, two = tmp_path / "one", tmp_path / "two"
-    train_grpo(GRPOConfig(model=str(warm), output_dir=str(one), **GRPO))
-    torchrun("grpo", dict(GRPO, model=str(warm), output_dir=str(two), fsdp=True, fsdp_cpu_offload=True,
+    grpo = dict(GRPO, max_steps=2)
+    train_grpo(GRPOConfig(model=str(warm), output_dir=str(one), **grpo))
+    torchrun("grpo", dict(grpo, model=str(warm), output_dir=str(two), fsdp=True, fsdp_cpu_offload=True,
                           loss_chunk_size=8))
     for a, b in zip(records(one), records(two), strict=True):
         assert (a["reward"], a["completion_length"]) == pytest.approx((b["reward"], b["completion_length"]))

@@ -27,7 +27,9 @@ def register(subparsers) -> None:
         C.add_arguments(p, cls)
         p.set_defaults(func=handler, config_class=cls)
     _register_plan(sub)
-    from ..recipes.nano import recipe  # the shipped model end to end (its own flags: --out, --ship, ...)
+    from ..recipes.nano import (
+        recipe,  # the shipped model end to end (its own flags: --out, --ship, ...)
+    )
 
     recipe.register(sub)
 
@@ -101,9 +103,8 @@ def _plan(args) -> int:
     from ..train.plan import GB, describe, load_config, plan
 
     config = load_config(args.model)
-    options = dict(world_size=args.world_size, seq_len=args.seq_len, micro_batch=args.micro_batch, fsdp=args.fsdp,
-                   gradient_checkpointing=args.gradient_checkpointing, loss_chunk_size=args.loss_chunk_size,
-                   use_peft=args.use_peft, dtype=args.dtype, cpu_offload=args.fsdp_cpu_offload)
+    names = ("world_size", "seq_len", "micro_batch", "fsdp", "gradient_checkpointing", "loss_chunk_size", "use_peft", "dtype")
+    options = {name: getattr(args, name) for name in names} | {"cpu_offload": args.fsdp_cpu_offload}
     if args.use_peft:
         options.update(lora_r=args.lora_r, lora_target_modules=[m.strip() for m in args.lora_target_modules.split(",")])
     result = plan(config, **options)

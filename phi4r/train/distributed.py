@@ -53,7 +53,7 @@ def world_size() -> int:
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", 0))
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def is_main() -> bool:
@@ -102,17 +102,17 @@ def shard_fsdp(model: torch.nn.Module, device: torch.device, bf16: bool = False,
     """fully_shard each decoder layer, then the root (embeddings, final norm, lm_head). With bf16 the
     gathered weights are bf16 and gradients are reduced in fp32; the shards (master weights) and the
     optimizer stay fp32. cpu_offload keeps shards, gradients and optimizer state in host memory."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    from torch.distributed import fsdp
 
     if not dist.is_initialized():
-        raise RuntimeError("--fsdp needs a process group: launch with torchrun (--nproc_per_node 1 for one process)")
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
-          else MixedPrecisionPolicy())
+        raise ValueError("--fsdp needs a process group: launch with torchrun (--nproc_per_node 1 for one process)")
+    mp = (fsdp.MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else fsdp.MixedPrecisionPolicy())
     # Pinned host memory needs an accelerator; on a CPU-only build the shards are in host memory anyway.
-    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
+    offload = fsdp.CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else fsdp.OffloadPolicy()
     for layer in model.model.layers:
-        fully_shard(layer, mp_policy=mp, offload_policy=offload)
-    fully_shard(model, mp_policy=mp, offload_policy=offload)
+        fsdp.fully_shard(layer, mp_policy=mp, offload_policy=offload)
+    fsdp.fully_shard(model, mp_policy=mp, offload_policy=offload)
     return model
 
 
@@ -151,7 +151,10 @@ def lockstep(items: list, fill) -> list:
 def full_state_dict(model: torch.nn.Module, everywhere: bool = False) -> dict:
     """The whole model's state dict gathered from FSDP shards (collective): on rank 0 in host memory
     (the other ranks get {}), or on every rank in place when `everywhere`."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     if not is_fsdp(model):
         return model.state_dict()

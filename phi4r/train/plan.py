@@ -120,16 +120,17 @@ def plan(c: Phi3Config, world_size: int = 1, seq_len: int = 4096, micro_batch: i
 
 
 def describe(c: Phi3Config, p: dict, options: dict) -> str:
-    """The plan as a table for the terminal."""
-    lines = [f"model: {c.num_hidden_layers} layers, hidden {c.hidden_size}, heads {c.num_attention_heads}/"
+    """The plan as a table for the terminal (GiB, or MiB for small models)."""
+    unit, scale = ("GiB", GB) if p["peak"] >= GB else ("MiB", 1024**2)
+    model = (f"model: {c.num_hidden_layers} layers, hidden {c.hidden_size}, heads {c.num_attention_heads}/"
              f"{c.num_key_value_heads}, intermediate {c.intermediate_size}, vocab {c.vocab_size}: "
-             f"{p['parameters'] / 1e9:.2f}B parameters ({p['trainable'] / 1e9:.3g}B trainable)",
-             "setup: " + ", ".join(f"{k}={v}" for k, v in options.items()),
-             f"{'per rank':<13}{'GiB':>9}"]
+             f"{p['parameters'] / 1e9:.2f}B parameters ({p['trainable'] / 1e9:.3g}B trainable)")
+    lines = [model, "setup: " + ", ".join(f"{k}={v}" for k, v in options.items()),
+             f"{'per rank':<13}{unit:>9}"]
     for key, what in (("weights", "weights"), ("grads", "gradients"), ("optimizer", "AdamW state"),
                       ("activations", "activations"), ("logits", "logits")):
-        lines.append(f"  {what:<11}{p[key] / GB:>9.2f}")
-    lines.append(f"  {'peak':<11}{p['peak'] / GB:>9.2f}   (weights + AdamW + the larger moment of backward)")
+        lines.append(f"  {what:<11}{p[key] / scale:>9.2f}")
+    lines.append(f"  {'peak':<11}{p['peak'] / scale:>9.2f}   (weights + AdamW + the larger moment of backward)")
     if p["host"]:
-        lines.append(f"  {'host':<11}{p['host'] / GB:>9.2f}   (offloaded shards, gradients and AdamW state)")
+        lines.append(f"  {'host':<11}{p['host'] / scale:>9.2f}   (offloaded shards, gradients and AdamW state)")
     return "\n".join(lines)
