@@ -3,13 +3,11 @@ with SIGKILL resumes from its sharded checkpoint to the same weights, and the co
 loads in transformers."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from test_train_distributed import GRPO, SFT, max_diff, records
+from test_train_distributed import GRPO, SFT, launch, max_diff, records, torchrun
 
 from phi4r.checkpoint import load_model
 from phi4r.tiny import make_checkpoint
@@ -26,32 +24,6 @@ FSDP_SFT = dict(SFT, max_steps=8, save_steps=2, per_device_train_batch_size=2, f
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-def flags(fields: dict) -> list[str]:
-    out = []
-    for k, v in fields.items():
-        name = k.replace("_", "-")
-        out += ([f"--{name}" if v else f"--no-{name}"] if isinstance(v, bool)
-                else [f"--{name}", ",".join(v) if isinstance(v, list) else str(v)])
-    return out
-
-
-def launch(stage: str, fields: dict) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "phi4r.cli", "train", stage, *flags(fields)]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-
-
-def torchrun(stage: str, fields: dict, timeout: float = 300) -> None:
-    proc = launch(stage, fields)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        assert proc.returncode == 0, out[-3000:]
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
 
 
 @pytest.fixture(scope="module")
@@ -77,21 +49,25 @@ def test_sft_two_sharded_processes_match_one(ckpt, sharded_run, tmp_path):
 
 
 def test_sigkill_then_resume_from_sharded_checkpoint(ckpt, sharded_run, tmp_path):
-    fields = dict(FSDP_SFT, model=str(ckpt), output_dir=str(tmp_path))
-    proc = launch("sft", fields)
+    run = tmp_path / "run"
+    fields = dict(FSDP_SFT, model=str(ckpt), output_dir=str(run))
+    log = tmp_path / "killed.log"
+    with log.open("w") as out:
+        proc = launch("sft", fields, out)
     try:
         deadline = time.monotonic() + 240
-        while not (tmp_path / "checkpoint-2").is_dir():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+        while not (run / "checkpoint-2").is_dir():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)  # every process of the run, mid-run
         proc.wait()
     finally:
-        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-    assert not (tmp_path / "final").exists() and not (tmp_path / "checkpoint-8").exists()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (run / "final").exists() and not (run / "checkpoint-8").exists()
     torchrun("sft", dict(fields, resume_from_checkpoint="latest"))
-    assert max_diff(sharded_run / "final", tmp_path / "final") == 0.0  # bit-exact
-    assert [r["step"] for r in records(tmp_path)] == list(range(1, 9))
+    assert max_diff(sharded_run / "final", run / "final") == 0.0  # bit-exact
+    assert [r["step"] for r in records(run)] == list(range(1, 9))
 
 
 def test_consolidated_export_loads_in_transformers(sharded_run):
