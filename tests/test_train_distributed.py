@@ -1,4 +1,5 @@
 """Two torchrun processes (gloo, CPU) take the same steps as one process with the same global batch."""
+import contextlib
 import json
 import os
 import signal
@@ -54,6 +55,16 @@ def launch(stage: str, fields: dict, log=subprocess.PIPE) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL a torchrun run: the agent's group and each worker's (torchrun starts every worker in a
+    session of its own, and they outlive a killed agent)."""
+    workers = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    for pgid in [proc.pid, *workers]:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
 def torchrun(stage: str, fields: dict, timeout: float = 300) -> None:
     proc = launch(stage, fields)
     try:
@@ -61,7 +72,7 @@ def torchrun(stage: str, fields: dict, timeout: float = 300) -> None:
         assert proc.returncode == 0, out[-3000:]
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill(proc)
 
 
 def max_diff(a, b) -> float:

@@ -1,13 +1,12 @@
 """FSDP2 under torchrun (gloo, CPU): two sharded processes take one process's steps, a run killed
 with SIGKILL resumes from its sharded checkpoint to the same weights, and the consolidated export
 loads in transformers."""
-import os
-import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
-from test_train_distributed import GRPO, SFT, launch, max_diff, records, torchrun
+from test_train_distributed import GRPO, SFT, kill, launch, max_diff, records, torchrun
 
 from phi4r.checkpoint import load_model
 from phi4r.tiny import make_checkpoint
@@ -24,6 +23,13 @@ FSDP_SFT = dict(SFT, max_steps=8, save_steps=2, per_device_train_batch_size=2, f
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def running(pid: str) -> bool:
+    try:  # a killed worker may linger as a zombie until something reaps it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +65,12 @@ def test_sigkill_then_resume_from_sharded_checkpoint(ckpt, sharded_run, tmp_path
         while not (run / "checkpoint-2").is_dir():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)  # every process of the run, mid-run
-        proc.wait()
+        workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        kill(proc)  # every process of the run, mid-run
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill(proc)
+    assert len(workers) == 2 and not any(map(running, workers))
     assert not (run / "final").exists() and not (run / "checkpoint-8").exists()
     torchrun("sft", dict(fields, resume_from_checkpoint="latest"))
     assert max_diff(sharded_run / "final", run / "final") == 0.0  # bit-exact
