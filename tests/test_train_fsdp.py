@@ -1,6 +1,7 @@
 """FSDP2 under torchrun (gloo, CPU): two sharded processes take one process's steps, a run killed
 with SIGKILL resumes from its sharded checkpoint to the same weights, and the consolidated export
 loads in transformers."""
+import shutil
 import time
 from pathlib import Path
 
@@ -75,6 +76,14 @@ def test_sigkill_then_resume_from_sharded_checkpoint(ckpt, sharded_run, tmp_path
     torchrun("sft", dict(fields, resume_from_checkpoint="latest"))
     assert max_diff(sharded_run / "final", run / "final") == 0.0  # bit-exact
     assert [r["step"] for r in records(run)] == list(range(1, 9))
+
+
+def test_sharded_checkpoint_resumes_in_one_plain_process(ckpt, sharded_run, tmp_path):
+    # torch.distributed.checkpoint reshards on load: 2 FSDP ranks' checkpoint, 1 process without --fsdp.
+    shutil.copytree(sharded_run / "checkpoint-6", tmp_path / "checkpoint-6")
+    plain = dict(FSDP_SFT, fsdp=False, gradient_checkpointing=False, loss_chunk_size=0, gradient_accumulation_steps=2)
+    train_sft(SFTConfig(model=str(ckpt), output_dir=str(tmp_path), resume_from_checkpoint="latest", **plain))
+    assert max_diff(sharded_run / "final", tmp_path / "final") < 1e-6
 
 
 def test_consolidated_export_loads_in_transformers(sharded_run):
