@@ -16,9 +16,10 @@ from phi4r.train.grpo import train_grpo
 from phi4r.train.sft import train_sft
 
 pytestmark = pytest.mark.slow  # each torchrun start imports torch in every process: ~15-40 s here
-# Sharded runs also recompute layers and chunk the loss: the comparison covers those paths too.
-FSDP_SFT = dict(SFT, max_steps=8, save_steps=2, per_device_train_batch_size=2, fsdp=True, gradient_checkpointing=True,
-                loss_chunk_size=16)
+# Sharded runs also recompute layers and chunk the loss: the comparison covers those paths too. 9 held-out
+# conversations in micro-batches of 2 are 3 forwards on rank 0 and 2 on rank 1: evaluation runs in lockstep.
+FSDP_SFT = dict(SFT, n_per_task=36, eval_fraction=0.25, max_steps=8, save_steps=2, per_device_train_batch_size=2,
+                fsdp=True, gradient_checkpointing=True, loss_chunk_size=16)
 
 
 @pytest.fixture(scope="module")
