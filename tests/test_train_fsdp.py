@@ -72,6 +72,9 @@ def test_sigkill_then_resume_from_sharded_checkpoint(ckpt, sharded_run, tmp_path
     finally:
         if proc.poll() is None:
             kill(proc)
+    deadline = time.monotonic() + 10  # SIGKILL is delivered, not yet done
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(workers) == 2 and not any(map(running, workers))
     assert not (run / "final").exists() and not (run / "checkpoint-8").exists()
     torchrun("sft", dict(fields, resume_from_checkpoint="latest"))
