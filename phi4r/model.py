@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import Phi3Config
 from .kernels import attention as attention_kernel
@@ -222,6 +223,8 @@ class Phi3ForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.tie_weights()
         self.rotary = Rotary(config)
+        # Training switch: recompute each decoder layer in backward instead of keeping its activations.
+        self.gradient_checkpointing = False
 
     def tie_weights(self) -> None:
         self.lm_head.weight = self.model.embed_tokens.weight
@@ -252,8 +255,11 @@ class Phi3ForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, slots: torch.Tensor | None = None,
-                last_only: bool = False, attention=attention_kernel.reference) -> torch.Tensor:
-        """Logits [B, T, V] (or [B, 1, V] with last_only).
+                last_only: bool = False, attention=attention_kernel.reference,
+                head=None) -> torch.Tensor:
+        """Logits [B, T, V] (or [B, 1, V] with last_only), or `head(hidden, lm_head)` of the final normed
+        hidden states when given: training's chunked losses run there, inside the forward, where FSDP
+        has lm_head's weights gathered.
 
         Without a cache: a plain causal forward over `input_ids` (training, scoring).
         With a cache: `positions` [B, T] are the tokens' absolute positions, `slots` [B] the cache
@@ -270,8 +276,13 @@ class Phi3ForCausalLM(nn.Module):
         cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
         cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
         step = CacheStep(cache.k, cache.v, positions, slots, attention=attention) if cache is not None else None
+        recompute = self.gradient_checkpointing and step is None and torch.is_grad_enabled()
         for layer in self.model.layers:
-            x = layer(x, self.rotary, cos, sin, step)
+            if recompute:
+                x = checkpoint(layer, x, self.rotary, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, self.rotary, cos, sin, step)
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.model.norm(x))
+        x = self.model.norm(x)
+        return head(x, self.lm_head) if head is not None else self.lm_head(x)

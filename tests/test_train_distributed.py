@@ -1,6 +1,8 @@
 """Two torchrun processes (gloo, CPU) take the same steps as one process with the same global batch."""
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,19 +37,42 @@ def warm(ckpt, tmp_path_factory):
                                                                           per_device_train_batch_size=8)))
 
 
-def flags(d: dict) -> list[str]:
+def flags(fields: dict) -> list[str]:
     out = []
-    for k, v in d.items():
-        out += [f"--{k.replace('_', '-')}", ",".join(v) if isinstance(v, list) else str(v)]
+    for k, v in fields.items():
+        name = k.replace("_", "-")
+        out += ([f"--{name}" if v else f"--no-{name}"] if isinstance(v, bool)
+                else [f"--{name}", ",".join(v) if isinstance(v, list) else str(v)])
     return out
 
 
-def torchrun(stage: str, fields: dict) -> None:
+def launch(stage: str, fields: dict, log=subprocess.PIPE) -> subprocess.Popen:
+    """`torchrun --nproc_per_node 2 -m phi4r.cli train STAGE`, in its own process group, output to `log`."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "phi4r.cli", "train", stage, *flags(fields)]
-    result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL a torchrun run: the agent's group and each worker's (torchrun starts every worker in a
+    session of its own, and they outlive a killed agent)."""
+    workers = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    for pgid in [proc.pid, *workers]:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def torchrun(stage: str, fields: dict, timeout: float = 300) -> None:
+    proc = launch(stage, fields)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, out[-3000:]
+    finally:
+        if proc.poll() is None:
+            kill(proc)
 
 
 def max_diff(a, b) -> float:

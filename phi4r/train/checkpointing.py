@@ -7,6 +7,11 @@ step, data position, RNG states of every rank) and the run's `train_config.yaml`
 temporary directory and renamed into place, so a kill mid-save never leaves a checkpoint that looks
 complete. `trainer_state.pt` holds tensors and plain Python values only and is read with
 `weights_only=True` (no pickle code execution).
+
+Under FSDP a checkpoint holds `sharded/` instead of the weights and optimizer: a
+torch.distributed.checkpoint directory that every rank writes its shards of (model and optimizer
+through get/set_state_dict, so it loads back into any number of processes, sharded or not), plus the
+config and tokenizer; the Hugging Face weights are gathered once, into `final/`.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from . import config as config_mod
 
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.pt"
+SHARDED = "sharded"
 
 
 def rng_state() -> dict:
@@ -46,11 +52,19 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
-def _atomic_dir(final: Path, write) -> Path:
-    """Call write(tmp_dir), then rename tmp_dir to `final` (replacing an older one)."""
+def tmp_dir(final: Path, fresh: bool = True) -> Path:
+    """Where `final` is written before the rename; emptied when `fresh`."""
     tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if fresh:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    return tmp
+
+
+def _atomic_dir(final: Path, write, fresh: bool = True) -> Path:
+    """Call write(tmp_dir), then rename tmp_dir to `final` (replacing an older one). Not `fresh`: tmp_dir
+    already holds what other processes wrote there (sharded weights)."""
+    tmp = tmp_dir(final, fresh)
     write(tmp)
     if final.exists():
         shutil.rmtree(final)
@@ -72,17 +86,24 @@ def save_model_dir(path: Path, model, tokenizer, generation_config: dict | None 
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: dict, config,
-                    generation_config: dict | None = None, keep: int | None = None) -> Path:
-    """Write `checkpoint-{step}` (rank 0 only) and prune all but the newest `keep`."""
+                    generation_config: dict | None = None, keep: int | None = None, sharded: bool = False) -> Path:
+    """Write `checkpoint-{step}` (rank 0 only) and prune all but the newest `keep`. `sharded`: the
+    weights are already in its temporary directory (save_sharded); add the model's config only."""
     output_dir = Path(output_dir)
 
     def write(tmp: Path) -> None:
-        _save_weights(model, tokenizer, tmp, generation_config)
+        if sharded:
+            cfg = model.config.to_dict()
+            cfg["torch_dtype"] = "float32"
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            tokenizer.save(tmp)
+        else:
+            _save_weights(model, tokenizer, tmp, generation_config)
         torch.save(state, tmp / STATE_FILE)
         config_mod.save(config, tmp / "train_config.yaml")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state.get("summary", {})}, indent=2) + "\n")
 
-    path = _atomic_dir(output_dir / f"{PREFIX}{step}", write)
+    path = _atomic_dir(output_dir / f"{PREFIX}{step}", write, fresh=not sharded)
     if keep:
         for old in checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old)
@@ -117,3 +138,27 @@ def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
 
 def load_state(path: str | Path) -> dict:
     return torch.load(Path(path) / STATE_FILE, weights_only=True)
+
+
+def save_sharded(path: Path, model, optimizer) -> None:
+    """Every rank writes its shards of the model and optimizer to `path/sharded` (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(Path(path) / SHARDED))
+
+
+def load_sharded(path: Path, model, optimizer) -> None:
+    """Load `path/sharded` into the model and optimizer, resharded to however they are laid out now."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=str(Path(path) / SHARDED))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def is_sharded(path: Path) -> bool:
+    return (Path(path) / SHARDED).is_dir()

@@ -63,6 +63,12 @@ class TrainConfig:
     save_steps: int = opt(500, "write a checkpoint every N steps")
     save_total_limit: int | None = opt(2, "keep only the newest N checkpoints (none: keep all)")
     seed: int = opt(0, "seed for data order, initialisation and sampling")
+    fsdp: bool = opt(False, "shard weights, gradients and optimizer state over the torchrun processes (FSDP2, "
+                            "per decoder layer) instead of replicating them (DDP); checkpoints are sharded")
+    fsdp_cpu_offload: bool = opt(False, "with --fsdp: keep the shards, gradients and optimizer state in host memory")
+    gradient_checkpointing: bool = opt(False, "recompute each decoder layer's activations in backward instead of storing them")
+    loss_chunk_size: int = opt(0, "positions per lm_head + log-softmax chunk, recomputed in backward, so the fp32 "
+                                  "logits of a long sequence never exist at once (0: whole sequence)")
     resume_from_checkpoint: str | None = opt(None, "'latest' (newest checkpoint in output_dir) or a checkpoint directory")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto (under torchrun: cuda:LOCAL_RANK when CUDA is there)")
     bf16: bool = opt(False, "bf16 autocast for forward/backward (weights and optimizer stay fp32)")

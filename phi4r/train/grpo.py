@@ -18,7 +18,7 @@ Sampling seeds depend only on (seed, step, prompt position): a run is reproducib
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import random
 import time
 from dataclasses import dataclass
@@ -143,8 +143,8 @@ def micro_batches(completions: list[Completion], cfg, model, ref, pad_id: int, d
                               [[0] * len(c.prompt.ids) + [1] * len(c.token_ids) for c in chunk], pad_id, device)
         adv = torch.tensor([c.advantage for c in chunk], dtype=torch.float32, device=device)
         with torch.no_grad():
-            old = token_logprobs(model, ids, cfg.bf16, cfg.temperature) if cfg.num_iterations > 1 else None
-            ref_lp = token_logprobs(ref, ids, cfg.bf16, cfg.temperature) if ref is not None else None
+            old = token_logprobs(model, ids, cfg.bf16, cfg.temperature, cfg.loss_chunk_size) if cfg.num_iterations > 1 else None
+            ref_lp = token_logprobs(ref, ids, cfg.bf16, cfg.temperature, cfg.loss_chunk_size) if ref is not None else None
         micro.append((ids, mask[:, 1:], adv, old, ref_lp))
     return micro
 
@@ -158,11 +158,11 @@ def optimize(ddp, model, optimizer, micro: list[tuple], cfg, step: int, n_seqs: 
         set_lr(optimizer, lr)
         for j, (ids, mask, adv, old, ref_lp) in enumerate(micro):
             sync = j == len(micro) - 1 or not dist.is_distributed()
-            with contextlib.nullcontext() if sync else ddp.no_sync():
-                logp = token_logprobs(ddp, ids, cfg.bf16, cfg.temperature)
+            with dist.grad_sync(ddp, sync):
+                logp = token_logprobs(ddp, ids, cfg.bf16, cfg.temperature, cfg.loss_chunk_size)
                 loss, kl, clipped = policy_loss(logp, logp.detach() if old is None else old, ref_lp, mask, adv,
                                                 cfg, n_seqs, n_tokens)
-                (loss * dist.world_size()).backward()  # DDP averages over ranks; the loss is already global
+                (loss * dist.world_size()).backward()  # DDP/FSDP average over ranks; the loss is already global
             sums["loss"] += loss.item() / cfg.num_iterations
             sums["kl"] += kl / cfg.num_iterations
             sums["clipped"] += clipped / cfg.num_iterations
@@ -206,11 +206,19 @@ def train_grpo(cfg) -> Path:
         raise ValueError(f"num_prompts_per_step={cfg.num_prompts_per_step} must be a multiple of the {world} processes")
     run = Run(cfg, "grpo", PLOT_KEYS)
     run.log_file("samples")  # one completion per logged step, to read along
-    model, tokenizer, generation_config = models.start(cfg, run.resume_path)
+    model, tokenizer, generation_config = models.start(cfg, run.weights_path)
     model.to(device)
+    model.gradient_checkpointing = cfg.gradient_checkpointing
     ref = None
-    if cfg.beta > 0:  # the frozen starting model, also when resuming; under LoRA the base itself, adapters off
-        ref = lora.WithoutAdapters(model) if cfg.use_peft else models.start(cfg)[0].to(device).eval().requires_grad_(False)
+    if cfg.beta > 0:  # the frozen starting model, also when resuming; under LoRA the base itself, adapters
+        # off; under FSDP sharded like the policy
+        if cfg.use_peft:
+            ref = lora.WithoutAdapters(model)
+        else:
+            ref = models.start(cfg)[0].to(device).eval().requires_grad_(False)
+            ref = dist.wrap(ref, device, cfg) if cfg.fsdp else ref
+    # Under FSDP the engine samples from a full copy, refreshed from the shards before every rollout.
+    sampler = copy.deepcopy(model) if cfg.fsdp else model
 
     context = model.config.max_position_embeddings
     if cfg.max_completion_length >= context:
@@ -223,12 +231,12 @@ def train_grpo(cfg) -> Path:
     constants = LengthConstants.scaled(cfg.max_completion_length, cfg.l_max, cfg.l_pos, cfg.l_neg)
     G = cfg.num_generations
     # The engine wraps the module being trained: its samples always come from the current weights.
-    llm = LLM.from_model(model, tokenizer, max_num_seqs=max(G, min(cfg.max_num_seqs, G * cfg.num_prompts_per_step // world)),
+    llm = LLM.from_model(sampler, tokenizer, max_num_seqs=max(G, min(cfg.max_num_seqs, G * cfg.num_prompts_per_step // world)),
                          max_model_len=max_prompt_length + cfg.max_completion_length)
     model.train()  # from_model set eval mode
-    ddp = dist.wrap(model, device)
+    ddp = dist.wrap(model, device, cfg)
     optimizer = make_optimizer(model, cfg)
-    step = run.restore(optimizer, data_position)
+    step = run.restore(optimizer, data_position, model)
     run.begin(step, f"{len(prompts)} prompts ({dropped} longer than {max_prompt_length} tokens dropped), "
                     f"{cfg.num_prompts_per_step} x G={G} completions per step, {cfg.max_steps} steps, reward constants "
                     f"L_max={constants.l_max} L_pos={constants.l_pos} L_neg={constants.l_neg}, "
@@ -238,6 +246,8 @@ def train_grpo(cfg) -> Path:
     bar = tqdm(total=cfg.max_steps, initial=step, desc="grpo", disable=not run.main, dynamic_ncols=True)
     while step < cfg.max_steps:
         started = time.perf_counter()
+        if sampler is not model:
+            dist.copy_weights(model, sampler)
         mine = dist.shard(list(enumerate(prompts[i] for i in order.batch(step))))
         groups = [score(p, outs, cfg, constants) for (_, p), outs in zip(mine, rollout(llm, mine, cfg, step))]
         gen_time = time.perf_counter() - started

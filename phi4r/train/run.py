@@ -27,15 +27,27 @@ class Run:
         self.logs[name] = MetricsLog(self.out / f"{name}.jsonl")
         return self.logs[name]
 
-    def restore(self, optimizer, data_position: dict) -> int:
-        """Load the optimizer and this rank's RNG states from the resume checkpoint; the step to continue at."""
+    @property
+    def weights_path(self) -> Path | None:
+        """The checkpoint to load the model from (a Hugging Face directory), None when starting fresh or
+        when the checkpoint is sharded (its weights are loaded by `restore`, after sharding)."""
+        return None if self.resume_path is None or ckpt.is_sharded(self.resume_path) else self.resume_path
+
+    def restore(self, optimizer, data_position: dict, model=None) -> int:
+        """Load the optimizer (and a sharded checkpoint's model) and this rank's RNG states from the resume
+        checkpoint; the step to continue at."""
         if self.resume_path is None:
             return 0
         state = ckpt.load_state(self.resume_path)
         if state["data"] != data_position:
             raise ValueError(f"{self.resume_path}: the data changed since this checkpoint ({state['data']} vs "
                              f"{data_position}); an exact resume needs the same data, seed and batch size")
-        optimizer.load_state_dict(state["optimizer"])
+        if ckpt.is_sharded(self.resume_path):
+            ckpt.load_sharded(self.resume_path, model, optimizer)
+        elif model is not None and dist.is_fsdp(model):
+            raise ValueError(f"{self.resume_path} was written without --fsdp: resume it without --fsdp")
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
         return state["step"]
@@ -54,17 +66,27 @@ class Run:
 
     def save(self, step: int, model, tokenizer, optimizer, data_position: dict, generation_config, summary: dict) -> None:
         rng = dist.all_gather_objects(ckpt.rng_state())
+        sharded = dist.is_fsdp(model)
+        if sharded:  # every rank writes its shards into the temporary directory rank 0 prepares
+            tmp = self.out / f".tmp-{ckpt.PREFIX}{step}"
+            if self.main:
+                ckpt.tmp_dir(self.out / f"{ckpt.PREFIX}{step}")
+            dist.barrier()
+            ckpt.save_sharded(tmp, model, optimizer)
+            dist.barrier()
         if self.main:
-            state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng, "data": data_position,
-                     "summary": summary}
+            state = {"step": step, "optimizer": None if sharded else optimizer.state_dict(), "rng": rng,
+                     "data": data_position, "summary": summary}
             ckpt.save_checkpoint(self.out, step, model, tokenizer, state, self.cfg, generation_config,
-                                 self.cfg.save_total_limit)
+                                 self.cfg.save_total_limit, sharded=sharded)
             plot_metrics(self.logs["metrics"].read(), self.plot_keys, self.out / f"{self.name}_curves.png",
                          title=f"{self.name.upper()} {self.out.name}")
         dist.barrier()
 
     def finish(self, model, tokenizer, generation_config) -> Path:
         final = self.out / "final"
+        if dist.is_fsdp(model):  # gather the shards into one plain model on rank 0
+            model = dist.consolidate(model)
         if self.main:
             ckpt.save_model_dir(final, model, tokenizer, generation_config)
             print(f"{self.name}: final model in {final}")

@@ -10,7 +10,6 @@ accumulation and any number of torchrun processes give the same update as one bi
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -44,18 +43,19 @@ def micro_batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def summed_nll(model, examples: list[data_mod.Example], pad_id: int, device, bf16: bool) -> torch.Tensor:
+def summed_nll(model, examples: list[data_mod.Example], pad_id: int, device, bf16: bool, chunk: int = 0) -> torch.Tensor:
     """Sum of -log p over the target tokens of `examples`."""
     ids, mask = pad_batch([e.ids for e in examples], [e.mask for e in examples], pad_id, device)
-    return -(token_logprobs(model, ids, bf16) * mask[:, 1:]).sum()
+    return -(token_logprobs(model, ids, bf16, chunk_size=chunk) * mask[:, 1:]).sum()
 
 
 @torch.no_grad()
 def evaluate(model, examples: list[data_mod.Example], cfg, pad_id: int, device) -> float:
     """Held-out loss (token mean), each rank scoring its share."""
     mine = dist.shard(examples)
-    nll = sum(float(summed_nll(model, mb, pad_id, device, cfg.bf16))
-              for mb in micro_batches(mine, cfg.per_device_train_batch_size))
+    # A rank out of held-out examples scores one more (weight 0): FSDP needs the same forwards on all.
+    nll = sum(float(summed_nll(model, mb or examples[:1], pad_id, device, cfg.bf16, cfg.loss_chunk_size)) * bool(mb)
+              for mb in dist.lockstep(micro_batches(mine, cfg.per_device_train_batch_size), None))
     nll, tokens = dist.all_sum([nll, sum(sum(e.mask) for e in mine)], device)
     return nll / tokens
 
@@ -67,10 +67,10 @@ def train_step(ddp, model, optimizer, batch: list[data_mod.Example], cfg, lr: fl
     micro = micro_batches(dist.shard(batch), cfg.per_device_train_batch_size)
     nll = 0.0
     for j, mb in enumerate(micro):
-        # Gradients are all-reduced on the last micro-batch only; DDP averages, hence * world size.
+        # Gradients are reduced on the last micro-batch only; DDP and FSDP average, hence * world size.
         sync = j == len(micro) - 1 or not dist.is_distributed()
-        with contextlib.nullcontext() if sync else ddp.no_sync():
-            loss = summed_nll(ddp, mb, pad_id, device, cfg.bf16)
+        with dist.grad_sync(ddp, sync):
+            loss = summed_nll(ddp, mb, pad_id, device, cfg.bf16, cfg.loss_chunk_size)
             (loss * dist.world_size() / n_targets).backward()
         nll += loss.item()
     grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
@@ -84,8 +84,9 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None) -> Path:
     """Run SFT as `cfg` says (plus any `conversations` given directly); returns the final model's directory."""
     device = dist.setup(cfg.device)
     run = Run(cfg, "sft", PLOT_KEYS)
-    model, tokenizer, generation_config = models.start(cfg, run.resume_path)
+    model, tokenizer, generation_config = models.start(cfg, run.weights_path)
     model.to(device).train()
+    model.gradient_checkpointing = cfg.gradient_checkpointing
 
     # Data: encode once, drop what does not fit, hold some out.
     max_length = min(cfg.max_length, model.config.max_position_embeddings)
@@ -103,9 +104,9 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None) -> Path:
     total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * order.steps_per_epoch))
     data_position = {"examples": len(train), "global_batch": global_batch, "steps_per_epoch": order.steps_per_epoch}
 
-    ddp = dist.wrap(model, device)
+    ddp = dist.wrap(model, device, cfg)
     optimizer = make_optimizer(model, cfg)
-    step = run.restore(optimizer, data_position)
+    step = run.restore(optimizer, data_position, model)
     # The logged loss is the mean over each step's batch (before its update), so it follows what the
     # batches hold; grouped by length, one batch can be all short (easy) conversations and the next
     # all long (hard) ones. eval_loss, always over the same held-out set, is the one to compare.
