@@ -306,6 +306,14 @@ def save_model(model: Phi3ForCausalLM, path: str | os.PathLike, max_shard_bytes:
         config.tie_word_embeddings = True
     cfg = config.to_dict()
     cfg["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    write_weights(state, path, max_shard_bytes)
+    _atomic_write(path / "config.json", cfg)
+    if generation_config is not None:
+        _atomic_write(path / "generation_config.json", generation_config)
+
+
+def write_weights(state: dict[str, torch.Tensor], path: Path, max_shard_bytes: int = 2 * 1024**3) -> None:
+    """The tensors as model.safetensors, or shards of at most max_shard_bytes and their index."""
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, t in state.items():
@@ -328,9 +336,6 @@ def save_model(model: Phi3ForCausalLM, path: str | os.PathLike, max_shard_bytes:
         total = sum(t.numel() * t.element_size() for t in state.values())
         _atomic_write(path / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
         (path / SINGLE_NAME).unlink(missing_ok=True)
-    _atomic_write(path / "config.json", cfg)
-    if generation_config is not None:
-        _atomic_write(path / "generation_config.json", generation_config)
 
 
 def default_generation_config(config: Phi3Config, stop_ids: list[int]) -> dict:

@@ -173,6 +173,18 @@ def _int4_module(scheme: Scheme, tensors: dict, shape: tuple[int, int], where: s
 
 
 # ---- writing
+def _quantized_types() -> tuple[type, ...]:
+    from .quant import Int8Linear, W8A8Linear
+
+    try:
+        from .quant_int4 import Int4Linear
+    except ModuleNotFoundError as e:
+        if e.name != "phi4r.quant_int4":
+            raise
+        return Int8Linear, W8A8Linear
+    return Int8Linear, W8A8Linear, Int4Linear
+
+
 def module_tensors(module: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
     """(phi4r kind, compressed-tensors tensors with local names) of one quantized phi4r module."""
     from .quant import Int8Linear, W8A8Linear
@@ -192,3 +204,47 @@ def module_tensors(module: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
         if isinstance(module, Int4Linear):
             return "int4", dict(to_compressed(module))
     raise TypeError(f"not a quantized phi4r module: {type(module).__name__}")
+
+
+def save_quantized(model: nn.Module, src, dst, kind: str, max_shard_bytes: int = 2 * 1024**3) -> None:
+    """Write `model` (loaded from the float checkpoint `src` with quantization `kind` and a float lm_head)
+    to the new directory `dst`: compressed-tensors weights, src's config.json plus quantization_config,
+    and src's other files (tokenizer, generation_config.json, ...) copied as they are."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from .checkpoint import INDEX_NAME, _atomic_write, write_weights
+
+    src, dst = Path(src), Path(dst)
+    state: dict[str, torch.Tensor] = {}
+    group_sizes, quantized = set(), set()
+    for name, module in model.named_modules():
+        if not isinstance(module, _quantized_types()):
+            continue
+        got, tensors = module_tensors(module)
+        if got != kind:
+            raise ValueError(f"layer {name!r} is {got}, not {kind}")
+        if kind == "int4":
+            group_sizes.add(module.in_features // tensors["weight_scale"].shape[-1])
+        quantized.add(name)
+        state.update({f"{name}.{leaf}": t.contiguous() for leaf, t in tensors.items()})
+    for name, t in model.state_dict().items():  # the float rest: embeddings, norms, lm_head
+        if name.rpartition(".")[0] not in quantized:
+            state[name] = t.detach().contiguous()
+    if model.lm_head.weight is model.model.embed_tokens.weight:
+        state.pop("lm_head.weight", None)
+    dst.mkdir(parents=True, exist_ok=True)
+    write_weights(state, dst, max_shard_bytes)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["torch_dtype"] = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
+    try:
+        from importlib.metadata import version
+        ct_version = version("compressed-tensors")
+    except Exception:  # not installed: the field is informational
+        ct_version = None
+    cfg["quantization_config"] = quantization_config(kind, group_sizes.pop() if group_sizes else 128, ct_version)
+    for item in src.iterdir():
+        if item.is_file() and item.suffix != ".safetensors" and item.name not in (INDEX_NAME, "config.json"):
+            shutil.copy2(item, dst / item.name)
+    _atomic_write(dst / "config.json", cfg)  # last: a directory without it is visibly unfinished
