@@ -165,11 +165,15 @@ def _replace(model: nn.Module, cls: type[nn.Module] = Int8Linear) -> None:
 # ---- building the quantized modules from int8 weights already made (quantize while loading, saved checkpoints)
 def per_channel_int8_chunks(chunks, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """per_channel_int8 of a weight given as consecutive row blocks (an iterable of [rows, in] tensors): the
-    same numbers, since each row's scale depends on that row alone, with fp32 copies of one block at a time."""
+    same numbers (each row's scale depends on that row alone) from one fp32 copy of one block at a time."""
     q, scales, row = torch.empty(shape, dtype=torch.int8), torch.empty(shape[0], dtype=torch.bfloat16), 0
     for block in chunks:
-        q[row:row + len(block)], scales[row:row + len(block)] = per_channel_int8(block)
-        row += len(block)
+        # per_channel_int8's steps in place: one fp32 copy of the block is the only temporary.
+        w = block.detach().float() if block.dtype != torch.float32 else block.detach().clone()
+        s = torch.maximum(w.amax(dim=1), w.amin(dim=1).neg_()).clamp_(min=1e-12).div_(127)
+        q[row:row + len(w)] = w.div_(s[:, None]).round_().clamp_(-127, 127)
+        scales[row:row + len(w)] = s
+        row += len(w)
     if row != shape[0]:
         raise ValueError(f"weight blocks gave {row} rows, expected {shape[0]}")
     return q, scales
