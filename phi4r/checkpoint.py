@@ -107,7 +107,7 @@ class _Shard:
     do, until it is closed, and a shard holds ~5 GB)."""
 
     def __init__(self, file: Path):
-        self.file, self._f = file, open(file, "rb")
+        self.file, self._f = file, open(file, "rb")  # noqa: SIM115 (closed by __exit__)
         try:
             size = int.from_bytes(self._f.read(8), "little")
             self.header = json.loads(self._f.read(size))
@@ -200,7 +200,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
             except Exception as e:  # safetensors raises its own types for truncated or bad headers
                 raise CheckpointError(f"{file}: unreadable safetensors file ({e})") from e
             shard = stack.enter_context(_Shard(file)) if quantization else None
-            where.update({name: (file, handle, shard) for name in handle.keys()})
+            where.update({name: (file, handle, shard) for name in handle.keys()})  # noqa: SIM118 (not a dict)
 
         def blocks(name, shard, rows):
             for start in range(0, rows, QUANT_ROWS):

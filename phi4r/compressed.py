@@ -238,10 +238,11 @@ def save_quantized(model: nn.Module, src, dst, kind: str, max_shard_bytes: int =
     write_weights(state, dst, max_shard_bytes)
     cfg = json.loads((src / "config.json").read_text())
     cfg["torch_dtype"] = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        from importlib.metadata import version
         ct_version = version("compressed-tensors")
-    except Exception:  # not installed: the field is informational
+    except PackageNotFoundError:  # not installed: the field is informational
         ct_version = None
     cfg["quantization_config"] = quantization_config(kind, group_sizes.pop() if group_sizes else 128, ct_version)
     for item in src.iterdir():

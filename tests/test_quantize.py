@@ -129,7 +129,11 @@ def _llm_compressor_checkpoint(src: Path, out: Path, scheme) -> None:
     """What llm-compressor's oneshot + save_pretrained write: transformers model, scheme applied, weight
     scales set (amax / 127 per channel, in fp32), compressed by the package, saved, config updated."""
     from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus, apply_quantization_config
+    from compressed_tensors.quantization import (
+        QuantizationConfig,
+        QuantizationStatus,
+        apply_quantization_config,
+    )
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
@@ -148,7 +152,11 @@ def _llm_compressor_checkpoint(src: Path, out: Path, scheme) -> None:
 @pytest.mark.parametrize("kind", ["int8", "w8a8"])
 def test_reads_checkpoints_made_by_compressed_tensors(src, tmp_path, kind):
     pytest.importorskip("compressed_tensors")
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, preset_name_to_scheme
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationScheme,
+        preset_name_to_scheme,
+    )
 
     scheme = preset_name_to_scheme("W8A8", ["Linear"]) if kind == "w8a8" else QuantizationScheme(
         targets=["Linear"], weights=QuantizationArgs(num_bits=8, strategy="channel", symmetric=True))

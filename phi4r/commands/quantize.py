@@ -30,7 +30,12 @@ def _run(args) -> int:
     import sys
     import time
 
-    from phi4r.checkpoint import CheckpointError, load_model, read_config, resolve_model_path
+    from phi4r.checkpoint import (
+        CheckpointError,
+        load_model,
+        read_config,
+        resolve_model_path,
+    )
     from phi4r.compressed import save_quantized
 
     src = resolve_model_path(str(args.src))
