@@ -7,6 +7,7 @@ weights. Every problem is reported as a `CheckpointError` naming the file and wh
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import ExitStack
 from pathlib import Path
@@ -143,9 +144,13 @@ class _Shard:
 _FILE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
                 "BOOL": torch.bool}
-# Rows of a weight converted to fp32 at a time while quantizing it (lm_head of a 100K vocabulary at hidden
-# 5120: 80 MB per block, against 2 GB for a whole fp32 copy).
-QUANT_ROWS = 4096
+# fp32 bytes of the block of rows a weight is read and quantized in (Phi-4's lm_head, 100352 x 5120: 16 MB
+# blocks of 819 rows instead of a 2 GB fp32 copy); the temporaries of loading are a few blocks.
+QUANT_BLOCK_BYTES = 16 * 2**20
+
+
+def _block_rows(shape) -> int:
+    return max(1, QUANT_BLOCK_BYTES // (4 * max(1, math.prod(shape[1:]))))
 QUANTIZATIONS = ("int8", "w8a8", "int4")
 
 
@@ -155,7 +160,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
     """progress: a bar on stderr (bytes read) when loading takes more than 2 s.
 
     quantization ("int8", "w8a8", "int4"; activations then default to bf16): each Linear is replaced by its
-    phi4r.quant module as its weight is read, QUANT_ROWS rows at a time, so the float weights never exist
+    phi4r.quant module as its weight is read, a block of rows at a time (QUANT_BLOCK_BYTES), so the float weights never exist
     whole and peak memory is about the quantized weights (the numbers equal quantizing the loaded float
     model: phi4r.quant's per_channel_int8). A compressed-tensors checkpoint (phi4r.compressed) loads its
     quantized weights as stored; quantization must then be None or its own. quantize_lm_head=False keeps
@@ -202,9 +207,10 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
             shard = stack.enter_context(_Shard(file)) if quantization else None
             where.update({name: (file, handle, shard) for name in handle.keys()})  # noqa: SIM118 (not a dict)
 
-        def blocks(name, shard, rows):
-            for start in range(0, rows, QUANT_ROWS):
-                block = shard.read(name, start, start + QUANT_ROWS)
+        def blocks(name, shard, shape):
+            step = _block_rows(shape)
+            for start in range(0, shape[0], step):
+                block = shard.read(name, start, start + step)
                 bar.update(block.nbytes)
                 yield block.to(dtype)
 
@@ -223,9 +229,14 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
                                       f"expected {list(expected[name].shape)} from config.json")
             if (quantization and leaf == "weight" and prefix in linears
                     and (quantize_lm_head if prefix == "lm_head" else layout is None)):
-                _set_module(model, prefix, quantized_linear(quantization, blocks(name, shard, shape[0]), shape,
+                _set_module(model, prefix, quantized_linear(quantization, blocks(name, shard, shape), shape,
                                                             group_size))
                 replaced.add(name)
+                continue
+            if shard is not None and shape:  # converted block by block: no whole copy in the file's dtype
+                loaded[name] = torch.empty(shape, dtype=dtype)
+                for start, block in zip(range(0, shape[0], _block_rows(shape)), blocks(name, shard, shape)):
+                    loaded[name][start:start + len(block)] = block
                 continue
             try:
                 tensor = handle.get_tensor(name)
@@ -259,7 +270,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
         model.tie_weights()
         if quantization and quantize_lm_head:  # a quantized copy of the embeddings (which stay float)
             embed = model.model.embed_tokens.weight.detach()
-            model.lm_head = quantized_linear(quantization, embed.cpu().split(QUANT_ROWS), tuple(embed.shape),
+            model.lm_head = quantized_linear(quantization, embed.cpu().split(_block_rows(embed.shape)), tuple(embed.shape),
                                              group_size)
     if quantization:
         from .quant import prepare_kernels

@@ -59,7 +59,7 @@ def test_quantizing_while_loading_matches_quantizing_the_loaded_model(tmp_path, 
     path = make_checkpoint(tmp_path, hidden_size=96, intermediate_size=160, vocab_size=600, tie_word_embeddings=tied)
     old, _ = load_model(path, dtype="bfloat16")
     OLD[kind](old)
-    monkeypatch.setattr(checkpoint, "QUANT_ROWS", 37)  # several blocks per weight, a short last one
+    monkeypatch.setattr(checkpoint, "QUANT_BLOCK_BYTES", 37 * 4 * 96)  # several blocks per weight, a short last one
     new, _ = load_model(path, quantization=kind)
     assert isinstance(new.lm_head, W8A8Linear if kind == "w8a8" else Int8Linear)
     a, b = old.state_dict(), new.state_dict()
@@ -212,7 +212,8 @@ PEAK = textwrap.dedent("""
     import torch
     from phi4r.checkpoint import load_model
     from phi4r.quant import quantize_int8, quantize_w8a8
-    path, kind, how = sys.argv[1:]
+    path, kind, how, warm = sys.argv[1:]
+    load_model(warm, quantization=kind)  # torch's first-use allocations (thread pools, ...) are not loading's
     rss = lambda: int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
     before = rss()  # now, not the peak so far (imports' temporaries)
     start = time.perf_counter()
@@ -228,9 +229,9 @@ PEAK = textwrap.dedent("""
 """)
 
 
-def _peak(path, kind, how):
+def _peak(path, kind, how, warm):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PHI4R_INT8_KERNEL": "0", "PHI4R_W8A8_KERNEL": "0"}
-    proc = subprocess.Popen([sys.executable, "-c", PEAK, str(path), kind, how], stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", PEAK, str(path), kind, how, str(warm)], stdout=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=300)
@@ -248,13 +249,15 @@ def test_peak_memory_and_load_time(tmp_path):
     path: the whole bf16 model plus fp32 copies), and its saved copy loads faster than quantizing it."""
     path = make_checkpoint(tmp_path / "big", hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
                            num_attention_heads=16, num_key_value_heads=4, vocab_size=32000)
-    new, old = _peak(path, "int8", "new"), _peak(path, "int8", "old")
+    warm = make_checkpoint(tmp_path / "warm", vocab_size=600)
+    new, old = _peak(path, "int8", "new", warm), _peak(path, "int8", "old", warm)
     print("int8 load, peak over the model it holds:", new, old)
-    # (the constant: one block's fp32 copy, the float embeddings' read, the allocator's retained free blocks)
-    assert new["peak"] <= 1.1 * new["held"] + 640 * 2**20
+    # The constant: a few blocks' temporaries and what the allocator keeps of them (it varies run to run,
+    # 60-470 MB here, with which threads' arenas served them); it does not grow with the model.
+    assert new["peak"] <= 1.1 * new["held"] + 512 * 2**20
     assert new["peak"] < 0.8 * old["peak"]
     assert run_cli("quantize", path, tmp_path / "q", "--quantization", "int8", timeout=600)[0] == 0
-    saved = _peak(tmp_path / "q", "int8", "saved")
+    saved = _peak(tmp_path / "q", "int8", "saved", warm)
     print("saved:", saved)
-    assert saved["peak"] <= 1.1 * saved["held"] + 640 * 2**20
+    assert saved["peak"] <= 1.1 * saved["held"] + 512 * 2**20
     assert saved["seconds"] < new["seconds"]
