@@ -260,3 +260,14 @@ def test_peak_memory_and_load_time(tmp_path):
     print("saved:", saved)
     assert saved["peak"] <= 1.1 * saved["held"] + 256 * 2**20
     assert saved["seconds"] < new["seconds"]
+
+
+def test_nano_answers_the_same_from_its_saved_w8a8_copy(tmp_path):
+    from phi4r import LLM, SamplingParams
+
+    assert run_cli("quantize", "nano", tmp_path / "nano-w8a8", "--quantization", "w8a8")[0] == 0
+    ask = [{"role": "user", "content": "What is 12 + 7?"}]
+    params = SamplingParams(temperature=0, max_tokens=48)
+    fresh = LLM("nano", quantization="w8a8").chat(ask, params, use_tqdm=False)[0].outputs[0]
+    saved = LLM(str(tmp_path / "nano-w8a8")).chat(ask, params, use_tqdm=False)[0].outputs[0]
+    assert saved.token_ids == fresh.token_ids and len(fresh.token_ids) > 0
