@@ -83,7 +83,6 @@ class LLM:
         import torch
 
         from . import fastlinear
-        from .quant import quantize_int8, quantize_w8a8
         from .tokenizer import Tokenizer
 
         if threads:
@@ -92,16 +91,15 @@ class LLM:
         if quantization not in (None, "int8", "w8a8"):
             raise ValueError(f"quantization must be None, 'int8' or 'w8a8', got {quantization!r}")
         path = resolve_model_path(model)
-        if quantization in ("int8", "w8a8") and dtype is None:
-            dtype = "bfloat16"
-        net, _ = load_model(path, dtype=dtype, device=device or "cpu", progress=True)
+        # Quantized as each weight is read (a compressed-tensors checkpoint: as stored), never whole in float.
+        net, _ = load_model(path, dtype=dtype, device=device or "cpu", progress=True, quantization=quantization)
         if adapter:
             load_adapter(net, adapter)
-        if not threads and net.num_parameters() < SMALL_MODEL:  # counted before int8 turns weights into buffers
+        # (quantized weights are buffers: counted by their shapes)
+        weights = net.num_parameters() + sum(m.in_features * m.out_features for m in net.modules()
+                                             if hasattr(m, "in_features") and not list(m.parameters()))
+        if not threads and weights < SMALL_MODEL:
             torch.set_num_threads(1)
-        if quantization:
-            with _said_if_slow(f"quantizing the linear layers ({quantization})"):
-                (quantize_int8 if quantization == "int8" else quantize_w8a8)(net)
         if net.device.type == "cpu":
             net.eval()  # loaded for inference only (from_model leaves a training loop's module alone)
             if prepack or (prepack is None and fastlinear.fits(net)):

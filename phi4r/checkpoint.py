@@ -7,12 +7,15 @@ weights. Every problem is reported as a `CheckpointError` naming the file and wh
 from __future__ import annotations
 
 import json
+import math
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from .config import Phi3Config, UnsupportedConfigError
 from .model import Phi3ForCausalLM
@@ -99,50 +102,207 @@ def _weight_files(path: Path) -> list[Path]:
     raise CheckpointError(f"{path}: no {SINGLE_NAME} or {INDEX_NAME}")
 
 
+class _Shard:
+    """A safetensors file read with plain reads into new tensors, not through a memory map: the bytes of a
+    weight being quantized then never count in the process's memory (a mapped shard's pages that were read
+    do, until it is closed, and a shard holds ~5 GB)."""
+
+    def __init__(self, file: Path):
+        self.file, self._f = file, open(file, "rb")  # noqa: SIM115 (closed by __exit__)
+        try:
+            size = int.from_bytes(self._f.read(8), "little")
+            self.header = json.loads(self._f.read(size))
+            self.base = 8 + size
+        except (ValueError, UnicodeDecodeError) as e:
+            self._f.close()
+            raise CheckpointError(f"{file}: unreadable safetensors header ({e})") from e
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows start:stop of a tensor (all of it by default), in the file's dtype."""
+        info = self.header[name]
+        if info["dtype"] not in _FILE_DTYPES:
+            raise CheckpointError(f"{self.file}: tensor {name!r} has dtype {info['dtype']}, which phi4r does not read")
+        dtype, shape = _FILE_DTYPES[info["dtype"]], info["shape"]
+        if shape:
+            stop = shape[0] if stop is None else min(stop, shape[0])
+            shape = [stop - start, *shape[1:]]
+        out = torch.empty(shape, dtype=dtype)
+        row_bytes = out[0].numel() * out.element_size() if out.dim() else 0
+        view = out.reshape(-1).view(torch.uint8).numpy()
+        self._f.seek(self.base + info["data_offsets"][0] + start * row_bytes)
+        if self._f.readinto(view) != view.nbytes:
+            raise CheckpointError(f"{self.file}: tensor {name!r} is cut short")
+        return out
+
+
+_FILE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool}
+# fp32 bytes of the block of rows a weight is read and quantized in (Phi-4's lm_head, 100352 x 5120: 16 MB
+# blocks of 819 rows instead of a 2 GB fp32 copy); the temporaries of loading are a few blocks.
+QUANT_BLOCK_BYTES = 16 * 2**20
+
+
+def _block_rows(shape) -> int:
+    return max(1, QUANT_BLOCK_BYTES // (4 * max(1, math.prod(shape[1:]))))
+QUANTIZATIONS = ("int8", "w8a8", "int4")
+
+
 def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
-               progress: bool = False) -> tuple[Phi3ForCausalLM, Phi3Config]:
-    """progress: a bar on stderr (bytes read) when loading takes more than 2 s."""
+               progress: bool = False, quantization: str | None = None, quantize_lm_head: bool = True,
+               group_size: int = 128) -> tuple[Phi3ForCausalLM, Phi3Config]:
+    """progress: a bar on stderr (bytes read) when loading takes more than 2 s.
+
+    quantization ("int8", "w8a8", "int4"; activations then default to bf16): each Linear is replaced by its
+    phi4r.quant module as its weight is read, a block of rows at a time (QUANT_BLOCK_BYTES), so the float weights never exist
+    whole and peak memory is about the quantized weights (the numbers equal quantizing the loaded float
+    model: phi4r.quant's per_channel_int8). A compressed-tensors checkpoint (phi4r.compressed) loads its
+    quantized weights as stored; quantization must then be None or its own. quantize_lm_head=False keeps
+    lm_head in float (`phi4r quantize` writes it so); group_size: int4's.
+    """
     from tqdm.auto import tqdm
+
+    from . import compressed
 
     path = resolve_model_path(path)
     config = read_config(path)
+    layout = None
+    if "quantization_config" in config.extra:
+        try:
+            layout = compressed.Layout(config.extra["quantization_config"], str(path / "config.json"))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        if quantization not in (None, layout.kind):
+            raise CheckpointError(f"{path}: already quantized ({layout.kind}); load it with quantization "
+                                  f"{layout.kind!r} or none")
+        quantization = layout.kind if layout.kind != "mixed" else "int8"  # (the kind an ignored lm_head gets)
+    if quantization not in (None, *QUANTIZATIONS):
+        raise ValueError(f"quantization must be None or one of {list(QUANTIZATIONS)}, got {quantization!r}")
+    if quantization and dtype is None:
+        dtype = "bfloat16"  # the activation dtype the CPU int8 kernels are fast in
     dtype = resolve_dtype(dtype, config)
     with torch.device("meta"):
         model = Phi3ForCausalLM(config)
     expected = dict(model.state_dict())
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    # Linears stored quantized: their tensors by local name (weight, weight_scale, ...), gathered across shards.
+    stored = {n: {} for n, m in linears.items() if layout and layout.scheme(n, m)}
     loaded: dict[str, torch.Tensor] = {}
+    replaced: set[str] = set()  # expected names now held by a quantized module
     files = _weight_files(path)
-    with tqdm(total=sum(f.stat().st_size for f in files), desc=f"loading {path.name}", unit="B", unit_scale=True,
-              delay=2, disable=not progress, leave=False) as bar:
+    with ExitStack() as stack, tqdm(total=sum(f.stat().st_size for f in files), desc=f"loading {path.name}",
+                                    unit="B", unit_scale=True, delay=2, disable=not progress, leave=False) as bar:
+        where = {}
         for file in files:
             try:
-                handle = safe_open(str(file), framework="pt", device=str(device))
+                handle = stack.enter_context(safe_open(str(file), framework="pt", device=str(device)))
             except Exception as e:  # safetensors raises its own types for truncated or bad headers
                 raise CheckpointError(f"{file}: unreadable safetensors file ({e})") from e
-            with handle:
-                for name in handle.keys():
-                    if name.endswith(_IGNORED_SUFFIXES):
-                        continue
-                    if name not in expected:
-                        raise CheckpointError(f"{file}: unexpected tensor {name!r} for Phi3ForCausalLM")
-                    shape = tuple(handle.get_slice(name).get_shape())
-                    if shape != tuple(expected[name].shape):
-                        raise CheckpointError(f"{file}: tensor {name!r} has shape {list(shape)}, "
-                                              f"expected {list(expected[name].shape)} from config.json")
-                    try:
-                        tensor = handle.get_tensor(name)
-                        loaded[name] = tensor.to(dtype)
-                    except Exception as e:
-                        raise CheckpointError(f"{file}: cannot read tensor {name!r} ({e})") from e
-                    bar.update(tensor.nbytes)
-    tied = config.tie_word_embeddings or "lm_head.weight" not in loaded
-    missing = [n for n in expected if n not in loaded and not (tied and n == "lm_head.weight")]
+            shard = stack.enter_context(_Shard(file)) if quantization else None
+            where.update({name: (file, handle, shard) for name in handle.keys()})  # noqa: SIM118 (not a dict)
+
+        def blocks(name, shard, shape):
+            step = _block_rows(shape)
+            for start in range(0, shape[0], step):
+                block = shard.read(name, start, start + step)
+                bar.update(block.nbytes)
+                yield block.to(dtype)
+
+        for name, (file, handle, shard) in where.items():
+            prefix, _, leaf = name.rpartition(".")
+            if name.endswith(_IGNORED_SUFFIXES):
+                continue
+            if prefix in stored:
+                stored[prefix][leaf] = name
+                continue
+            if name not in expected:
+                raise CheckpointError(f"{file}: unexpected tensor {name!r} for Phi3ForCausalLM")
+            shape = tuple(handle.get_slice(name).get_shape())
+            if shape != tuple(expected[name].shape):
+                raise CheckpointError(f"{file}: tensor {name!r} has shape {list(shape)}, "
+                                      f"expected {list(expected[name].shape)} from config.json")
+            if (quantization and leaf == "weight" and prefix in linears
+                    and (quantize_lm_head if prefix == "lm_head" else layout is None)):
+                _set_module(model, prefix, quantized_linear(quantization, blocks(name, shard, shape), shape,
+                                                            group_size))
+                replaced.add(name)
+                continue
+            if shard is not None and shape:  # converted block by block: no whole copy in the file's dtype
+                loaded[name] = torch.empty(shape, dtype=dtype)
+                for start, block in zip(range(0, shape[0], _block_rows(shape)), blocks(name, shard, shape)):
+                    loaded[name][start:start + len(block)] = block
+                continue
+            try:
+                tensor = handle.get_tensor(name)
+                loaded[name] = tensor.to(dtype)
+            except Exception as e:
+                raise CheckpointError(f"{file}: cannot read tensor {name!r} ({e})") from e
+            bar.update(tensor.nbytes)
+        for prefix, names in stored.items():
+            module = linears[prefix]
+            try:
+                if not names:
+                    raise ValueError(f"{path}: no tensors for the quantized layer {prefix!r}")
+                extra = [leaf for leaf in names if leaf not in compressed.TENSOR_NAMES]
+                if extra:
+                    raise ValueError(f"{where[names[extra[0]]][0]}: unexpected tensor {names[extra[0]]!r}")
+                tensors = {leaf: where[n][2].read(n) for leaf, n in names.items()}
+                bar.update(sum(t.nbytes for t in tensors.values()))
+                quantized = compressed.module_from_tensors(layout.scheme(prefix, module), tensors,
+                                                           (module.out_features, module.in_features),
+                                                           f"{where[next(iter(names.values()))][0]}: {prefix}")
+            except ValueError as e:
+                raise CheckpointError(str(e)) from None
+            _set_module(model, prefix, quantized)
+            replaced.add(f"{prefix}.weight")
+    tied = config.tie_word_embeddings or "lm_head.weight" not in loaded.keys() | replaced
+    missing = [n for n in expected if n not in loaded and n not in replaced and not (tied and n == "lm_head.weight")]
     if missing:
         raise CheckpointError(f"{path}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     model.load_state_dict(loaded, strict=False, assign=True)
     if tied:
         model.tie_weights()
+        if quantization and quantize_lm_head:  # a quantized copy of the embeddings (which stay float)
+            embed = model.model.embed_tokens.weight.detach()
+            model.lm_head = quantized_linear(quantization, embed.cpu().split(_block_rows(embed.shape)), tuple(embed.shape),
+                                             group_size)
+    if quantization:
+        from .quant import prepare_kernels
+
+        model.to(device)
+        prepare_kernels(model)
     return model.eval(), config
+
+
+def quantized_linear(kind: str, blocks, shape: tuple[int, int], group_size: int = 128) -> nn.Module:
+    """phi4r's `kind` module for a float weight of `shape` given as consecutive row blocks."""
+    from .quant import Int8Linear, W8A8Linear, int8_module, per_channel_int8_chunks
+
+    if kind != "int4":
+        return int8_module(W8A8Linear if kind == "w8a8" else Int8Linear, *per_channel_int8_chunks(blocks, shape))
+    from .quant_int4 import Int4Linear, quantize_int4, to_compressed
+
+    parts = []
+    for block in blocks:  # quantize_int4 on one block of rows at a time (groups run along a row)
+        holder = nn.Module()
+        with torch.device("meta"):
+            holder.linear = nn.Linear(shape[1], len(block), bias=False)
+        holder.linear.weight = nn.Parameter(block, requires_grad=False)
+        quantize_int4(holder, group_size=group_size)
+        parts.append(to_compressed(holder.linear))
+    tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "weight_shape"}
+    return Int4Linear.from_compressed({**tensors, "weight_shape": torch.tensor(shape)}, group_size)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
 def save_model(model: Phi3ForCausalLM, path: str | os.PathLike, max_shard_bytes: int = 2 * 1024**3,
@@ -157,6 +317,14 @@ def save_model(model: Phi3ForCausalLM, path: str | os.PathLike, max_shard_bytes:
         config.tie_word_embeddings = True
     cfg = config.to_dict()
     cfg["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    write_weights(state, path, max_shard_bytes)
+    _atomic_write(path / "config.json", cfg)
+    if generation_config is not None:
+        _atomic_write(path / "generation_config.json", generation_config)
+
+
+def write_weights(state: dict[str, torch.Tensor], path: Path, max_shard_bytes: int = 2 * 1024**3) -> None:
+    """The tensors as model.safetensors, or shards of at most max_shard_bytes and their index."""
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, t in state.items():
@@ -179,9 +347,6 @@ def save_model(model: Phi3ForCausalLM, path: str | os.PathLike, max_shard_bytes:
         total = sum(t.numel() * t.element_size() for t in state.values())
         _atomic_write(path / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
         (path / SINGLE_NAME).unlink(missing_ok=True)
-    _atomic_write(path / "config.json", cfg)
-    if generation_config is not None:
-        _atomic_write(path / "generation_config.json", generation_config)
 
 
 def default_generation_config(config: Phi3Config, stop_ids: list[int]) -> dict:

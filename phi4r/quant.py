@@ -165,3 +165,47 @@ def _replace(model: nn.Module, cls: type[nn.Module], kernel: bool) -> None:
             setattr(model, name, cls(child.weight, kernel))
         else:
             _replace(child, cls, kernel)
+
+
+# ---- building the quantized modules from int8 weights already made (quantize while loading, saved checkpoints)
+def per_channel_int8_chunks(chunks, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """per_channel_int8 of a weight given as consecutive row blocks (an iterable of [rows, in] tensors): the
+    same numbers (each row's scale depends on that row alone) from one fp32 copy of one block at a time."""
+    q, scales, row = torch.empty(shape, dtype=torch.int8), torch.empty(shape[0], dtype=torch.bfloat16), 0
+    for block in chunks:
+        # per_channel_int8's steps in place: one fp32 copy of the block is the only temporary.
+        w = block.detach().float() if block.dtype != torch.float32 else block.detach().clone()
+        s = torch.maximum(w.amax(dim=1), w.amin(dim=1).neg_()).clamp_(min=1e-12).div_(127)
+        q[row:row + len(w)] = w.div_(s[:, None]).round_().clamp_(-127, 127)
+        scales[row:row + len(w)] = s
+        row += len(w)
+    if row != shape[0]:
+        raise ValueError(f"weight blocks gave {row} rows, expected {shape[0]}")
+    return q, scales
+
+
+def int8_module(cls: type[nn.Module], q: torch.Tensor, scales: torch.Tensor, kernel: bool = True) -> nn.Module:
+    """An Int8Linear or W8A8Linear holding the int8 weights q [out, in] and per-channel scales [out] as they
+    are (no float weight, no re-quantization): the buffers `cls.__init__` would have made from a float weight."""
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    module.out_features, module.in_features = q.shape
+    module.kernel = kernel  # as `cls(weight, kernel)` would set it
+    scales = scales.reshape(-1).to(torch.bfloat16).expand(q.shape[0]).contiguous()
+    if cls is W8A8Linear:
+        packed, comp = w8a8_kernel.pack(q)
+        module.register_buffer("weight", packed)
+        module.register_buffer("comp", comp)
+    else:
+        module.register_buffer("weight", q.contiguous())
+    module.register_buffer("scales", scales)
+    return module
+
+
+def prepare_kernels(model: nn.Module) -> None:
+    """Load (or start building) the CPU kernels the model's int8 modules use, as quantize_int8/_w8a8 do."""
+    kinds = {type(m) for m in model.modules() if isinstance(m, (Int8Linear, W8A8Linear)) and m.weight.is_cpu}
+    if Int8Linear in kinds:
+        int8_kernel.prepare()
+    if W8A8Linear in kinds:
+        w8a8_kernel.prepare()
