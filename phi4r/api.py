@@ -67,7 +67,8 @@ class LLM:
 
         quantization="int8": weight-only int8 linear layers (phi4r.quant); "w8a8": int8 weights and
         activations quantized per token (phi4r.quant.W8A8Linear: faster batched decode, a little less
-        accurate); with either, activations default to bf16, the dtype the CPU int8 kernels are fast in.
+        accurate); "int4": weight-only int4, group-wise (phi4r.quant_int4: group 128, symmetric); with
+        any of them, activations default to bf16, the dtype the CPU kernels are fast in.
         seed: makes unseeded requests reproducible.
         threads: torch's CPU threads (process-wide, `torch.set_num_threads`); None leaves torch's
         setting alone, except for models under SMALL_MODEL parameters, which get one thread.
@@ -81,22 +82,24 @@ class LLM:
 
         from . import fastlinear
         from .quant import quantize_int8, quantize_w8a8
+        from .quant_int4 import quantize_int4
         from .tokenizer import Tokenizer
 
         if threads:
             torch.set_num_threads(threads)
 
-        if quantization not in (None, "int8", "w8a8"):
-            raise ValueError(f"quantization must be None, 'int8' or 'w8a8', got {quantization!r}")
+        quantizers = {"int8": quantize_int8, "w8a8": quantize_w8a8, "int4": quantize_int4}
+        if quantization is not None and quantization not in quantizers:
+            raise ValueError(f"quantization must be None, 'int8', 'w8a8' or 'int4', got {quantization!r}")
         path = resolve_model_path(model)
-        if quantization in ("int8", "w8a8") and dtype is None:
+        if quantization and dtype is None:
             dtype = "bfloat16"
         net, _ = load_model(path, dtype=dtype, device=device or "cpu", progress=True)
         if not threads and net.num_parameters() < SMALL_MODEL:  # counted before int8 turns weights into buffers
             torch.set_num_threads(1)
         if quantization:
             with _said_if_slow(f"quantizing the linear layers ({quantization})"):
-                (quantize_int8 if quantization == "int8" else quantize_w8a8)(net)
+                quantizers[quantization](net)
         if net.device.type == "cpu":
             net.eval()  # loaded for inference only (from_model leaves a training loop's module alone)
             if prepack or (prepack is None and fastlinear.fits(net)):
