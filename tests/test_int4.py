@@ -9,7 +9,7 @@ import torch
 
 from phi4r.api import LLM
 from phi4r.kernels import int4
-from phi4r.quant_int4 import Int4Linear, quantize_int4, quantize_weight, to_compressed
+from phi4r.quant_int4 import Int4Linear, quantize_int4, to_compressed
 from phi4r.sampling import SamplingParams
 
 KERNEL = (int4, int4.linear, "int4")  # the `kernel` fixture (conftest.py) builds and probes it
@@ -31,7 +31,7 @@ def test_pack_is_compressed_tensors_layout_and_unpack_inverts_it():
         assert torch.equal(int4.unpack(int4.pack(q), cols), q)
         assert torch.equal(int4.pack(q, dim=0), ct_pack(q.T.contiguous()).T)  # zero points: along dim 0
         assert torch.equal(int4.unpack(int4.pack(q, dim=0), rows, dim=0), q)
-    assert int4.pack(torch.tensor([[7, -8, 0, 1, -1, 2, 3, -3]], dtype=torch.int8)).item() == int("5B97A80F", 16) - 2 ** 32
+    assert int4.pack(torch.tensor([[7, -8, 0, 1, -1, 2, 3, -3]], dtype=torch.int8)).item() == 0x5BA7980F  # q + 8 = F 0 8 9 7 A B 5, value 0 lowest
 
 
 # N and K: below and above the tiles (8/2 channels, 128 k per block), a partial last block, ragged last groups.
@@ -82,7 +82,13 @@ def test_quantization_error_is_within_half_a_step(symmetric):
     w = torch.randn(40, 300) * torch.rand(40, 1)
     lin = Int4Linear(w, group_size=64, symmetric=symmetric)
     steps = lin.weight_scale.float().repeat_interleave(64, 1)[:, :300]
-    assert ((lin.dequantize() - w).abs() <= 0.5001 * steps + 1e-6).all()
+    err = (lin.dequantize() - w).abs()
+    zeros = 0 if symmetric else lin.weight_zero_point.float().repeat_interleave(64, 1)[:, :300]
+    inside = (w >= (-8.5 - zeros) * steps) & (w <= (7.5 - zeros) * steps)  # within the grid (+ half a step)
+    assert (err[inside] <= 0.5001 * steps[inside] + 1e-6).all()
+    # Outside: symmetric, a positive value as large as the negative extreme (which sets the scale: -8
+    # steps) is clamped to 7 steps (llama.cpp's q4_0 makes the same trade); asymmetric, the rounded zero point.
+    assert (err <= 1.0001 * steps + 1e-6).all() and inside.float().mean() > 0.99
     q = int4.unpack(lin.weight_packed, 300)
     assert q.min() == -8 and q.max() == 7  # the whole range is used
     if symmetric:  # each group's extreme value is exact
@@ -161,17 +167,26 @@ def nano_int4(kernel):
     return LLM("nano", quantization="int4")
 
 
-def test_nano_answers_in_int4(nano_int4):
+def test_nano_answers_its_arithmetic_in_int4(nano_int4):
+    from phi4r.recipes.nano.data import prompt
+    from phi4r.tasks import get_task
+
     assert any(isinstance(m, Int4Linear) for m in nano_int4.model.modules())
-    out = nano_int4.generate(["What is 7 + 5?"], SamplingParams(temperature=0.0, max_tokens=32))[0]
-    assert "12" in out.outputs[0].text
+    out = nano_int4.chat([{"role": "user", "content": "What is 7 + 5?"}], SamplingParams(temperature=0, max_tokens=64),
+                         use_tqdm=False)[0].outputs[0]
+    assert "7 + 5 = 12" in out.reasoning and "Final Answer: 12" in out.content
+    task = get_task("arithmetic")
+    instances = task.generate(12, 12345, difficulty=1)
+    outs = nano_int4.chat([[{"role": "user", "content": prompt(i)}] for i in instances],
+                          SamplingParams(temperature=0, max_tokens=256), use_tqdm=False)
+    # fp32 and bf16 answer all 20 of this seed's first instances; int4 did too when measured.
+    assert sum(task.score(i, o.outputs[0].text) for i, o in zip(instances, outs)) >= 10
 
 
 def test_nano_int4_logits_close_to_fp32(nano_int4):
     ref = LLM("nano", dtype="float32")
-    ids = torch.tensor([ref.tokenizer.encode("What is 7 + 5? The answer is 12.")])
+    ids = torch.tensor([ref.tokenizer.encode("<think>\n17 + 25 = 42\n</think>\nFinal Answer: 42 and 7 + 5 = 12")])
     with torch.no_grad():
-        a = ref.model(ids).float()
-        b = nano_int4.model(ids).float()
-    cos = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).item()
-    assert cos > 0.95, cos
+        a, b = ref.model(ids)[0].float(), nano_int4.model(ids)[0].float()
+    cos = torch.nn.functional.cosine_similarity(a, b)  # per position; measured mean 0.987 (bf16: 0.99994)
+    assert cos.mean() > 0.97 and cos.min() > 0.9, cos
