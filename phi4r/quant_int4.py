@@ -26,7 +26,9 @@ from torch import nn
 
 from .kernels import int4 as int4_kernel
 
-KERNEL_MAX_ROWS = 64
+# Rows up to which the kernel is used: on a 6144 x 768 layer, one thread, ms: rows 64: 13.8 vs 22.6 for
+# dequantize + F.linear, 128: 28.5 vs 30.5, 256: 57.0 vs 41.9.
+KERNEL_MAX_ROWS = 128
 _KERNEL_DTYPES = (torch.bfloat16, torch.float32)
 _CHUNK = 2 ** 22  # weights quantized at a time: bounds the fp32 temporaries of a large matrix (~16 MB each)
 

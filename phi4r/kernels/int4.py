@@ -51,19 +51,18 @@ def pack(q: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, size: int, dim: int = 1) -> torch.Tensor:
     """The int8 values of `pack` (`size`: the packed dimension's length before packing)."""
-    p = packed.T if dim == 0 else packed
-    u = torch.stack([(p >> (4 * i)) & 15 for i in range(8)], dim=-1).reshape(p.shape[0], -1)[:, :size]
-    q = (u - 8).to(torch.int8)
+    p = (packed.T if dim == 0 else packed).contiguous().view(torch.uint8)  # little-endian: value 2j in byte j's low nibble
+    q = torch.stack([p & 15, p >> 4], dim=-1).view(p.shape[0], -1)[:, :size].view(torch.int8) - 8
     return q.T.contiguous() if dim == 0 else q
 
 
 def dequantize(packed: torch.Tensor, scales: torch.Tensor, k: int, group_size: int,
                zeros: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
     """The weights [N, k] in `dtype`: (q - zeros) * scales, per group of `group_size` along k."""
-    q = unpack(packed, k).to(dtype)
+    q = torch.nn.functional.pad(unpack(packed, k), (0, -k % group_size)).unflatten(1, (-1, group_size)).to(dtype)
     if zeros is not None:
-        q = q - zeros.to(dtype).repeat_interleave(group_size, 1)[:, :k]
-    return q * scales.to(dtype).repeat_interleave(group_size, 1)[:, :k]
+        q -= zeros.to(dtype)[..., None]
+    return (q * scales.to(dtype)[..., None]).flatten(1)[:, :k]
 
 
 def _fake(x, packed, scales, group_size):

@@ -1,19 +1,19 @@
 // Weight-only int4 linear for CPU decode, group-wise symmetric: y[M, N] = x[M, K] @ W^T with
-// W[n, k] = q[n, k] * scale[n, k / G], q in [-8, 7].
+// W[n, k] = q[n, k] * scale[n, k / G], q in [-8, 7] (zero points: phi4r/quant_int4.py adds their term).
 //
 // The weights are compressed-tensors' "pack-quantized" layout as it is (no repacking): per row,
 // ceil(K / 8) int32 of 8 nibbles, value k at bits 4 * (k % 8) of word k / 8, stored offset (q + 8).
 // Read as bytes, 64 bytes hold 128 consecutive k (a "block"), and its 16-bit word i holds k = 4i..4i+3.
 // x is bf16 or fp32, y has x's dtype; products are exact and sums fp32.
-//   Unpacking (7 instructions per 128 weights, no masking): vpermw looks up a 16-bit word by the low
-//   5 bits of an index word, so a table of bf16(u - 8) repeated twice (period 16) turns the low nibble
-//   of every word into its bf16 weight whatever the bits above it; three word shifts (4, 8, 12) bring
-//   the other nibbles down. w[j] then holds k = 4i + j in word i; x is permuted the same way once per call.
-//   bf16 x: 4 vdpbf16ps per 128 weights; fp32 x: each bf16 word widened (shift / mask) then FMA.
+//   Unpacking: three word shifts (4, 8, 12) bring each word's nibbles down; w[j] then holds k = 4i + j
+//   in word i, and x is permuted the same way once per call. bf16 x: one ternary-logic op per vector
+//   makes bf16(q + 136) (unpack_biased), 4 vdpbf16ps per 128 weights; fp32 x: vpermw looks the nibble
+//   up in a table of bf16(q) (unpack), each bf16 word is widened (shift / mask), then FMA.
 //   Group scales: a block's 4 dot products sum into a fresh vector whose lane l covers k in
 //   [8l, 8l + 8), so one FMA with a per-lane scale vector (a broadcast when G >= 128) applies them.
-// At batch 1 the weights are streamed once with the int8 kernel's tile shapes and prefetching (see
-// int8_linear.cpp); int4 reads half its bytes with fewer instructions per weight.
+// At batch 1 the weights are streamed once with the int8 kernel's tile shapes (see int8_linear.cpp),
+// prefetched further ahead. Several rows (up to 4 per pass) reuse each unpacked tile from registers;
+// beyond ~16 rows the permuted x outgrows L1 and the kernel is compute-bound.
 // Threads split the output channels (at::parallel_for: torch's thread count).
 //
 // Built by phi4r/kernels/int4.py with -O3 -march=native (AVX-512F/BW/VL/VBMI and AVX512-BF16 required).
