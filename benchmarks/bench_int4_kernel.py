@@ -8,7 +8,7 @@ at batch 1: the GB/s of weights read by the int4 kernel (packed nibbles + bf16 g
 the int8 kernel (int8 + per-channel scales), and int4's speed-up. Then one decode step's linears
 (all layers + lm_head) per row count: int4 kernel, int8 kernel, int4 dequantize + F.linear (what
 Int4Linear runs beyond KERNEL_MAX_ROWS). Every call reads a different copy of the weights (at least
-256 MB of each kind in all), so they come from memory, as in decoding. The two kernels alternate (3
+--copies-mb of each kind in all), so they come from memory, as in decoding. The two kernels alternate (3
 rounds, best of each) so that a busy machine hurts both alike. On a shared machine pin it:
 `taskset -c 1 nice python benchmarks/bench_int4_kernel.py --threads 1`.
 """
@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rows", default="1,4,16,64")
     p.add_argument("--group", type=int, default=128)
+    p.add_argument("--copies-mb", type=int, default=256, help="weights of each kind per shape, MB (beyond the caches)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     k4, k8 = int4.linear(), int8.linear()
@@ -45,7 +46,7 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}; memory read bandwidth {big.nbytes / read / 1e9:.1f} GB/s; group {g}")
     del big
 
-    def copies(n, k, kind, total=256 * 2**20):
+    def copies(n, k, kind, total=args.copies_mb * 2**20):
         per = n * k // 2 if kind == 4 else n * k
         out = []
         for _ in range(max(2, -(-total // per))):

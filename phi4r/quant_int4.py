@@ -87,7 +87,7 @@ class Int4Linear(nn.Module):
         if missing:
             raise ValueError(f"int4 pack-quantized tensors lack {', '.join(sorted(missing))}")
         packed, scales = tensors["weight_packed"], tensors["weight_scale"]
-        out, k = (int(v) for v in tensors["weight_shape"].tolist())
+        out, k = (int(v) for v in torch.as_tensor(tensors["weight_shape"]).tolist())
         group_size = group_size or k
         groups = -(-k // group_size)
         if scales.dim() == 1:
