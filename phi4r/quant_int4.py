@@ -97,6 +97,9 @@ class Int4Linear(nn.Module):
                              f"got {packed.dtype} {list(packed.shape)}")
         if tuple(scales.shape) != (out, groups):
             raise ValueError(f"weight_scale must be [{out}, {groups}] for group size {group_size}, got {list(scales.shape)}")
+        g_idx = tensors.get("weight_g_idx")  # GPTQ's activation order: only the trivial one (k // group)
+        if g_idx is not None and not torch.equal(g_idx.long().cpu(), torch.arange(k) // group_size):
+            raise ValueError("int4 tensors with an activation order (weight_g_idx) are not supported")
         zeros = tensors.get("weight_zero_point")
         if zeros is not None:
             zeros = int4_kernel.unpack(zeros, out, dim=0)

@@ -130,6 +130,10 @@ def test_from_compressed_rejects_bad_tensors_clearly():
         Int4Linear.from_compressed({**good, "weight_packed": good["weight_packed"].to(torch.int64)}, 32)
     with pytest.raises(ValueError, match="lack weight_zero_point"):
         Int4Linear.from_compressed(good, 32, symmetric=False)
+    with pytest.raises(ValueError, match="activation order"):
+        Int4Linear.from_compressed({**good, "weight_g_idx": torch.randperm(64) // 32}, 32)
+    trivial = Int4Linear.from_compressed({**good, "weight_g_idx": torch.arange(64, dtype=torch.int32) // 32}, 32)
+    assert torch.equal(trivial.weight_packed, lin.weight_packed)
     # fp16 scales (fp16 checkpoints) are kept exactly, as fp32
     half = Int4Linear.from_compressed({**good, "weight_scale": good["weight_scale"].half()}, 32)
     assert half.weight_scale.dtype == torch.float32
