@@ -68,7 +68,8 @@ class LLM:
 
         quantization="int8": weight-only int8 linear layers (phi4r.quant); "w8a8": int8 weights and
         activations quantized per token (phi4r.quant.W8A8Linear: faster batched decode, a little less
-        accurate); with either, activations default to bf16, the dtype the CPU int8 kernels are fast in.
+        accurate); "int4": weight-only int4, group-wise (phi4r.quant_int4: group 128, symmetric); with
+        any of them, activations default to bf16, the dtype the CPU kernels are fast in.
         seed: makes unseeded requests reproducible.
         threads: torch's CPU threads (process-wide, `torch.set_num_threads`); None leaves torch's
         setting alone, except for models under SMALL_MODEL parameters, which get one thread.
@@ -88,8 +89,8 @@ class LLM:
         if threads:
             torch.set_num_threads(threads)
 
-        if quantization not in (None, "int8", "w8a8"):
-            raise ValueError(f"quantization must be None, 'int8' or 'w8a8', got {quantization!r}")
+        if quantization not in (None, "int8", "w8a8", "int4"):
+            raise ValueError(f"quantization must be None, 'int8', 'w8a8' or 'int4', got {quantization!r}")
         path = resolve_model_path(model)
         # Quantized as each weight is read (a compressed-tensors checkpoint: as stored), never whole in float.
         net, _ = load_model(path, dtype=dtype, device=device or "cpu", progress=True, quantization=quantization)

@@ -92,4 +92,4 @@ def test_from_model_and_int8(path):
     # bf16 activations: a random model's flat logits soon diverge; precision is tested in test_engine.
     assert out.outputs[0].token_ids[0] == greedy.outputs[0].token_ids[0]
     with pytest.raises(ValueError, match="quantization"):
-        LLM(path, quantization="int4")
+        LLM(path, quantization="int2")

@@ -45,10 +45,11 @@ def add_model_args(p, group=None, precision: bool = True, **model) -> None:
     (group or p).add_argument("--model", **{"default": "nano", "help": "'nano' (the shipped model) or a checkpoint "
                                             "directory [nano]", **model})
     if precision:
-        p.add_argument("--dtype", help="float32, bfloat16 or float16 [the checkpoint's; bfloat16 with int8/w8a8]")
-        p.add_argument("--quantization", choices=["int8", "w8a8"],
+        p.add_argument("--dtype", help="float32, bfloat16 or float16 [the checkpoint's; bfloat16 with int8/w8a8/int4]")
+        p.add_argument("--quantization", choices=["int8", "w8a8", "int4"],
                        help="int8: weight-only int8 linear layers (faster decoding); w8a8: int8 weights and "
-                            "per-token int8 activations (faster batched decoding, slightly less accurate)")
+                            "per-token int8 activations (faster batched decoding, slightly less accurate); "
+                            "int4: weight-only int4, group-wise (fastest decoding, least memory, least accurate)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads [1 for small models such as nano, else "
                                                         "one per core]; fewer is faster on a busy machine")
     p.add_argument("--compile", action="store_true", default=None,

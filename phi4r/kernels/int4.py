@@ -1,0 +1,100 @@
+"""Loader of the int4 linear kernel (int4_linear.cpp): compiled on first use, checked, or None; and the
+packed int4 layout it reads, which is compressed-tensors' "pack-quantized" one.
+
+`linear()` (waiting, bounded, for its build) or `ready()` (never waiting: None while it builds; see
+build.py) returns the kernel's function `int4_linear(x, packed, scales, group_size)` (x [..., K] bf16 or
+fp32 contiguous; packed = `pack(q)` int32 [N, ceil(K / 8)] of q in [-8, 7]; scales [N, ceil(K / G)] bf16
+or fp32; G 32, 64 or a multiple of 128 (`kernel_group`); returns x.float() @ dequantize(...).T, [..., N],
+in x's dtype), or None when it cannot be used here, with one logged warning saying why:
+
+- PHI4R_INT4_KERNEL=0 in the environment (no warning: asked for);
+- not a Linux x86 CPU with AVX-512F/BW/VL/VBMI and AVX512-BF16 (read from /proc/cpuinfo);
+- compiling fails (torch.utils.cpp_extension with ninja and a C++17 compiler);
+- a numerical probe against the float reference disagrees.
+
+The build also registers `torch.ops.phi4r.int4_linear` (`op()`) with a shape function, for torch.compile's
+graphs. `quantize_int4` calls `prepare()`: a build this machine has is loaded, else a child process
+compiles it (once per CPU) while the int4 linears run the torch path (build.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import build
+
+SOURCE = Path(__file__).with_name("int4_linear.cpp")
+REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_bf16")
+FALLBACK = "using the slower torch int4 path"
+
+
+def kernel_group(group_size: int) -> bool:
+    """Whether the kernel takes this group size (a block of 128 k holds whole groups, or one group)."""
+    return group_size in (32, 64) or (group_size > 0 and group_size % 128 == 0)
+
+
+# ---- the packed layout (pure torch): compressed-tensors' pack_to_int32 for 4 bits
+
+
+def pack(q: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """int8 q [R, C] in [-8, 7] -> int32 packed along `dim` (1: [R, ceil(C / 8)]; 0: [ceil(R / 8), C]):
+    value i of each run of 8 at bits 4 * i, stored as q + 8; a padded tail stores 0."""
+    u = (q.to(torch.int32) + 8).T if dim == 0 else q.to(torch.int32) + 8
+    rows, cols = u.shape
+    u = torch.nn.functional.pad(u, (0, -cols % 8)).reshape(rows, -1, 8)
+    out = torch.zeros(u.shape[:2], dtype=torch.int32)
+    for i in range(8):  # (int32 shifts wrap the top nibble into the sign bit, as pack_to_int32's sum does)
+        out |= u[..., i] << (4 * i)
+    return out.T.contiguous() if dim == 0 else out
+
+
+def unpack(packed: torch.Tensor, size: int, dim: int = 1) -> torch.Tensor:
+    """The int8 values of `pack` (`size`: the packed dimension's length before packing)."""
+    p = (packed.T if dim == 0 else packed).contiguous().view(torch.uint8)  # little-endian: value 2j in byte j's low nibble
+    q = torch.stack([p & 15, p >> 4], dim=-1).view(p.shape[0], -1)[:, :size].view(torch.int8) - 8
+    return q.T.contiguous() if dim == 0 else q
+
+
+def dequantize(packed: torch.Tensor, scales: torch.Tensor, k: int, group_size: int,
+               zeros: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
+    """The weights [N, k] in `dtype`: (q - zeros) * scales, per group of `group_size` along k."""
+    q = torch.nn.functional.pad(unpack(packed, k), (0, -k % group_size)).unflatten(1, (-1, group_size)).to(dtype)
+    if zeros is not None:
+        q -= zeros.to(dtype)[..., None]
+    return (q * scales.to(dtype)[..., None]).flatten(1)[:, :k]
+
+
+def _fake(x, packed, scales, group_size):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+def _probe(fn) -> str | None:
+    """Compare with the float reference on shapes reaching every tile shape, group kind and tail."""
+    gen = torch.Generator().manual_seed(0)
+    for rows in (1, 3, 6):
+        for dtype in (torch.bfloat16, torch.float32):
+            for group, k in ((32, 200), (64, 136), (128, 328)):  # K: a partial block, a ragged last group
+                n = 45  # not a multiple of the tiles (8/2 channels)
+                q = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
+                scales = (torch.rand(n, -(-k // group), generator=gen) / 10).to(torch.bfloat16)
+                x = torch.randn(rows, k, generator=gen).to(dtype)
+                ref = x.float() @ dequantize(pack(q), scales, k, group).T
+                try:
+                    got = fn(x, pack(q), scales, group)
+                except Exception as e:  # noqa: BLE001
+                    return f"the probe raised {e}"
+                # bf16 output: one rounding of the result plus fp32 summation order.
+                tol = (2 ** -7 if dtype == torch.bfloat16 else 1e-5) * ref.abs().max().item()
+                if got.dtype != dtype or got.shape != ref.shape or (got.float() - ref).abs().max().item() > tol:
+                    return f"the probe disagrees with the reference ({rows} rows, {dtype}, group {group})"
+    return None
+
+
+loader = build.Loader("phi4r.kernels.int4", "phi4r_int4_linear", SOURCE, REQUIRED_FLAGS, "int4 kernel", FALLBACK,
+                      "PHI4R_INT4_KERNEL", "int4_linear", _probe, _fake)
+# get: waits (bounded) for the build; prepare, ready: never wait (see build.py); op: for torch.compile's graphs
+linear, prepare, ready, op = loader.get, loader.prepare, loader.ready, loader.op
+
+if __name__ == "__main__":  # build it now
+    raise SystemExit(0 if linear() is not None else 1)
