@@ -16,7 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
-COMMANDS = ["chat", "generate", "serve", "eval", "train", "bench"]
+COMMANDS = ["chat", "generate", "serve", "eval", "train", "bench", "export_gguf"]
 PACKAGE = Path(__file__).resolve().parent
 
 

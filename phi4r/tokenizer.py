@@ -56,6 +56,9 @@ class Tokenizer:
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
         """Load tokenizer.json (or vocab.json + merges.txt), tokenizer_config.json, special_tokens_map.json."""
         path = Path(path)
+        if path.suffix == ".gguf" and path.is_file():
+            from .gguf_io import read_tokenizer
+            return read_tokenizer(path)
         if not path.is_dir():
             raise TokenizerError(f"{path}: not a directory")
         config = _read_json(path / "tokenizer_config.json", required=False)
@@ -94,9 +97,10 @@ class Tokenizer:
                  for i, t in sorted(self._full.get_added_tokens_decoder().items())}
         special = {k: v for k, v in self.special_tokens.items() if v is not None}
         config = {
-            # Not GPT2Tokenizer: transformers 5 rebuilds that one from vocab/merges with GPT-2's regex,
-            # dropping our cl100k pre-tokenizer; the generic fast class loads tokenizer.json as is.
-            "tokenizer_class": "PreTrainedTokenizerFast",
+            # Phi-4's own class: llama.cpp's converter reads a Phi3 vocabulary as byte-level BPE only
+            # under this name (anything else sends it looking for a SentencePiece tokenizer.model);
+            # transformers loads tokenizer.json, our split regex included (tests/test_gguf.py checks).
+            "tokenizer_class": "GPT2Tokenizer",
             "added_tokens_decoder": added,
             **special,
             "clean_up_tokenization_spaces": False,  # transformers 4 would otherwise alter " ." etc. on decode
