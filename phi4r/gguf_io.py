@@ -136,6 +136,12 @@ def _all_f32(reader) -> bool:
     return all(t.tensor_type.name == "F32" for t in reader.tensors if len(t.shape) > 1)
 
 
+def _lossy(kind: str, dtype: torch.dtype) -> bool:
+    """Whether GGUF weights of `kind` lose anything as `dtype` (block-quantized ones always change form)."""
+    exact = {"F32": (torch.float32,), "F16": (torch.float16, torch.float32), "BF16": (torch.bfloat16, torch.float32)}
+    return kind in ("F16", "BF16") and dtype not in exact[kind] or kind not in exact
+
+
 def _tensor(t, dtype: torch.dtype) -> torch.Tensor:
     gguf = _gguf()
     shape = tuple(int(n) for n in reversed(t.shape.tolist()))
@@ -174,13 +180,13 @@ def load_model(path: str | os.PathLike, dtype=None, device="cpu", progress: bool
             loaded[name] = _tensor(t, dtype).to(device)
         except (NotImplementedError, ValueError) as e:
             raise CheckpointError(f"{meta.path}: cannot read tensor {t.name!r} ({t.tensor_type.name}: {e})") from e
-        if t.tensor_type.name not in ("F32", "F16", "BF16"):
+        if _lossy(t.tensor_type.name, dtype):
             kinds.add(t.tensor_type.name)
     missing = [n for n in expected if n not in loaded and not (config.tie_word_embeddings and n == "lm_head.weight")]
     if missing:
         raise CheckpointError(f"{meta.path}: missing tensors {[gguf_name(n) for n in missing[:5]]}")
     if kinds:  # phi4r's int8 is per output channel, GGUF's blocks are 32-256 values: no exact re-quantization
-        print(f"phi4r: dequantized {'/'.join(sorted(kinds))} -> {str(dtype).removeprefix('torch.')} at load",
+        print(f"phi4r: converted {'/'.join(sorted(kinds))} -> {str(dtype).removeprefix('torch.')} at load",
               file=sys.stderr)
     model.load_state_dict(loaded, strict=False, assign=True)
     if config.tie_word_embeddings:
