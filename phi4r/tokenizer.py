@@ -97,10 +97,7 @@ class Tokenizer:
                  for i, t in sorted(self._full.get_added_tokens_decoder().items())}
         special = {k: v for k, v in self.special_tokens.items() if v is not None}
         config = {
-            # Phi-4's own class: llama.cpp's converter reads a Phi3 vocabulary as byte-level BPE only
-            # under this name (anything else sends it looking for a SentencePiece tokenizer.model);
-            # transformers loads tokenizer.json, our split regex included (tests/test_gguf.py checks).
-            "tokenizer_class": "GPT2Tokenizer",
+            "tokenizer_class": _tokenizer_class(path),
             "added_tokens_decoder": added,
             **special,
             "clean_up_tokenization_spaces": False,  # transformers 4 would otherwise alter " ." etc. on decode
@@ -213,6 +210,18 @@ def train_bpe(texts, vocab_size: int = 512, system_prompt: str | None = None, sp
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_START, THINK_END)])
     special = {"bos_token": ENDOFTEXT, "eos_token": IM_END, "pad_token": PAD, "unk_token": None}
     return Tokenizer(backend, special, system_prompt)
+
+
+def _tokenizer_class(path: Path) -> str:
+    """Phi-4's own "GPT2Tokenizer" in a phi3 model directory: llama.cpp's converter reads a Phi3
+    vocabulary as byte-level BPE only under that name (else it wants a SentencePiece tokenizer.model),
+    and transformers, seeing model_type phi3, loads tokenizer.json as is. Alone, transformers 5 would
+    rebuild a GPT2Tokenizer with GPT-2's regex, dropping our split: the generic class keeps it."""
+    try:
+        phi3 = json.loads((path / "config.json").read_text()).get("model_type") == "phi3"
+    except (OSError, ValueError, AttributeError):
+        phi3 = False
+    return "GPT2Tokenizer" if phi3 else "PreTrainedTokenizerFast"
 
 
 # ---- loading helpers
