@@ -334,19 +334,28 @@ def write_gguf(model, tokenizer, out: str | os.PathLike, type_: str = "bf16", fo
 
     qtype = {"f32": Q.F32, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[type_]
     tied = model.lm_head.weight is model.model.embed_tokens.weight
-    for hf, tensor in model.state_dict().items():
-        if hf == "lm_head.weight" and tied:
-            continue
-        data = tensor.detach().float().cpu().numpy()
-        kind = qtype if data.ndim == 2 else Q.F32  # norms stay F32, as llama.cpp keeps 1-D tensors
-        if kind in (Q.Q8_0, Q.Q4_0) and data.shape[-1] % 32:
+    state = {k: v for k, v in model.state_dict().items() if not (k == "lm_head.weight" and tied)}
+    kinds = {}
+    for hf, tensor in state.items():  # tensor infos first, data streamed after: one tensor in memory at a time
+        kind = qtype if tensor.dim() == 2 else Q.F32  # norms stay F32, as llama.cpp keeps 1-D tensors
+        if kind in (Q.Q8_0, Q.Q4_0) and tensor.shape[-1] % 32:
             kind = Q.BF16
-            notes.append(f"{gguf_name(hf)}: rows of {data.shape[-1]} are not whole 32-value blocks; written as BF16")
-        w.add_tensor(gguf_name(hf), data if kind == Q.F32 else gguf.quants.quantize(data, kind), raw_dtype=kind)
+            notes.append(f"{gguf_name(hf)}: rows of {tensor.shape[-1]} are not whole 32-value blocks; written as BF16")
+        kinds[hf] = kind
+        if kind == Q.F32:
+            w.add_tensor_info(gguf_name(hf), tuple(tensor.shape), np.dtype(np.float32), tensor.numel() * 4)
+        else:
+            raw = gguf.quants.quant_shape_to_byte_shape(tuple(tensor.shape), kind)
+            w.add_tensor_info(gguf_name(hf), raw, np.dtype(np.uint8), int(np.prod(raw)), raw_dtype=kind)
+    from tqdm.auto import tqdm
+
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file(progress=progress)
+        w.write_ti_data_to_file()
+        for hf, tensor in tqdm(state.items(), desc=f"writing {out.name}", disable=not progress, leave=False):
+            data = tensor.detach().float().cpu().numpy()
+            w.write_tensor_data(data if kinds[hf] == Q.F32 else gguf.quants.quantize(data, kinds[hf]))
         w.close()
         os.replace(tmp, out)
     finally:
