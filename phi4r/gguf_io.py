@@ -73,10 +73,7 @@ class _Meta:
 
     def get(self, key: str, default=None):
         field = self.reader.get_field(key)
-        if field is None:
-            return default
-        value = field.contents()
-        return value
+        return default if field is None else field.contents()
 
     def need(self, key: str):
         value = self.get(key)
@@ -102,20 +99,18 @@ def open_gguf(path: str | os.PathLike):
 def read_config(meta: _Meta, reader) -> Phi3Config:
     k = ARCH + "."
     hidden, heads = int(meta.need(k + "embedding_length")), int(meta.need(k + "attention.head_count"))
-    names = {t.name for t in reader.tensors}
-    embd = next(t for t in reader.tensors if t.name == "token_embd.weight") if "token_embd.weight" in names else None
-    if embd is None:
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
         raise CheckpointError(f"{meta.path}: no token_embd.weight tensor")
     rope_dims = meta.get(k + "rope.dimension_count")
     scaling = meta.get(k + "rope.scaling.type")
     rope_scaling = None
-    if "rope_factors_long.weight" in names or scaling not in (None, "none"):
-        rope_scaling = {"type": "longrope" if "rope_factors_long.weight" in names else scaling}
+    if "rope_factors_long.weight" in tensors or scaling not in (None, "none"):
+        rope_scaling = {"type": "longrope" if "rope_factors_long.weight" in tensors else scaling}
     window = meta.get(k + "attention.sliding_window")
-    tokens = meta.get("tokenizer.ggml.eos_token_id")
     try:
         return Phi3Config(
-            vocab_size=int(embd.shape[1]), hidden_size=hidden,
+            vocab_size=int(tensors["token_embd.weight"].shape[1]), hidden_size=hidden,
             intermediate_size=int(meta.need(k + "feed_forward_length")),
             num_hidden_layers=int(meta.need(k + "block_count")), num_attention_heads=heads,
             num_key_value_heads=int(meta.get(k + "attention.head_count_kv", heads)),
@@ -123,9 +118,9 @@ def read_config(meta: _Meta, reader) -> Phi3Config:
             rope_theta=float(meta.get(k + "rope.freq_base", 10000.0)),
             partial_rotary_factor=int(rope_dims) / (hidden // heads) if rope_dims else 1.0,
             rms_norm_eps=float(meta.need(k + "attention.layer_norm_rms_epsilon")),
-            tie_word_embeddings="output.weight" not in names, rope_scaling=rope_scaling,
+            tie_word_embeddings="output.weight" not in tensors, rope_scaling=rope_scaling,
             sliding_window=int(window) if window else None,
-            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), eos_token_id=tokens,
+            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
             pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
             torch_dtype="float32" if _all_f32(reader) else "bfloat16")
     except UnsupportedConfigError as e:
@@ -196,7 +191,6 @@ def load_model(path: str | os.PathLike, dtype=None, device="cpu", progress: bool
 
 def read_tokenizer(path: str | os.PathLike):
     """phi4r's Tokenizer from a GGUF's `tokenizer.ggml.*` metadata (GPT-2-style BPE only)."""
-    import tokenizers
     from tokenizers import AddedToken, models
 
     from .chat import system_prompt_from_template
@@ -224,8 +218,7 @@ def read_tokenizer(path: str | os.PathLike):
         i = meta.get(f"tokenizer.ggml.{field}_token_id")
         special[key] = tokens[i] if i is not None and i < len(tokens) else None
     template = meta.get("tokenizer.chat_template")
-    return Tokenizer(tokenizers.Tokenizer.from_str(backend.to_str()), special,
-                     system_prompt_from_template(template if isinstance(template, str) else None))
+    return Tokenizer(backend, special, system_prompt_from_template(template if isinstance(template, str) else None))
 
 
 def pattern_for_pre(pre: str, where) -> str:

@@ -14,7 +14,7 @@ from phi4r.cli import main
 from phi4r.tiny import make_checkpoint
 
 gguf = pytest.importorskip("gguf")
-from phi4r.gguf_io import read_tokenizer, write_gguf  # noqa: E402
+from phi4r.gguf_io import read_tokenizer, write_gguf
 
 TEXTS = ["Hello world, 12 + 7 = 19. Don't   stop!\n\n  indented", "Über café naïve 東京 😀 1234567 +-*/",
          "<|im_end|> <think> is plain text here", "def add(a, b):\n\treturn a + b\r\n"]
