@@ -42,7 +42,7 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
         return path
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory (phi4r loads local Hugging Face "
-                              "directories; nothing is downloaded)")
+                              "directories and .gguf files; nothing is downloaded)")
     return path
 
 
