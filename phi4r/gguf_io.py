@@ -30,6 +30,7 @@ EXPORT_TYPES = ("f32", "bf16", "q8_0", "q4_0")
 _LAYER_NAMES = {"input_layernorm.weight": "attn_norm", "self_attn.qkv_proj.weight": "attn_qkv",
                 "self_attn.o_proj.weight": "attn_output", "post_attention_layernorm.weight": "ffn_norm",
                 "mlp.gate_up_proj.weight": "ffn_up", "mlp.down_proj.weight": "ffn_down"}
+_SPLIT_QKV = ("attn_q.weight", "attn_k.weight", "attn_v.weight")
 _TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
               "lm_head.weight": "output.weight"}
 
@@ -56,6 +57,8 @@ def hf_name(gguf_name: str) -> str | None:
         for hf, gg in _LAYER_NAMES.items():
             if parts[2] == gg + ".weight":
                 return f"model.layers.{parts[1]}.{hf}"
+        if parts[2] in _SPLIT_QKV:  # llama.cpp also accepts Q, K, V apart; phi4r keeps them fused
+            return f"model.layers.{parts[1]}.self_attn.qkv_proj.weight"
     return None
 
 
@@ -160,21 +163,31 @@ def load_model(path: str | os.PathLike, dtype=None, device="cpu", progress: bool
     with torch.device("meta"):
         model = Phi3ForCausalLM(config)
     expected = dict(model.state_dict())
-    loaded, kinds = {}, set()
+    loaded, kinds, split = {}, set(), {}
+    q_rows, kv_rows = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
     for t in tqdm(reader.tensors, desc=f"loading {meta.path.name}", delay=2, disable=not progress, leave=False):
         name = hf_name(t.name)
         if name is None:
             if t.name.startswith("rope_factors"):
                 continue  # refused by the config above (longrope)
             raise CheckpointError(f"{meta.path}: unexpected tensor {t.name!r} for arch phi3")
+        part = t.name.split(".", 2)[-1]
         want = tuple(expected[name].shape)
+        if part in _SPLIT_QKV:
+            want = (q_rows if part == "attn_q.weight" else kv_rows, config.hidden_size)
         if tuple(int(n) for n in reversed(t.shape.tolist())) != want:
             raise CheckpointError(f"{meta.path}: tensor {t.name!r} has shape {list(reversed(t.shape.tolist()))}, "
                                   f"expected {list(want)} from the metadata")
         try:
-            loaded[name] = _tensor(t, dtype).to(device)
+            tensor = _tensor(t, dtype).to(device)
         except (NotImplementedError, ValueError) as e:
             raise CheckpointError(f"{meta.path}: cannot read tensor {t.name!r} ({t.tensor_type.name}: {e})") from e
+        if part in _SPLIT_QKV:
+            split.setdefault(name, {})[part] = tensor
+            if len(split[name]) == 3:
+                loaded[name] = torch.cat([split[name].pop(p) for p in _SPLIT_QKV])
+        else:
+            loaded[name] = tensor
         if _lossy(t.tensor_type.name, dtype):
             kinds.add(t.tensor_type.name)
     missing = [n for n in expected if n not in loaded and not (config.tie_word_embeddings and n == "lm_head.weight")]

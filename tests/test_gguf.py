@@ -148,45 +148,71 @@ def test_converter_layout_matches_transformers(tiny, tmp_path, outtype):
     assert tok.stop_ids == source.stop_ids and tok.decode(source.encode(TEXTS[1])) == TEXTS[1]
 
 
+def _rewrite(src, out, tensors):
+    """`src`'s metadata with other tensors: `tensors` yields (name, array, raw_dtype or None)."""
+    reader = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(out), "phi3")
+    for field in reader.fields.values():
+        if field.name.startswith(("phi3.", "tokenizer.")):
+            w.add_key_value(field.name, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    for name, array, raw in tensors(reader):
+        w.add_tensor(name, array, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 @pytest.mark.parametrize("kind", ["Q4_K", "Q6_K"])
 def test_k_quant_weights_dequantized_as_gguf_py_does(tmp_path, kind):
     """Q4_K_M files hold Q4_K and Q6_K blocks (256 values): gguf-py cannot write them, so the blocks
     here are random bytes with sane scales; phi4r must load exactly gguf-py's dequantization."""
     model, tok = load(make_checkpoint(tmp_path / "k", hidden_size=256, intermediate_size=256))
     write_gguf(model, tok, tmp_path / "f.gguf", "f32", progress=False)
-    reader = gguf.GGUFReader(str(tmp_path / "f.gguf"))
     qtype = gguf.GGMLQuantizationType[kind]
     block, size = gguf.GGML_QUANT_SIZES[qtype]
-    rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(str(tmp_path / "k.gguf"), "phi3")
-    for field in reader.fields.values():
-        if field.name.startswith(("phi3.", "tokenizer.")) and field.name != "tokenizer.ggml.merges":
-            w.add_key_value(field.name, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
-    w.add_token_merges(reader.get_field("tokenizer.ggml.merges").contents())
-    expected = {}
-    for t in reader.tensors:
-        if len(t.shape) == 1:
-            w.add_tensor(t.name, np.array(t.data))
-            continue
-        rows, cols = int(t.shape[1]), int(t.shape[0])
-        raw = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
-        scale = np.array([0.002], dtype=np.float16).view(np.uint8)
-        if kind == "Q4_K":  # d and dmin lead the block
-            raw[..., 0:2], raw[..., 2:4] = scale, scale
-        else:  # d closes it
-            raw[..., -2:] = scale
-        raw = raw.reshape(rows, -1)
-        w.add_tensor(t.name, raw, raw_dtype=qtype)
-        expected[t.name] = gguf.quants.dequantize(raw, qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    back, _ = load(tmp_path / "k.gguf", dtype="float32")
-    state = back.state_dict()
+    rng, expected = np.random.default_rng(0), {}
+
+    def blocks(reader):
+        for t in reader.tensors:
+            if len(t.shape) == 1:
+                yield t.name, np.array(t.data), None
+                continue
+            rows, cols = int(t.shape[1]), int(t.shape[0])
+            raw = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
+            scale = np.array([0.002], dtype=np.float16).view(np.uint8)
+            if kind == "Q4_K":  # d and dmin lead the block
+                raw[..., 0:2], raw[..., 2:4] = scale, scale
+            else:  # d closes it
+                raw[..., -2:] = scale
+            raw = raw.reshape(rows, -1)
+            expected[t.name] = gguf.quants.dequantize(raw, qtype)
+            yield t.name, raw, qtype
+
+    _rewrite(tmp_path / "f.gguf", tmp_path / "k.gguf", blocks)
+    state = load(tmp_path / "k.gguf", dtype="float32")[0].state_dict()
     assert torch.equal(state["model.layers.1.mlp.gate_up_proj.weight"],
                        torch.from_numpy(expected["blk.1.ffn_up.weight"]))
     assert torch.equal(state["lm_head.weight"], torch.from_numpy(expected["output.weight"]))
+
+
+def test_separate_q_k_v_tensors_are_fused(tiny, tmp_path):
+    """llama.cpp's phi3 loader also takes attn_q/attn_k/attn_v instead of attn_qkv."""
+    model, tok = load(tiny)
+    write_gguf(model, tok, tmp_path / "f.gguf", "f32", progress=False)
+    q, kv = model.config.num_attention_heads * model.config.head_dim, model.config.num_key_value_heads * model.config.head_dim
+
+    def split(reader):
+        for t in reader.tensors:
+            data = np.array(t.data)
+            if t.name.endswith("attn_qkv.weight"):
+                for part, rows in zip("qkv", np.split(data, [q, q + kv])):
+                    yield t.name.replace("qkv", part), rows, None
+            else:
+                yield t.name, data, None
+
+    _rewrite(tmp_path / "f.gguf", tmp_path / "s.gguf", split)
+    assert torch.equal(_logits(load(tmp_path / "s.gguf")[0], tok), _logits(model, tok))
 
 
 def test_saved_tokenizer_is_what_llama_cpp_converter_reads(tiny, tmp_path):
