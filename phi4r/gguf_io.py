@@ -324,6 +324,7 @@ def write_gguf(model, tokenizer, out: str | os.PathLike, type_: str = "bf16", fo
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[type_]
     w.add_file_type(ftype)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_sliding_window(config.sliding_window or 0)  # 0 tells llama.cpp "Phi-4: no sliding window"
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
