@@ -54,7 +54,8 @@ class Tokenizer:
     # ---- loading and saving
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load tokenizer.json (or vocab.json + merges.txt), tokenizer_config.json, special_tokens_map.json."""
+        """Load tokenizer.json (or vocab.json + merges.txt), tokenizer_config.json, special_tokens_map.json;
+        or a .gguf file's tokenizer metadata (phi4r.gguf_io)."""
         path = Path(path)
         if path.suffix == ".gguf" and path.is_file():
             from .gguf_io import read_tokenizer
