@@ -25,7 +25,7 @@ REGEX_KEY = "phi4r.pretokenizer_regex"
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 # llama.cpp pre-tokenizer names whose split (llama-vocab.cpp) is exactly cl100k's / GPT-2's.
 _CL100K_NAMES = ("dbrx", "llama3", "llama-v3", "llama-bpe", "smaug-bpe")
-_GPT2_NAMES = ("gpt2", "default")
+_GPT2_NAMES = ("gpt2",)  # not "default": llama.cpp's default BPE split is its own (digits apart, ...)
 EXPORT_TYPES = ("f32", "bf16", "q8_0", "q4_0")
 _LAYER_NAMES = {"input_layernorm.weight": "attn_norm", "self_attn.qkv_proj.weight": "attn_qkv",
                 "self_attn.o_proj.weight": "attn_output", "post_attention_layernorm.weight": "ffn_norm",
@@ -33,10 +33,6 @@ _LAYER_NAMES = {"input_layernorm.weight": "attn_norm", "self_attn.qkv_proj.weigh
 _SPLIT_QKV = ("attn_q.weight", "attn_k.weight", "attn_v.weight")
 _TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
               "lm_head.weight": "output.weight"}
-
-
-def is_gguf(path) -> bool:
-    return path is not None and str(path).endswith(".gguf") and Path(path).expanduser().is_file()
 
 
 def _gguf():
@@ -118,9 +114,9 @@ def read_config(meta: _Meta, reader) -> Phi3Config:
             num_hidden_layers=int(meta.need(k + "block_count")), num_attention_heads=heads,
             num_key_value_heads=int(meta.get(k + "attention.head_count_kv", heads)),
             max_position_embeddings=int(meta.need(k + "context_length")),
-            rope_theta=float(meta.get(k + "rope.freq_base", 10000.0)),
+            rope_theta=_f32(meta.get(k + "rope.freq_base", 10000.0)),
             partial_rotary_factor=int(rope_dims) / (hidden // heads) if rope_dims else 1.0,
-            rms_norm_eps=float(meta.need(k + "attention.layer_norm_rms_epsilon")),
+            rms_norm_eps=_f32(meta.need(k + "attention.layer_norm_rms_epsilon")),
             tie_word_embeddings="output.weight" not in tensors, rope_scaling=rope_scaling,
             sliding_window=int(window) if window else None,
             bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
@@ -130,6 +126,11 @@ def read_config(meta: _Meta, reader) -> Phi3Config:
         raise CheckpointError(f"{meta.path}: {e}") from e
 
 
+def _f32(value) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-05, not 9.9999997e-06)."""
+    return float(str(np.float32(value)))
+
+
 def _all_f32(reader) -> bool:
     return all(t.tensor_type.name == "F32" for t in reader.tensors if len(t.shape) > 1)
 
@@ -137,7 +138,7 @@ def _all_f32(reader) -> bool:
 def _lossy(kind: str, dtype: torch.dtype) -> bool:
     """Whether GGUF weights of `kind` lose anything as `dtype` (block-quantized ones always change form)."""
     exact = {"F32": (torch.float32,), "F16": (torch.float16, torch.float32), "BF16": (torch.bfloat16, torch.float32)}
-    return kind in ("F16", "BF16") and dtype not in exact[kind] or kind not in exact
+    return dtype not in exact.get(kind, ())
 
 
 def _tensor(t, dtype: torch.dtype) -> torch.Tensor:
