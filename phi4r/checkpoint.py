@@ -36,13 +36,16 @@ class CheckpointError(ValueError):
 
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
-    """"nano" (or None) is the model shipped inside the package; anything else is a directory."""
+    """"nano" (or None) is the model shipped inside the package; anything else is a directory
+    or a .gguf file (phi4r.gguf_io)."""
     if name_or_path is None or str(name_or_path) == "nano":
         return NANO_DIR
     path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return path
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory (phi4r loads local Hugging Face "
-                              "directories; nothing is downloaded)")
+                              "directories and .gguf files; nothing is downloaded)")
     return path
 
 
@@ -171,6 +174,9 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
     from . import compressed
 
     path = resolve_model_path(path)
+    if path.suffix == ".gguf":
+        from .gguf_io import load_model as load_gguf
+        return load_gguf(path, dtype=dtype, device=device, progress=progress)
     config = read_config(path)
     layout = None
     if "quantization_config" in config.extra:

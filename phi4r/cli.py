@@ -16,7 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
-COMMANDS = ["chat", "generate", "serve", "eval", "train", "bench", "quantize", "merge_lora"]
+COMMANDS = ["chat", "generate", "serve", "eval", "train", "bench", "quantize", "export_gguf", "merge_lora"]
 PACKAGE = Path(__file__).resolve().parent
 
 

@@ -55,8 +55,12 @@ class Tokenizer:
     # ---- loading and saving
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load tokenizer.json (or vocab.json + merges.txt), tokenizer_config.json, special_tokens_map.json."""
+        """Load tokenizer.json (or vocab.json + merges.txt), tokenizer_config.json, special_tokens_map.json;
+        or a .gguf file's tokenizer metadata (phi4r.gguf_io)."""
         path = Path(path)
+        if path.suffix == ".gguf" and path.is_file():
+            from .gguf_io import read_tokenizer
+            return read_tokenizer(path)
         if not path.is_dir():
             raise TokenizerError(f"{path}: not a directory")
         config = _read_json(path / "tokenizer_config.json", required=False)
@@ -95,9 +99,7 @@ class Tokenizer:
                  for i, t in sorted(self._full.get_added_tokens_decoder().items())}
         special = {k: v for k, v in self.special_tokens.items() if v is not None}
         config = {
-            # Not GPT2Tokenizer: transformers 5 rebuilds that one from vocab/merges with GPT-2's regex,
-            # dropping our cl100k pre-tokenizer; the generic fast class loads tokenizer.json as is.
-            "tokenizer_class": "PreTrainedTokenizerFast",
+            "tokenizer_class": _tokenizer_class(path),
             "added_tokens_decoder": added,
             **special,
             "clean_up_tokenization_spaces": False,  # transformers 4 would otherwise alter " ." etc. on decode
@@ -210,6 +212,18 @@ def train_bpe(texts, vocab_size: int = 512, system_prompt: str | None = None, sp
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_START, THINK_END)])
     special = {"bos_token": ENDOFTEXT, "eos_token": IM_END, "pad_token": PAD, "unk_token": None}
     return Tokenizer(backend, special, system_prompt)
+
+
+def _tokenizer_class(path: Path) -> str:
+    """Phi-4's own "GPT2Tokenizer" in a phi3 model directory: llama.cpp's converter reads a Phi3
+    vocabulary as byte-level BPE only under that name (else it wants a SentencePiece tokenizer.model),
+    and transformers, seeing model_type phi3, loads tokenizer.json as is. Alone, transformers 5 would
+    rebuild a GPT2Tokenizer with GPT-2's regex, dropping our split: the generic class keeps it."""
+    try:
+        phi3 = json.loads((path / "config.json").read_text()).get("model_type") == "phi3"
+    except (OSError, ValueError, AttributeError):
+        phi3 = False
+    return "GPT2Tokenizer" if phi3 else "PreTrainedTokenizerFast"
 
 
 # ---- loading helpers

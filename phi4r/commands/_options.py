@@ -42,8 +42,8 @@ def add_model_args(p, group=None, precision: bool = True, **model) -> None:
     """--model, --dtype, --quantization, --threads, --compile. `group` holds --model (e.g. a mutually
     exclusive group with --endpoint); `model` overrides --model's default/help; precision=False leaves
     out --dtype/--quantization (a command that sweeps them itself)."""
-    (group or p).add_argument("--model", **{"default": "nano", "help": "'nano' (the shipped model) or a checkpoint "
-                                            "directory [nano]", **model})
+    (group or p).add_argument("--model", **{"default": "nano", "help": "'nano' (the shipped model), a checkpoint "
+                                            "directory or a .gguf file [nano]", **model})
     if precision:
         p.add_argument("--dtype", help="float32, bfloat16 or float16 [the checkpoint's; bfloat16 with int8/w8a8/int4]")
         p.add_argument("--quantization", choices=["int8", "w8a8", "int4"],
