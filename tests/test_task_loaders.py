@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from phi4r.tasks import get_task
+from phi4r.tasks.calendar import NO_SLOT
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq
@@ -312,6 +313,25 @@ def test_gold_scores_full_and_shuffled_scores_nothing(tmp_path, layout, fmt):
     assert task.score(insts[0], "<think>" + gold[0].split("</think>")[1]) == 0.0
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("layout", [name for name in sorted(LAYOUTS)
+                                    if name.split("/")[0] in ("sat3", "tsp", "calendar", "maze", "spatialmap")])
+def test_released_items_grade_in_both_modes(tmp_path, layout, fmt):
+    """The loaders' answers are what both scoring modes read: gold scores 1 in strict and eureka
+    mode, a neighbour's gold 0 in both."""
+    records, name = LAYOUTS[layout], layout.split("/")[0]
+    task = get_task(name)
+    insts = task.load(write(tmp_path / name, [{k: v for k, v in r.items() if not k.startswith("_")}
+                                              for r in records], fmt))
+    gold = [GOLD[layout](r) for r in records]
+    for inst, r, right, wrong in zip(insts, records, gold, gold[1:] + gold[:1]):
+        # Eureka fails every check of the no-slot phrase, even where it is the right answer.
+        expected = (1.0, 0.0 if r.get("_slot") == NO_SLOT else 1.0)
+        assert (task.score(inst, right, "strict"), task.score(inst, right, "eureka")) == expected
+        if wrong != right:
+            assert (task.score(inst, wrong, "strict"), task.score(inst, wrong, "eureka")) == (0.0, 0.0)
+
+
 def test_released_items_keep_what_eurekas_checks_need(tmp_path):
     sat = get_task("sat3").load(write(tmp_path / "sat", LAYOUTS["sat3/eureka-release"], "jsonl"))
     assert [i.answer["satisfiable"] for i in sat] == [True, True, False]
@@ -322,7 +342,7 @@ def test_released_items_keep_what_eurekas_checks_need(tmp_path):
     assert [i.answer for i in again] == [i.answer for i in sat]
     tsp = get_task("tsp").load(write(tmp_path / "tsp", LAYOUTS["tsp/eureka-release"], "parquet"))
     assert [i.answer["optimal"] for i in tsp] == [brute_tsp(w)[0] for w in TSP_MATRICES]
-    assert tsp[0].answer["tours"][0][0] == tsp[0].answer["tours"][0][-1] and tsp[2].category == "level_3"
+    assert tsp[0].answer["optimal_tours"][0][0] == tsp[0].answer["optimal_tours"][0][-1] and tsp[2].category == "level_3"
     cal = get_task("calendar").load(write(tmp_path / "cal", LAYOUTS["calendar/ba-calendar"], "csv"))
     assert [i.answer["solution"] for i in cal] == [r["_slot"] if "No" not in r["_slot"] else None
                                                    for r in LAYOUTS["calendar/ba-calendar"]]
@@ -442,3 +462,14 @@ def test_sat_prompt_read_wrongly_falls_back_to_released_solutions(tmp_path):
               "solution": ["1,0", "0,1"], "category": "hard"}
     (inst,) = get_task("sat3").load(write(tmp_path / "sat", [record], "jsonl"))
     assert inst.answer["clauses"] is None and inst.answer["n"] == 2 and inst.answer["satisfiable"]
+    # Graded by the released models alone, in both modes; no teacher trace without the formula.
+    sat3 = get_task("sat3")
+    for response, score in [("True, False", 1.0), ("False, True", 1.0), ("True, True", 0.0), ("Unsatisfiable", 0.0)]:
+        response = think("<final_answer>{'Solution': '" + response + "'}</final_answer>")
+        assert (sat3.score(inst, response, "strict"), sat3.score(inst, response, "eureka")) == (score, score)
+    with pytest.raises(ValueError, match="clauses could not be read"):
+        sat3.teacher(inst)
+    (unsat,) = sat3.load(write(tmp_path / "unsat", [{**record, "solution": [], "num_var": 2}], "jsonl"))
+    for response, score in [("Unsatisfiable", 1.0), ("True, False", 0.0)]:
+        response = think("<final_answer>{'Solution': '" + response + "'}</final_answer>")
+        assert (sat3.score(unsat, response, "strict"), sat3.score(unsat, response, "eureka")) == (score, score)

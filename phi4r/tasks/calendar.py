@@ -206,7 +206,8 @@ class Calendar(RecordLoader, Task):
             raise TypeError("metadata.availability is not a dict of schedules")
         days = list(params.get("days_of_week") or [d for d in DAYS if any(d in s for s in availability.values())])
         spec = spec_from_release(constraints, availability, days)
-        spec["release"] = {"constraints": constraints, "metadata": metadata, "params": params}
+        # Eureka's priority check reads params.days_of_week, so it is filled in when absent.
+        spec["release"] = {"constraints": constraints, "metadata": metadata, "params": {**params, "days_of_week": days}}
         prompt = ("Find a common time slot for the meeting described below that satisfies every constraint. "
                   "A buffer time must also be free before and after the meeting; a high-priority meeting "
                   f'takes the earliest possible slot. Answer as "Final Answer: Day HH:MM-HH:MM", or '
@@ -295,7 +296,7 @@ class Calendar(RecordLoader, Task):
 
     def check_eureka(self, inst, response, judge=None):
         # A released BA-Calendar record keeps Eureka's own columns; a generated one is converted.
-        row = inst.answer if "metadata" in inst.answer else eureka.eureka_row(inst.answer)
+        row = inst.answer.get("release") or eureka.eureka_row(inst.answer)
         return eureka.check(row, response)
 
     def teacher(self, inst):

@@ -224,6 +224,10 @@ class Sat3(RecordLoader, Task):
         clauses, n = inst.answer["clauses"], inst.answer["n"]
         if got is None:
             return Score(0.0, None, {"format_ok": False})
+        if clauses is None:  # a released item whose formula could not be read: its listed models decide
+            solutions = [v if isinstance(v, list) else assignment(v) for v in inst.answer["solutions"]]
+            correct = not solutions if got == "UNSAT" else got in solutions
+            return Score(float(correct), got, {"format_ok": True, "claimed_unsat": got == "UNSAT"})
         if got == "UNSAT":
             # Graded by a real solver, not by the stored label.
             correct = not is_satisfiable(clauses)
@@ -244,6 +248,8 @@ class Sat3(RecordLoader, Task):
 
     def teacher(self, inst):
         n, clauses = inst.answer["n"], inst.answer["clauses"]
+        if clauses is None:
+            raise ValueError(f"sat3 item {inst.id}: no teacher trace, its prompt's clauses could not be read")
         assign, steps = dpll(n, clauses)
         steps = [f"{len(clauses)} clauses over {n} variables. Search with unit propagation."] + steps
         if assign is None:

@@ -162,7 +162,8 @@ class Tsp(RecordLoader, Task):
         stated = field(record, "target_text", "ground_truth", default=optimal)
         if round(float(stated)) != optimal:
             raise ValueError(f"the released optimum {stated} is not the shortest tour's length {optimal}")
-        tours = closed_tours(field(record, "optimal_tour", default=[])) or [tour]
+        # Without a released list, None: Eureka mode then takes any optimal tour from city 0.
+        tours = closed_tours(field(record, "optimal_tour", default=[])) or None
         text = str(field(record, "query_text", "prompt", default=""))
         if not text:
             text = "Distances (a-b=d):\n" + "\n".join(
@@ -172,7 +173,7 @@ class Tsp(RecordLoader, Task):
                   "<final_answer>{'Path': '0->1->...->0', 'TotalDistance': 'D'}</final_answer>.\n\n" + text)
         return Instance(id="", task=self.name, prompt=prompt, difficulty=max(n - 3, 0),
                         category=str(field(record, "category", default=f"{n}_nodes")),
-                        answer={"dist": dist, "optimal": optimal, "tour": tour, "tours": tours},
+                        answer={"dist": dist, "optimal": optimal, "tour": tour, "optimal_tours": tours},
                         meta={"num_nodes": n})
 
     def parse(self, text):

@@ -107,7 +107,8 @@ def run_checks(row: dict, solution: str) -> dict:
     applicable); every check but format fails an answer that is not a well-formed slot, so the
     no-solution phrase fails them all."""
     c, ok = row["constraints"], well_formed(solution) and solution != NO_SOLUTION
-    availability = json.loads(row["metadata"]["availability"].replace("'", '"'))
+    availability = row["metadata"]["availability"]  # text in Eureka's files; a dict in some JSON copies
+    availability = availability if isinstance(availability, dict) else json.loads(availability.replace("'", '"'))
     day, start, end = None, None, None
     if ok:
         day, times = solution.split()

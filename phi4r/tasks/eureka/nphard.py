@@ -74,11 +74,13 @@ def all_models(n: int, clauses: list[list[int]]) -> list[str]:
     return [",".join(map(str, row)) for row in bits[ok]]
 
 
-def sat_correct(solutions: list[str], assignment: str) -> bool:
+def sat_correct(solutions: list, assignment: str) -> bool:
     """NPHardSATMetric.is_assignment_optimal: "" against an empty list (unsatisfiable), else exact
-    membership once spaces and parentheses are dropped from the list's entries."""
+    membership once spaces and parentheses are dropped from the list's entries. An entry is
+    Eureka's "(1, 0, 1)" string or, as phi4r's loader stores it, a list of bools."""
     if assignment == "" and not solutions:
         return True
+    solutions = [s if isinstance(s, str) else ",".join("1" if v else "0" for v in s) for s in solutions]
     return assignment in [",".join(s.replace(" ", "").strip("()").split(",")) for s in solutions]
 
 
@@ -127,7 +129,8 @@ def tsp_correct(dist, optimal: int, tour_string: str, optimal_tours: list | None
         return tour[0] == 0
     if isinstance(optimal_tours, str):  # the data set's column is a Python literal, read with eval
         optimal_tours = ast.literal_eval(optimal_tours.strip("."))
-    return tour_string in [",".join(map(str, (*t, t[0]))) for t in optimal_tours]
+    # Eureka lists open tours and closes each; phi4r's loader stores them closed already.
+    return tour_string in [",".join(map(str, t if t[0] == t[-1] else (*t, t[0]))) for t in optimal_tours]
 
 
 def check_tsp(inst: Instance, response: str, dist, optimal: int, optimal_tours: list | None = None) -> Score:
