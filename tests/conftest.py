@@ -75,6 +75,12 @@ class Processes:
         proc.wait()
 
 
+def run_in_group(cmd, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True) in a new session, its whole process group killed
+    afterwards (on timeout too), for helpers outside a test's `processes` fixture."""
+    return Processes().run(cmd, timeout, **kwargs)
+
+
 @pytest.fixture
 def processes():
     """`Processes` whose groups are all killed when the test ends, passed or not."""

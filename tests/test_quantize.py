@@ -8,14 +8,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_in_group
 
 from phi4r import checkpoint
 from phi4r.checkpoint import CheckpointError, load_model
@@ -36,15 +35,8 @@ def src(tmp_path_factory):
 
 def run_cli(*args, timeout=120):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PHI4R_INT8_KERNEL": "0", "PHI4R_W8A8_KERNEL": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "phi4r.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode, out, err
+    proc = run_in_group([sys.executable, "-m", "phi4r.cli", *map(str, args)], timeout=timeout, env=env)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def logits(model):
@@ -232,16 +224,9 @@ PEAK = textwrap.dedent("""
 
 def _peak(path, kind, how, warm):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PHI4R_INT8_KERNEL": "0", "PHI4R_W8A8_KERNEL": "0"}
-    proc = subprocess.Popen([sys.executable, "-c", PEAK, str(path), kind, how, str(warm)], stdout=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0
-    return json.loads(out)
+    proc = run_in_group([sys.executable, "-c", PEAK, str(path), kind, how, str(warm)], timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 @pytest.mark.slow

@@ -5,12 +5,11 @@ across the items score 0%."""
 import csv
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_in_group
 
 from phi4r.tasks import get_task
 from phi4r.tasks.calendar import NO_SLOT
@@ -391,16 +390,9 @@ def test_phi4r_saved_instances_load_back(tmp_path):
 
 def run_cli(args, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "phi4r.cli", "eval", *args, "--quiet", "--no-plots"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode, out, err
+    proc = run_in_group([sys.executable, "-m", "phi4r.cli", "eval", *args, "--quiet", "--no-plots"], timeout=300,
+                        cwd=tmp_path, env=env)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 @pytest.mark.slow

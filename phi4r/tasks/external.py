@@ -18,7 +18,8 @@ from .base import Instance, Task
 FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 
-def _jsonl(path: Path, text: str) -> list[dict]:
+def parse_jsonl(path, text: str) -> list[dict]:
+    """The records of JSON Lines `text` (read from `path`, named in errors)."""
     records = []
     # Split on "\n" only: str.splitlines() also breaks at U+2028/U+0085, which JSON allows raw
     # inside strings.
@@ -77,7 +78,7 @@ def _read(path: Path, limit: int | None) -> list[dict]:
         try:  # one JSON document (a list, or an object holding one), else JSON Lines
             data = json.loads(text)
         except json.JSONDecodeError:
-            records = _jsonl(path, text)
+            records = parse_jsonl(path, text)
         else:
             records = [data] if isinstance(data, dict) and suffix == ".jsonl" else _json(data)
     bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)

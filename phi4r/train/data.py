@@ -8,13 +8,13 @@ closing `<|im_end|>` is a target too, so the model learns to stop.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import message_text
 from ..reasoning import THINK_END, THINK_START, THINK_TAGS
+from ..tasks.external import parse_jsonl
 
 
 @dataclass
@@ -60,15 +60,7 @@ def encode_conversation(tokenizer, messages: list[dict], system_prompt: str | No
 
 # ---- sources
 def read_jsonl(path: str | Path) -> list[dict]:
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-    return records
+    return parse_jsonl(path, Path(path).read_text(encoding="utf-8"))
 
 
 def jsonl_conversations(path: str | Path) -> list[list[dict]]:
