@@ -125,3 +125,20 @@ def test_grpo_resume_and_transformers_load(warm):
     ids = torch.randint(0, a.config.vocab_size, (2, 30))
     with torch.no_grad():
         assert (a(ids) - theirs(ids).logits).abs().max().item() < 1e-4
+
+
+def test_grpo_bf16_reference_is_a_bf16_copy_and_starts_at_zero_kl(warm, monkeypatch):
+    # Under --bf16 the frozen reference is held in bf16 (half an fp32 copy); at step 1 the policy is still
+    # the reference, so the KL term starts at (nearly) zero and then grows.
+    import phi4r.train.grpo as grpo_module
+
+    root, sft_final = warm
+    seen = []
+    real = grpo_module.micro_batches
+    monkeypatch.setattr(grpo_module, "micro_batches", lambda completions, cfg, model, ref, *a: (
+        seen.append({p.dtype for p in ref.parameters()}), real(completions, cfg, model, ref, *a))[1])
+    out = root / "bf16-ref"
+    train_grpo(grpo_config(sft_final, out, max_steps=2, beta=0.05, bf16=True))
+    assert seen and all(dtypes == {torch.bfloat16} for dtypes in seen)
+    kl = [r["kl"] for r in records(out)]
+    assert abs(kl[0]) < 1e-2 and kl[-1] > kl[0]
