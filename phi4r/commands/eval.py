@@ -49,6 +49,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-model-len", type=positive_int, help="local engine context [the model's]")
     p.add_argument("--scoring", choices=["strict", "eureka"], default="strict", help="headline scoring: phi4r's "
                    "exact verifiers or Eureka's rules (the report shows both where they differ) [strict]")
+    p.add_argument("--judge-endpoint", help="an OpenAI-compatible server for Eureka's LLM steps (answer "
+                   "extraction fallback, Omni-MATH equivalence) [none: those samples are marked needs_judge]")
+    p.add_argument("--judge-model", help="the judge endpoint's model name (required with --judge-endpoint)")
+    p.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"), help="judge key [$OPENAI_API_KEY]")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -89,11 +93,18 @@ def _run(args) -> int:
     sampling = {"temperature": 0.0 if args.greedy else args.temperature, "top_p": args.top_p, "top_k": args.top_k,
                 "max_tokens": args.max_tokens, "thinking_budget": args.thinking_budget}
     tasks = _tasks(args)
+    if args.judge_endpoint and not args.judge_model:
+        raise ValueError("--judge-endpoint needs --judge-model")
+    judge = None
+    if args.judge_endpoint:
+        from ..evals.judge import EndpointJudge
+        judge = EndpointJudge(args.judge_endpoint, args.judge_model, api_key=args.judge_api_key,
+                              cache=os.path.join(args.out, "judge_cache.jsonl"))
     try:
         summary = run_eval(_backend(args), tasks, args.out, runs=args.runs, limit=args.limit, seed=args.seed,
                            difficulty=args.difficulty, data=args.data, sampling=sampling,
                            system_prompt=args.system_prompt, progress=not args.quiet, plots=not args.no_plots,
-                           scoring=args.scoring)
+                           scoring=args.scoring, judge=judge)
     except BackendError as e:
         print(f"error: {e}\nThe samples finished so far are saved in {args.out}/samples.jsonl; run the same "
               "command again to resume.", file=sys.stderr)

@@ -25,6 +25,7 @@ from ..tasks import MODES, get_task
 from ..tasks.base import Judge
 from .backends import Backend, Completion, Job, derive_seed
 from .instances import select_instances
+from .judge import JudgeError
 from .log import SampleLog
 from .metrics import breakdown, compare_modes
 from .report import write_report
@@ -38,8 +39,14 @@ class EvalConfigError(ValueError):
 
 def grade_modes(inst, response: str, judge: Judge | None = None) -> dict:
     """{mode: {score, extracted, details}} for every scoring mode."""
-    task = get_task(inst.task)
-    return {mode: vars(task.grade(inst, response, mode, judge)) for mode in MODES}
+    task, out = get_task(inst.task), {}
+    for mode in MODES:
+        try:
+            out[mode] = vars(task.grade(inst, response, mode, judge))
+        except JudgeError as e:  # the judge is down: graded without it (`needs_judge`), saying why
+            out[mode] = vars(task.grade(inst, response, mode, None))
+            out[mode]["details"]["judge_error"] = str(e)
+    return out
 
 
 def score_sample(job: Job, completion: Completion, scoring: str = "strict", judge: Judge | None = None) -> dict:

@@ -2,8 +2,10 @@
 
 Follows user_configs/omni_math.py (the judge prompt prompt_templates/omni_math_templates/
 omni_math_gpt_eval.jinja) and data_utils/omni_math_utils.py (Omni_Math_ParseLabel: the line after
-`## Equivalence Judgement`, TRUE or FALSE). Without a judge the strict verdict stands in, marked
-`needs_judge`.
+`## Equivalence Judgement`, TRUE or FALSE). Eureka asks the judge for every sample; here an answer
+math-verify already proves equivalent (the strict verdict 1) is accepted without asking, so the
+judge sees only what math-verify cannot decide. Without a judge the strict verdict stands in for
+those, marked `needs_judge`.
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ def judgement(reply: str | None) -> float | None:
 
 
 def check(inst: Instance, response: str, strict: Score, judge: Judge | None = None) -> Score:
-    if judge is None:
-        return Score(strict.score, strict.extracted, {**strict.details, "needs_judge": True})
+    if strict.score == 1.0 or judge is None:
+        return Score(strict.score, strict.extracted, {**strict.details, "needs_judge": strict.score != 1.0})
     verdict = judgement(judge("math_equivalence", inst, response))
     details = {"needs_judge": False, **({"judge_unreadable": True} if verdict is None else {})}
     return Score(verdict or 0.0, strict.extracted, details)

@@ -1,0 +1,96 @@
+"""An LLM judge behind any OpenAI-compatible endpoint, for Eureka's LLM steps (tasks/base.py Judge).
+
+Each step has its prompt in judge_prompts/<step>.txt (the problem, the reference answer and the
+response filled in); the request is greedy (temperature 0), transient failures are retried as the
+eval endpoint does. Verdicts are cached by (step, instance id, sha256 of the response) and, with a
+`cache` path, appended to a JSONL file in the run directory, so a resumed or re-scored run asks
+nothing twice. A judge still failing after its retries raises JudgeError: the runner then grades the
+sample without a judge (`needs_judge`) and logs the error in its details.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+
+import httpx
+
+from .endpoint import chat_url, error_message
+
+STEPS = ("extract", "math_equivalence")
+
+
+class JudgeError(RuntimeError):
+    """The judge gave no reply (refused, or failing beyond its retries)."""
+
+
+def prompt(step: str, inst, response: str) -> str:
+    if step not in STEPS:
+        raise ValueError(f"unknown judge step {step!r}; known: {', '.join(STEPS)}")
+    template = resources.files(__package__).joinpath(f"judge_prompts/{step}.txt").read_text()
+    reference = inst.answer.get("answer", "") if isinstance(inst.answer, dict) else inst.answer
+    # str.replace, not format: problems and responses are full of braces (\boxed{}, sets, JSON).
+    for key, value in (("problem", inst.prompt), ("reference", str(reference)), ("response", response)):
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+class EndpointJudge:
+    def __init__(self, url: str, model: str, api_key: str | None = None, cache: str | Path | None = None,
+                 retries: int = 5, backoff: float = 1.0, timeout: float = 600.0, max_tokens: int = 2048):
+        self.url, self.model, self.retries, self.backoff, self.max_tokens = chat_url(url), model, retries, backoff, max_tokens
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=30.0))
+        self.cache_path = None if cache is None else Path(cache)
+        self.verdicts: dict[tuple, str] = {}
+        self.lock = threading.Lock()
+        if self.cache_path is not None and self.cache_path.exists():
+            for line in self.cache_path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    self.verdicts[row["step"], row["id"], row["sha256"]] = row["reply"]
+                except (ValueError, KeyError, TypeError):  # a line cut by a killed run: asked again
+                    continue
+
+    def __call__(self, step: str, inst, response: str) -> str | None:
+        key = (step, f"{inst.task}/{inst.id}", hashlib.sha256(response.encode()).hexdigest())
+        if key in self.verdicts:
+            return self.verdicts[key]
+        reply = self._ask(prompt(step, inst, response))
+        with self.lock:
+            self.verdicts[key] = reply
+            if self.cache_path is not None:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.cache_path.open("a") as f:
+                    f.write(json.dumps({"step": key[0], "id": key[1], "sha256": key[2], "reply": reply}) + "\n")
+        return reply
+
+    def _ask(self, text: str) -> str:
+        body = {"model": self.model, "messages": [{"role": "user", "content": text}],
+                "temperature": 0.0, "max_tokens": self.max_tokens}
+        for attempt in range(self.retries + 1):
+            try:
+                r = self.client.post(self.url, json=body)
+            except httpx.TransportError as e:
+                failure = f"judge {self.url}: {type(e).__name__}: {e}"
+            else:
+                if r.status_code == 200:
+                    try:
+                        return r.json()["choices"][0]["message"]["content"] or ""
+                    except (ValueError, KeyError, IndexError, TypeError):
+                        raise JudgeError(f"judge {self.url}: not a chat completion: {r.text[:200]}") from None
+                failure = f"judge {self.url}: HTTP {r.status_code}: {error_message(r.text)}"
+                if r.status_code not in (408, 409, 425, 429) and r.status_code < 500:
+                    raise JudgeError(failure)
+            if attempt < self.retries:
+                time.sleep(random.uniform(0, min(self.backoff * 2 ** attempt, 30.0)))
+        print(f"phi4r eval: {failure}", file=sys.stderr)
+        raise JudgeError(failure)
+
+    def close(self) -> None:
+        self.client.close()
