@@ -63,7 +63,7 @@ class Scripted:
     def complete(self, jobs, sampling, system_prompt):
         for job in jobs:
             content = next(r for p, r in self.answers.items() if job.instance.prompt.startswith(p))
-            yield job, Completion("", content, "stop", 5, 0)
+            yield job, Completion("Let me think: nothing to see here.", content, "stop", 5, 0)
 
 
 def _data(tmp_path):
@@ -96,6 +96,7 @@ def test_the_judge_decides_what_rules_cannot_and_a_resumed_run_asks_nothing(tmp_
         assert body["model"] == "judge-model" and body["temperature"] == 0.0
     equivalence = next(b["messages"][0]["content"] for b in state["calls"] if "## Reference Answer" in b["messages"][0]["content"])
     assert UNDECIDED[1] in equivalence and UNDECIDED[2] in equivalence and "{response}" not in equivalence
+    assert "nothing to see here" not in equivalence  # the judge reads the content, as Eureka's model_output
     assert len((out / "judge_cache.jsonl").read_text().splitlines()) == 2
 
     _run(tmp_path, url, out)  # resumed: every sample settled

@@ -1,7 +1,7 @@
 """An LLM judge behind any OpenAI-compatible endpoint, for Eureka's LLM steps (tasks/base.py Judge).
 
 Each step has its prompt in judge_prompts/<step>.txt (the problem, the reference answer and the
-response filled in); the request is greedy (temperature 0), transient failures are retried as the
+response's final text filled in; paraphrasing Eureka's omni_math_gpt_eval.jinja and extraction prompts); the request is greedy (temperature 0), transient failures are retried as the
 eval endpoint does. Verdicts are cached by (step, instance id, sha256 of the response) and, with a
 `cache` path, appended to a JSONL file in the run directory, so a resumed or re-scored run asks
 nothing twice. A judge still failing after its retries raises JudgeError: the runner then grades the
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from ..reasoning import final_text
 from .endpoint import chat_url, error_message
 
 STEPS = ("extract", "math_equivalence")
@@ -33,6 +34,8 @@ def prompt(step: str, inst, response: str) -> str:
     if step not in STEPS:
         raise ValueError(f"unknown judge step {step!r}; known: {', '.join(STEPS)}")
     template = resources.files(__package__).joinpath(f"judge_prompts/{step}.txt").read_text()
+    # Eureka shows the judge its model_output: the message content, without the reasoning.
+    response = final_text(response) or ""
     reference = inst.answer.get("answer", "") if isinstance(inst.answer, dict) else inst.answer
     # str.replace, not format: problems and responses are full of braces (\boxed{}, sets, JSON).
     for key, value in (("problem", inst.prompt), ("reference", str(reference)), ("response", response)):
