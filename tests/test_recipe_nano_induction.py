@@ -56,19 +56,18 @@ def tiny_setup(tmp_path) -> dict:
     train_bpe(["copy 1 2 3 these words - 4 5 6 7 8 9 0 again"] * 20, vocab_size=300, split="fine").save(tok_dir)
     sizes = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
              "intermediate_size": 64, "max_position_embeddings": 128, "tie_word_embeddings": True}
-    return dict(tokenizer=str(tok_dir), sizes=sizes, seed=3, batch_size=4, eval_steps=2, save_steps=2, bf16=False,
-                target=2.0)
+    return dict(tokenizer=str(tok_dir), init_config=sizes, seed=3, per_device_train_batch_size=4, eval_steps=2,
+                save_steps=2, bf16=False, target=2.0)
 
 
 def test_warm_up_writes_a_model_and_resumes(tmp_path):
-    common = {**tiny_setup(tmp_path), "max_len": 6}
-    whole = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "a"), max_steps=6, **common),
-                              log=lambda m: None)
-    # Interrupted after 4 steps, then run again with the full budget: resumes from checkpoint-4.
-    induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "b"), max_steps=4, **common), log=lambda m: None)
-    shutil.rmtree(tmp_path / "b" / "final")
-    resumed = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "b"), max_steps=6, **common),
-                                log=lambda m: None)
+    common = {**tiny_setup(tmp_path), "max_len": 6, "max_steps": 6, "save_total_limit": None}
+    whole = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "a"), **common), log=lambda m: None)
+    # Killed after checkpoint-4 (what came later removed), then run again: resumes from checkpoint-4.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for later in ("final", "checkpoint-6", "summary.json"):
+        shutil.rmtree(tmp_path / "b" / later) if later != "summary.json" else (tmp_path / "b" / later).unlink()
+    resumed = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "b"), **common), log=lambda m: None)
     a, _ = load(whole, dtype="float32")
     b, _ = load(resumed, dtype="float32")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
@@ -76,7 +75,22 @@ def test_warm_up_writes_a_model_and_resumes(tmp_path):
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["passed_at"] is None
     steps = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in steps] == [2, 4, 6]
+    assert [s["step"] for s in steps] == [2, 4, 6] and all("copy_accuracy" in s for s in steps)
+
+
+def test_warm_up_stops_extra_steps_after_the_target_and_resumes_that_decision(tmp_path):
+    """A target of 0 is passed at the first evaluation (step 2): the run ends extra_steps later, not at
+    max_steps, also when resumed from a checkpoint between the two."""
+    common = {**tiny_setup(tmp_path), "max_len": 6, "max_steps": 20, "target": 0.0, "extra_steps": 3,
+              "save_total_limit": None}
+    induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "a"), **common), log=lambda m: None)
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["passed_at"] == 2 and summary["steps"] == 5
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "final")
+    shutil.rmtree(tmp_path / "b" / "checkpoint-5")
+    induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "b"), **common), log=lambda m: None)
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["steps"] == 5
 
 
 def test_recall_batch_repeats_each_record_and_masks_only_the_lookups():
@@ -108,13 +122,14 @@ def test_recall_warm_up_continues_from_a_model(tmp_path):
     copy = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "copy"), max_len=6, **common),
                              log=lambda m: None)
     recall = induction.warm_up(induction.InductionConfig(output_dir=str(tmp_path / "recall"), task="recall",
-                                                         init=str(copy), recall_len=64, recall_keys=2, **common),
+                                                         model=str(copy), recall_len=64, recall_keys=2,
+                                                         **{**common, "init_config": None}),
                                log=lambda m: None)
     a, _ = load(copy, dtype="float32")
     b, _ = load(recall, dtype="float32")
     assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     summary = json.loads((tmp_path / "recall" / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["config"]["init"] == str(copy)
+    assert summary["steps"] == 2 and summary["config"]["model"] == str(copy)
 
 
 def test_nano_recipe_runs_the_recall_stage_from_the_warm_up(tmp_path, monkeypatch):
@@ -123,13 +138,13 @@ def test_nano_recipe_runs_the_recall_stage_from_the_warm_up(tmp_path, monkeypatc
     from phi4r.recipes.nano import recipe as nano
 
     setup = tiny_setup(tmp_path)
-    monkeypatch.setattr(nano, "SIZES", {**setup["sizes"], "max_position_embeddings": 256})
-    quick = {"max_steps": 2, "batch_size": 2, "eval_steps": 2, "bf16": False}
+    monkeypatch.setattr(nano, "SIZES", {**setup["init_config"], "max_position_embeddings": 256})
+    quick = {"max_steps": 2, "per_device_train_batch_size": 2, "eval_steps": 2, "bf16": False}
     warm = nano.stage_induction(tmp_path, 3, setup["tokenizer"], "warmup", max_len=6, **quick)
-    recall = nano.stage_induction(tmp_path, 3, setup["tokenizer"], "recall", init=str(warm), **{**nano.RECALL, **quick})
+    recall = nano.stage_induction(tmp_path, 3, setup["tokenizer"], "recall", model=str(warm), **{**nano.RECALL, **quick})
     assert warm == tmp_path / "warmup" / "final" and recall == tmp_path / "recall" / "final"
     config = json.loads((tmp_path / "recall" / "summary.json").read_text())["config"]
-    assert config["task"] == "recall" and config["recall_len"] == 160 and config["init"] == str(warm)
+    assert config["task"] == "recall" and config["recall_len"] == 160 and config["model"] == str(warm)
     stamp = (recall / "model.safetensors").stat().st_mtime_ns
-    assert nano.stage_induction(tmp_path, 3, setup["tokenizer"], "recall", init=str(warm), **nano.RECALL) == recall
+    assert nano.stage_induction(tmp_path, 3, setup["tokenizer"], "recall", model=str(warm), **nano.RECALL) == recall
     assert (recall / "model.safetensors").stat().st_mtime_ns == stamp

@@ -17,15 +17,15 @@ def register(subparsers) -> None:
                                    description="The Phi-4-reasoning recipe: SFT on reasoning traces, then GRPO "
                                                "with the length-aware reward.")
     sub = parser.add_subparsers(dest="train_command", metavar="STAGE", required=True)
-    for name, cls, help_text, handler in (
+    for name, cls, help_text, trainer in (  # trainer: the phi4r.train function that takes the config
         ("tokenizer", C.TokenizerConfig, "a small byte-level BPE with Phi-4's special tokens and <think>/</think>",
-         _tokenizer),
-        ("sft", C.SFTConfig, "supervised fine-tuning on teacher traces or a JSONL of conversations", _sft),
-        ("grpo", C.GRPOConfig, "GRPO with the tasks' verifiers and the report's length-aware reward", _grpo),
+         "bpe.train_tokenizer"),
+        ("sft", C.SFTConfig, "supervised fine-tuning on teacher traces or a JSONL of conversations", "sft.train_sft"),
+        ("grpo", C.GRPOConfig, "GRPO with the tasks' verifiers and the report's length-aware reward", "grpo.train_grpo"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG.format(cmd=name))
         C.add_arguments(p, cls)
-        p.set_defaults(func=handler, config_class=cls)
+        p.set_defaults(func=_train, config_class=cls, trainer=trainer)
     _register_plan(sub)
     from ..recipes.nano import (
         recipe,  # the shipped model end to end (its own flags: --out, --ship, ...)
@@ -51,24 +51,11 @@ def _resolve(args):
                          f"{f', line {mark.line + 1}' if mark else ''})") from None
 
 
-def _tokenizer(args) -> int:
-    from ..train.bpe import train_tokenizer
+def _train(args) -> int:
+    import importlib
 
-    train_tokenizer(_resolve(args))
-    return 0
-
-
-def _sft(args) -> int:
-    from ..train.sft import train_sft
-
-    train_sft(_resolve(args))
-    return 0
-
-
-def _grpo(args) -> int:
-    from ..train.grpo import train_grpo
-
-    train_grpo(_resolve(args))
+    module, function = args.trainer.split(".")
+    getattr(importlib.import_module(f"phi4r.train.{module}"), function)(_resolve(args))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Building and loading phi4r's C++ kernels (attention.py, int8.py, w8a8.py) without ever blocking a user.
+"""Building and loading phi4r's C++ kernels (attention.py, int8.py, int4.py, w8a8.py) without ever blocking a user.
 
 A kernel is compiled from its .cpp with -O3 -march=native (usually ~30 s, once per machine) by
 torch.utils.cpp_extension into torch's extensions directory (~/.cache/torch_extensions, or
@@ -444,6 +444,18 @@ def _descendants(root: int) -> list[int]:
         found += kids
         todo += kids
     return found
+
+
+def mismatch(fn, args: tuple, ref: torch.Tensor, tol, dtype: torch.dtype, case: str) -> str | None:
+    """A probe's check of one case: why `fn(*args)` is not `ref` (in `dtype`, within `tol`: a number or a
+    tensor of ref's shape), or None."""
+    try:
+        got = fn(*args)
+    except Exception as e:  # noqa: BLE001 - a kernel that raises is not used
+        return f"the probe raised {e}"
+    if got.dtype != dtype or got.shape != ref.shape or ((got.to(ref.dtype) - ref).abs() > tol).any():
+        return f"the probe disagrees with the reference ({case})"
+    return None
 
 
 def register_fake(name: str, fake, what: str):

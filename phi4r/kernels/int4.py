@@ -1,20 +1,13 @@
-"""Loader of the int4 linear kernel (int4_linear.cpp): compiled on first use, checked, or None; and the
-packed int4 layout it reads, which is compressed-tensors' "pack-quantized" one.
+"""Loader of the int4 linear kernel (int4_linear.cpp), built, checked and loaded as build.py says; and
+the packed int4 layout it reads, which is compressed-tensors' "pack-quantized" one.
 
-`linear()` (waiting, bounded, for its build) or `ready()` (never waiting: None while it builds; see
-build.py) returns the kernel's function `int4_linear(x, packed, scales, group_size)` (x [..., K] bf16 or
-fp32 contiguous; packed = `pack(q)` int32 [N, ceil(K / 8)] of q in [-8, 7]; scales [N, ceil(K / G)] bf16
-or fp32; G 32, 64 or a multiple of 128 (`kernel_group`); returns x.float() @ dequantize(...).T, [..., N],
-in x's dtype), or None when it cannot be used here, with one logged warning saying why:
-
-- PHI4R_INT4_KERNEL=0 in the environment (no warning: asked for);
-- not a Linux x86 CPU with AVX-512F/BW/VL/VBMI and AVX512-BF16 (read from /proc/cpuinfo);
-- compiling fails (torch.utils.cpp_extension with ninja and a C++17 compiler);
-- a numerical probe against the float reference disagrees.
-
-The build also registers `torch.ops.phi4r.int4_linear` (`op()`) with a shape function, for torch.compile's
-graphs. `quantize_int4` calls `prepare()`: a build this machine has is loaded, else a child process
-compiles it (once per CPU) while the int4 linears run the torch path (build.py).
+`linear()` (waiting, bounded, for its build) or `ready()` (never waiting) returns the kernel's function
+`int4_linear(x, packed, scales, group_size)` (x [..., K] bf16 or fp32 contiguous; packed = `pack(q)`
+int32 [N, ceil(K / 8)] of q in [-8, 7]; scales [N, ceil(K / G)] bf16 or fp32; G 32, 64 or a multiple of
+128 (`kernel_group`); returns x.float() @ dequantize(...).T, [..., N], in x's dtype), or None where it
+cannot be used (PHI4R_INT4_KERNEL=0, a CPU without AVX-512F/BW/VL/VBMI and AVX512-BF16, a failed
+compile, a probe that disagrees with the float reference). `op()` is `torch.ops.phi4r.int4_linear` for
+torch.compile's graphs. `quantize_int4` calls `prepare()`: until the build is there, the torch path.
 """
 from __future__ import annotations
 
@@ -80,20 +73,16 @@ def _probe(fn) -> str | None:
                 scales = (torch.rand(n, -(-k // group), generator=gen) / 10).to(torch.bfloat16)
                 x = torch.randn(rows, k, generator=gen).to(dtype)
                 ref = x.float() @ dequantize(pack(q), scales, k, group).T
-                try:
-                    got = fn(x, pack(q), scales, group)
-                except Exception as e:  # noqa: BLE001
-                    return f"the probe raised {e}"
                 # bf16 output: one rounding of the result plus fp32 summation order.
                 tol = (2 ** -7 if dtype == torch.bfloat16 else 1e-5) * ref.abs().max().item()
-                if got.dtype != dtype or got.shape != ref.shape or (got.float() - ref).abs().max().item() > tol:
-                    return f"the probe disagrees with the reference ({rows} rows, {dtype}, group {group})"
+                case = f"{rows} rows, {dtype}, group {group}"
+                if problem := build.mismatch(fn, (x, pack(q), scales, group), ref, tol, dtype, case):
+                    return problem
     return None
 
 
 loader = build.Loader("phi4r.kernels.int4", "phi4r_int4_linear", SOURCE, REQUIRED_FLAGS, "int4 kernel", FALLBACK,
                       "PHI4R_INT4_KERNEL", "int4_linear", _probe, _fake)
-# get: waits (bounded) for the build; prepare, ready: never wait (see build.py); op: for torch.compile's graphs
 linear, prepare, ready, op = loader.get, loader.prepare, loader.ready, loader.op
 
 if __name__ == "__main__":  # build it now

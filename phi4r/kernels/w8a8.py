@@ -1,23 +1,15 @@
-"""Loader of the W8A8 int8 linear kernel (w8a8_linear.cpp): compiled on first use, checked, or None.
+"""Loader of the W8A8 int8 linear kernel (w8a8_linear.cpp), built, checked and loaded as build.py says.
 
-`linear()` (waiting, bounded, for its build) or `ready()` (never waiting: None while it builds; see
-build.py) returns the kernel's function `w8a8_linear(x, packed, comp, scales)`, or None when it cannot
-be used here, with one logged warning saying why:
-
-- PHI4R_W8A8_KERNEL=0 in the environment (no warning: asked for);
-- not a Linux x86 CPU with AVX-512F/BW/VL and AVX512-VNNI (read from /proc/cpuinfo);
-- compiling fails (torch.utils.cpp_extension with ninja and a C++17 compiler);
-- a numerical probe against the reference disagrees.
+`linear()` (waiting, bounded, for its build) or `ready()` (never waiting) returns the kernel's function
+`w8a8_linear(x, packed, comp, scales)`, or None where it cannot be used (PHI4R_W8A8_KERNEL=0, a CPU
+without AVX-512F/BW/VL and AVX512-VNNI, a failed compile, a probe that disagrees with the reference).
+`op()` is `torch.ops.phi4r.w8a8_linear` for torch.compile's graphs. `quantize_w8a8` calls `prepare()`:
+until the build is there, the torch path.
 
 The kernel: x [..., K] bf16 or fp32 contiguous; `packed, comp = pack(q)` from int8 weights q [N, K] in
 [-127, 127]; scales [N] (fp32 or bf16, per output channel). It quantizes each row of x to int8
 (`quantize_rows`: symmetric, scale amax / 127), multiplies in int32 (vpdpbusd) and returns
 (xq @ q^T) * row_scale * scales in x's dtype, [..., N].
-
-The build also registers the kernel as the dispatcher op `torch.ops.phi4r.w8a8_linear` (`op()`), with
-a shape function, so a torch.compile graph (the engine's compiled decode step) calls it without a
-graph break. `quantize_w8a8` calls `prepare()`: a build this machine has is loaded, else a child process
-compiles it (about half a minute, once per CPU) while the linears run the torch path (build.py).
 """
 from __future__ import annotations
 
@@ -81,21 +73,15 @@ def _probe(fn) -> str | None:
             x = torch.randn(rows, k, generator=gen).to(dtype)
             xq, xs = quantize_rows(x)
             ref = (xq.double() @ q.double().T) * xs.double() * scales.double()
-            packed, comp = pack(q)
-            try:
-                got = fn(x, packed, comp, scales)
-            except Exception as e:  # noqa: BLE001
-                return f"the probe raised {e}"
             # The int32 products are exact: only the fp32 scaling and the output rounding remain.
             tol = (2 ** -7 if dtype == torch.bfloat16 else 2 ** -20) * ref.abs().max().item()
-            if got.dtype != dtype or got.shape != ref.shape or (got.double() - ref).abs().max().item() > tol:
-                return f"the probe disagrees with the reference ({rows} rows, {dtype})"
+            if problem := build.mismatch(fn, (x, *pack(q), scales), ref, tol, dtype, f"{rows} rows, {dtype}"):
+                return problem
     return None
 
 
 loader = build.Loader("phi4r.kernels.w8a8", "phi4r_w8a8_linear", SOURCE, REQUIRED_FLAGS, "W8A8 kernel", FALLBACK,
                       "PHI4R_W8A8_KERNEL", "w8a8_linear", _probe, _fake)
-# get: waits (bounded) for the build; prepare, ready: never wait (see build.py); op: for torch.compile's graphs
 linear, prepare, ready, op = loader.get, loader.prepare, loader.ready, loader.op
 
 if __name__ == "__main__":  # build it now

@@ -136,6 +136,11 @@ def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+def latest_if_any(output_dir: str | Path) -> str | None:
+    """resume_from_checkpoint for a run that continues whatever `output_dir` holds."""
+    return "latest" if checkpoints(output_dir) else None
+
+
 def load_state(path: str | Path) -> dict:
     return torch.load(Path(path) / STATE_FILE, weights_only=True)
 

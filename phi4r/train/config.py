@@ -52,7 +52,8 @@ class TrainConfig:
                                  "{'prompt': ..., 'answer': ..., 'task': ...} as phi4r.tasks.Instance)")
     system_prompt: str | None = opt(None, "system prompt injected when a conversation has none (default: the checkpoint's; '' for none)")
     learning_rate: float = opt(1e-5, "peak AdamW learning rate")
-    warmup_steps: int = opt(0, "linear warm-up steps before the cosine decay")
+    warmup_steps: int = opt(0, "linear warm-up steps before the schedule")
+    lr_scheduler_type: str = opt("cosine", "after the warm-up: cosine (to 0 at max_steps) or constant_with_warmup")
     weight_decay: float = opt(1e-4, "AdamW weight decay (matrices only; norm weights are not decayed)")
     adam_beta1: float = opt(0.9, "AdamW beta1")
     adam_beta2: float = opt(0.999, "AdamW beta2")
@@ -88,7 +89,8 @@ class TrainConfig:
 @dataclass
 class SFTConfig(TrainConfig):
     output_dir: str = opt("runs/sft", "checkpoints, metrics.jsonl, PNG curves, train_config.yaml and final/")
-    init_config: str | None = opt(None, "JSON/YAML of Phi3Config sizes: start from a fresh random model instead of --model")
+    init_config: str | None = opt(None, "JSON/YAML of Phi3Config sizes (from Python also the dict): start from a fresh "
+                                        "random model instead of --model")
     tokenizer: str | None = opt(None, "tokenizer directory for --init-config (from `phi4r train tokenizer`)")
     max_length: int = opt(2048, "longest conversation in tokens; longer ones are dropped (counted in the log)")
     per_device_train_batch_size: int = opt(8, "conversations per forward/backward on each process")

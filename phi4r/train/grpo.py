@@ -32,7 +32,7 @@ from . import data as data_mod
 from . import distributed as dist
 from . import models
 from .logprobs import pad_batch, token_logprobs
-from .optim import clip_grad_norm, lr_at, make_optimizer, set_lr
+from .optim import make_optimizer, optimizer_step
 from .rewards import LengthConstants, Reward, reward
 from .run import Run
 
@@ -153,9 +153,6 @@ def optimize(ddp, model, optimizer, micro: list[tuple], cfg, step: int, n_seqs: 
     """`num_iterations` optimizer steps on one batch of generations; this rank's sums for the log."""
     sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
     for it in range(cfg.num_iterations):
-        lr = lr_at(step * cfg.num_iterations + it, cfg.learning_rate, cfg.warmup_steps,
-                   cfg.max_steps * cfg.num_iterations)
-        set_lr(optimizer, lr)
         for j, (ids, mask, adv, old, ref_lp) in enumerate(micro):
             sync = j == len(micro) - 1 or not dist.is_distributed()
             with dist.grad_sync(ddp, sync):
@@ -166,10 +163,8 @@ def optimize(ddp, model, optimizer, micro: list[tuple], cfg, step: int, n_seqs: 
             sums["loss"] += loss.item() / cfg.num_iterations
             sums["kl"] += kl / cfg.num_iterations
             sums["clipped"] += clipped / cfg.num_iterations
-        sums["grad_norm"] = clip_grad_norm(model, cfg.max_grad_norm)
-        sums["lr"] = lr
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        sums["grad_norm"], sums["lr"] = optimizer_step(model, optimizer, cfg, step * cfg.num_iterations + it,
+                                                       cfg.max_steps * cfg.num_iterations)
     return sums
 
 

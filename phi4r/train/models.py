@@ -69,7 +69,8 @@ def _load(cfg, resume_path):
         if not cfg.tokenizer:
             raise ValueError("--init-config needs --tokenizer (a directory from `phi4r train tokenizer`)")
         tokenizer = Tokenizer.from_dir(cfg.tokenizer)
-        return fresh_model(config_mod.load_file(cfg.init_config), tokenizer, cfg.seed), tokenizer, None
+        sizes = cfg.init_config if isinstance(cfg.init_config, dict) else config_mod.load_file(cfg.init_config)
+        return fresh_model(sizes, tokenizer, cfg.seed), tokenizer, None
     if not cfg.model:
         raise ValueError("say what to train: --model CHECKPOINT (or --init-config SIZES --tokenizer DIR)")
     model, tokenizer = hf.load(cfg.model, dtype=torch.float32)

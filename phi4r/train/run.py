@@ -21,6 +21,7 @@ class Run:
         self.main = dist.is_main()
         self.resume_path = ckpt.resolve_resume(self.out, cfg.resume_from_checkpoint)
         self.logs = {"metrics": MetricsLog(self.out / "metrics.jsonl")}
+        self.summary: dict = {}  # the resume checkpoint's (see `save`)
 
     def log_file(self, name: str) -> MetricsLog:
         """An extra JSONL (e.g. samples), truncated on resume like the metrics."""
@@ -48,6 +49,7 @@ class Run:
             raise ValueError(f"{self.resume_path} was written without --fsdp: resume it without --fsdp")
         else:
             optimizer.load_state_dict(state["optimizer"])
+        self.summary = state["summary"]
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
         return state["step"]

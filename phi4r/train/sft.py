@@ -21,7 +21,7 @@ from . import data as data_mod
 from . import distributed as dist
 from . import models
 from .logprobs import pad_batch, token_logprobs
-from .optim import clip_grad_norm, lr_at, make_optimizer, set_lr
+from .optim import make_optimizer, optimizer_step
 from .run import Run
 
 PLOT_KEYS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
@@ -60,10 +60,11 @@ def evaluate(model, examples: list[data_mod.Example], cfg, pad_id: int, device) 
     return nll / tokens
 
 
-def train_step(ddp, model, optimizer, batch: list[data_mod.Example], cfg, lr: float, pad_id: int, device) -> tuple[float, float]:
-    """One optimizer step on a global batch (this rank's share, in micro-batches); (loss, grad norm)."""
+def train_step(ddp, model, optimizer, batch: list[data_mod.Example], cfg, step: int, total: int, pad_id: int,
+               device) -> tuple[float, float, float]:
+    """Optimizer step `step` of `total` on a global batch (this rank's share, in micro-batches);
+    (loss, grad norm, lr)."""
     n_targets = sum(sum(e.mask) for e in batch)  # global: every rank computes the same count
-    set_lr(optimizer, lr)
     micro = micro_batches(dist.shard(batch), cfg.per_device_train_batch_size)
     nll = 0.0
     for j, mb in enumerate(micro):
@@ -73,15 +74,20 @@ def train_step(ddp, model, optimizer, batch: list[data_mod.Example], cfg, lr: fl
             loss = summed_nll(ddp, mb, pad_id, device, cfg.bf16, cfg.loss_chunk_size)
             (loss * dist.world_size() / n_targets).backward()
         nll += loss.item()
-    grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm, lr = optimizer_step(model, optimizer, cfg, step, total)
     (nll,) = dist.all_sum([nll], device)
-    return nll / n_targets, grad_norm
+    return nll / n_targets, grad_norm, lr
 
 
-def train_sft(cfg, conversations: list[list[dict]] | None = None) -> Path:
-    """Run SFT as `cfg` says (plus any `conversations` given directly); returns the final model's directory."""
+def train_sft(cfg, conversations: list[list[dict]] | None = None, examples: list[data_mod.Example] | None = None,
+              callback=None) -> Path:
+    """Run SFT as `cfg` says; returns the final model's directory. Besides cfg's data: `conversations`,
+    and `examples` already encoded (token ids and loss mask, e.g. synthetic sequences).
+
+    `callback` (as TRL's TrainerCallback; every rank calls it): `on_evaluate(model, step) -> dict` adds
+    metrics at each evaluation, `should_stop(step)` ends the run before max_steps, and its `state`
+    (a dict of plain values) is kept in the checkpoints, so a resumed run stops where an
+    uninterrupted one would."""
     device = dist.setup(cfg.device)
     run = Run(cfg, "sft", PLOT_KEYS)
     model, tokenizer, generation_config = models.start(cfg, run.weights_path)
@@ -90,14 +96,11 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None) -> Path:
 
     # Data: encode once, drop what does not fit, hold some out.
     max_length = min(cfg.max_length, model.config.max_position_embeddings)
-    examples, dropped = [], 0
-    for messages in load_conversations(cfg) + list(conversations or []):
-        ex = data_mod.encode_conversation(tokenizer, messages, cfg.system_prompt)
-        if len(ex.ids) <= max_length:
-            examples.append(ex)
-        else:
-            dropped += 1
-    train, heldout = data_mod.split_heldout(examples, cfg.eval_fraction, cfg.seed, MIN_HELDOUT)
+    encoded = [data_mod.encode_conversation(tokenizer, messages, cfg.system_prompt)
+               for messages in load_conversations(cfg) + list(conversations or [])] + list(examples or [])
+    fit = [e for e in encoded if len(e.ids) <= max_length]
+    dropped = len(encoded) - len(fit)
+    train, heldout = data_mod.split_heldout(fit, cfg.eval_fraction, cfg.seed, MIN_HELDOUT)
     global_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * dist.world_size()
     order = data_mod.BatchOrder(len(train), global_batch, cfg.seed,
                                 [len(e.ids) for e in train] if cfg.group_by_length else None)
@@ -107,6 +110,8 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None) -> Path:
     ddp = dist.wrap(model, device, cfg)
     optimizer = make_optimizer(model, cfg)
     step = run.restore(optimizer, data_position, model)
+    if callback is not None:
+        callback.state.update(run.summary.get("callback", {}))
     # The logged loss is the mean over each step's batch (before its update), so it follows what the
     # batches hold; grouped by length, one batch can be all short (easy) conversations and the next
     # all long (hard) ones. eval_loss, always over the same held-out set, is the one to compare.
@@ -119,11 +124,11 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None) -> Path:
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
     bar = tqdm(total=total, initial=step, desc="sft", disable=not run.main, dynamic_ncols=True)
-    while step < total:
+    stop = lambda: step >= total or (callback is not None and callback.should_stop(step))  # noqa: E731
+    while not stop():
         started = time.perf_counter()
         batch = [train[i] for i in order.batch(step)]
-        lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps, total)
-        loss, grad_norm = train_step(ddp, model, optimizer, batch, cfg, lr, pad_id, device)
+        loss, grad_norm, lr = train_step(ddp, model, optimizer, batch, cfg, step, total, pad_id, device)
         step += 1
         window["loss"] += loss
         window["tokens"] += sum(len(e.ids) for e in batch)
@@ -131,19 +136,22 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None) -> Path:
         window["time"] += time.perf_counter() - started  # training only, not evaluation or saving
 
         record = {}
-        if step % cfg.logging_steps == 0 or step == total:
-            record = {"loss": window["loss"] / window["steps"], "lr": lr, "grad_norm": grad_norm,
-                      "tokens_per_s": window["tokens"] / window["time"], "steps_per_s": window["steps"] / window["time"],
-                      "epoch": step / order.steps_per_epoch}
+        if (heldout or callback is not None) and (step % cfg.eval_steps == 0 or stop()):
+            record = {"eval_loss": evaluate(model, heldout, cfg, pad_id, device)} if heldout else {}
+            record.update(callback.on_evaluate(model, step) if callback is not None else {})
+        done = stop()  # after the evaluation, which may decide it
+        if step % cfg.logging_steps == 0 or done:
+            record.update({"loss": window["loss"] / window["steps"], "lr": lr, "grad_norm": grad_norm,
+                           "tokens_per_s": window["tokens"] / window["time"],
+                           "steps_per_s": window["steps"] / window["time"], "epoch": step / order.steps_per_epoch})
             window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
-        if heldout and (step % cfg.eval_steps == 0 or step == total):
-            record["eval_loss"] = evaluate(model, heldout, cfg, pad_id, device)
         if record:
             run.log(step, record)
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "eval_loss", "lr")})
         bar.update(1)
-        if step % cfg.save_steps == 0 or step == total:
+        if step % cfg.save_steps == 0 or done:
             run.save(step, model, tokenizer, optimizer, data_position, generation_config,
-                     {"loss": loss, "epoch": step / order.steps_per_epoch})
+                     {"loss": loss, "epoch": step / order.steps_per_epoch,
+                      **({"callback": callback.state} if callback is not None else {})})
     bar.close()
     return run.finish(model, tokenizer, generation_config)

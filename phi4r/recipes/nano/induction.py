@@ -19,51 +19,50 @@ the first are copied quickly; the first, found by the key alone, comes later and
 later the longer the records' span (the recipe runs it at 160 tokens, where it forms in a few
 hundred steps; at 320 it did not within the budget).
 
-`warm_up(cfg)` trains until the held-out copy accuracy passes `target` (then `extra_steps` more) or
-`max_steps`, writes `output_dir/final` (a Hugging Face directory with the tokenizer) and resumes from
-its newest checkpoint when interrupted.
+`warm_up(cfg)` is an SFT run (`train_sft`) on these sequences, one fresh batch per step, until the
+held-out copy accuracy passes `target` (then `extra_steps` more) or `max_steps`; it writes
+`output_dir/final` (a Hugging Face directory with the tokenizer) and resumes from its newest
+checkpoint when interrupted.
 """
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ... import checkpoint as hf
 from ...train import checkpointing
-from ...train.models import fresh_model
-from ...train.optim import clip_grad_norm, make_optimizer, set_lr
+from ...train.config import SFTConfig
+from ...train.data import Example
+from ...train.sft import train_sft
 
 
 @dataclass
-class InductionConfig:
-    output_dir: str
-    tokenizer: str
-    sizes: dict
-    seed: int = 0
+class InductionConfig(SFTConfig):
+    """An SFT run on synthetic sequences: SFTConfig's fields with the warm-up's defaults (a fresh model
+    of `init_config` sizes, or `model`), and what makes and ends the sequences."""
+    task: str = "copy"  # "copy" (copy_batch) or "recall" (recall_batch)
     min_len: int = 4
     max_len: int = 16
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.98
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    bf16: bool = True
-    target: float = 0.9  # held-out copy accuracy that ends the warm-up (after extra_steps more)
-    extra_steps: int = 50
-    max_steps: int = 800
-    eval_steps: int = 20
-    save_steps: int = 100
-    task: str = "copy"  # "copy" (copy_batch) or "recall" (recall_batch)
-    init: str | None = None  # start from this model directory instead of a fresh model
     recall_len: int = 320
     recall_keys: int = 8
+    target: float = 0.9  # held-out copy accuracy that ends the warm-up (after extra_steps more)
+    extra_steps: int = 50
+    per_device_train_batch_size: int = 64
+    learning_rate: float = 1e-3
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.98
+    bf16: bool = True
+    max_steps: int = 800
+    eval_steps: int = 20
+    logging_steps: int = 20
+    save_steps: int = 100
+    save_total_limit: int = 1
+    eval_fraction: float = 0.0
+    group_by_length: bool = False
 
 
 def copy_batch(b: int, max_len: int, min_len: int, vocab: int, bos: int, sep: int, gen: torch.Generator):
@@ -137,21 +136,35 @@ def copy_accuracy(model, ids: torch.Tensor, mask: torch.Tensor, bf16: bool, drop
     return hits[inner].float().mean().item()
 
 
+class StopAfterTarget:
+    """The warm-up's evaluation and stop for `train_sft`: the held-out copy accuracy every
+    eval_steps; the run ends `extra_steps` after it first reaches `target`."""
+
+    def __init__(self, cfg: InductionConfig, held: tuple, log):
+        self.cfg, self.held, self.log = cfg, held, log
+        self.state = {"passed": None, "accuracy": None}
+
+    def on_evaluate(self, model, step: int) -> dict:
+        device = next(model.parameters()).device
+        acc = copy_accuracy(model, *(t.to(device) for t in self.held), self.cfg.bf16, drop_first=self.cfg.task == "copy")
+        if self.state["passed"] is None and acc >= self.cfg.target:
+            self.state["passed"] = step
+        self.state["accuracy"] = acc
+        self.log(f"{Path(self.cfg.output_dir).name} step {step}: held-out copy accuracy {100 * acc:.1f}%")
+        return {"copy_accuracy": acc}
+
+    def should_stop(self, step: int) -> bool:
+        return self.state["passed"] is not None and step >= self.state["passed"] + self.cfg.extra_steps
+
+
 def warm_up(cfg: InductionConfig, log=print) -> Path:
     from ...tokenizer import Tokenizer
 
-    out = Path(cfg.output_dir)
-    final = out / "final"
+    final = Path(cfg.output_dir) / "final"
     if (final / "config.json").is_file():
         return final
     tok = Tokenizer.from_dir(cfg.tokenizer)
     vocab = min(tok.bos_id, tok.eos_id, tok.pad_id)  # plain (non-special) ids come first
-    if cfg.init:
-        model = hf.load(cfg.init, dtype=torch.float32)[0]
-    else:
-        model = fresh_model(cfg.sizes, tok, cfg.seed)
-    optimizer = make_optimizer(model, cfg)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
     recall = cfg.task == "recall"
     if recall:  # the record values: digits with and without a leading space, and the minus sign
         values = sorted({i for d in "0123456789" for i in tok.encode(f" {d}") + tok.encode(d)} | set(tok.encode(" -")))
@@ -161,45 +174,17 @@ def warm_up(cfg: InductionConfig, log=print) -> Path:
             return recall_batch(b, cfg.recall_len, cfg.recall_keys, vocab, tok.bos_id, values, g)
         return copy_batch(b, cfg.max_len, cfg.min_len, vocab, tok.bos_id, tok.eos_id, g)
 
-    held = batch(128 if not recall else 32, torch.Generator().manual_seed(12345))
-    step, passed = 0, None
-    resume = checkpointing.checkpoints(out)
-    if resume:
-        model.load_state_dict(hf.load(resume[-1], dtype=torch.float32)[0].state_dict())
-        state = checkpointing.load_state(resume[-1])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        step, passed = state["step"], state["passed"]
-        log(f"warm-up: resumed at step {step}")
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = (out / "metrics.jsonl").open("a")
-    started = time.time()
-    model.train()
-    while step < cfg.max_steps and (passed is None or step < passed + cfg.extra_steps):
-        set_lr(optimizer, cfg.learning_rate * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
-        ids, mask = batch(cfg.batch_size, gen)
-        logp = torch.log_softmax(_logits(model, ids, cfg.bf16), -1).gather(-1, ids[:, 1:, None])[..., 0]
-        loss = -logp[mask].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_grad_norm(model, cfg.max_grad_norm)
-        optimizer.step()
-        step += 1
-        if step % cfg.eval_steps == 0:
-            acc = copy_accuracy(model, *held, cfg.bf16, drop_first=not recall)
-            if passed is None and acc >= cfg.target:
-                passed = step
-            metrics.write(json.dumps({"step": step, "loss": loss.item(), "copy_accuracy": acc}) + "\n")
-            metrics.flush()
-            log(f"warm-up step {step}: loss {loss.item():.3f}, held-out copy accuracy {100 * acc:.1f}% "
-                f"({time.time() - started:.0f} s)")
-        if step % cfg.save_steps == 0:
-            checkpointing.save_checkpoint(out, step, model, tok, {"optimizer": optimizer.state_dict(),
-                                          "generator": gen.get_state(), "step": step, "passed": passed},
-                                          cfg, keep=1)
-    acc = copy_accuracy(model, *held, cfg.bf16, drop_first=not recall)
-    (out / "summary.json").write_text(json.dumps({"steps": step, "passed_at": passed, "copy_accuracy": acc,
-                                                  "config": asdict(cfg)}, indent=2) + "\n")
-    if passed is None:
-        log(f"warm-up: copy accuracy {100 * acc:.1f}% after {step} steps, below the target; continuing anyway")
-    return checkpointing.save_model_dir(final, model, tok)
+    # One fresh batch per step, made up front from the seed, so a resumed run sees the same data.
+    ids, mask = batch(cfg.max_steps * cfg.per_device_train_batch_size, torch.Generator().manual_seed(cfg.seed + 1))
+    examples = [Example(i, [0] + m) for i, m in zip(ids.tolist(), mask.int().tolist())]
+    stop = StopAfterTarget(cfg, batch(128 if not recall else 32, torch.Generator().manual_seed(12345)), log)
+    final = train_sft(replace(cfg, resume_from_checkpoint=checkpointing.latest_if_any(cfg.output_dir)),
+                      examples=examples, callback=stop)
+    steps = checkpointing.load_state(checkpointing.checkpoints(cfg.output_dir)[-1])["step"]  # the last step's
+    (Path(cfg.output_dir) / "summary.json").write_text(json.dumps(
+        {"steps": steps, "passed_at": stop.state["passed"], "copy_accuracy": stop.state["accuracy"],
+         "config": asdict(cfg)}, indent=2) + "\n")
+    if stop.state["passed"] is None:
+        log(f"warm-up: copy accuracy {100 * stop.state['accuracy']:.1f}% after {steps} steps, below the target; "
+            "continuing anyway")
+    return final

@@ -48,8 +48,8 @@ TEST_SEED = 7  # tests/test_nano.py's held-out set
 
 # The recall stage: records `key v v v` over 160 noise tokens, from the copy warm-up; the lookup by
 # key forms abruptly after a few hundred steps (at 320 tokens it did not within the budget).
-RECALL = {"task": "recall", "recall_len": 160, "batch_size": 32, "warmup_steps": 20, "eval_steps": 25,
-          "target": 0.9, "extra_steps": 25, "max_steps": 400}
+RECALL = {"task": "recall", "recall_len": 160, "per_device_train_batch_size": 32, "warmup_steps": 20, "eval_steps": 25,
+          "logging_steps": 25, "target": 0.9, "extra_steps": 25, "max_steps": 400}
 
 # lr 5e-4 in phase 1, while the copying carries over from the warm-up (at 1e-3 the name lookups did
 # not form), 1e-3 after. 988 steps of 16 = one pass over MIX's 15,800 conversations.
@@ -97,27 +97,19 @@ def stage_tokenizer(out: Path, seed: int) -> Path:
     return tok_dir
 
 
-def _resume(run_dir: Path) -> str | None:
-    from ...train import checkpointing
-
-    return "latest" if checkpointing.checkpoints(run_dir) else None
-
-
 def stage_induction(out: Path, seed: int, tok_dir: Path, name: str, **options) -> Path:
-    """A synthetic stage of `.induction` in OUT/`name`: the copy warm-up (no options) or
-    the recall stage (RECALL, from the warm-up's model)."""
+    """A synthetic stage of `.induction` in OUT/`name`: the copy warm-up from a fresh model of SIZES (no
+    options) or the recall stage (RECALL, `model`: the warm-up's)."""
     from .induction import InductionConfig, warm_up
 
-    final = out / name / "final"
-    if (final / "config.json").is_file():
-        log(f"{name}: done ({final})")
-        return final
-    return warm_up(InductionConfig(output_dir=str(out / name), tokenizer=str(tok_dir), sizes=SIZES, seed=seed,
-                                   **options), log=log)
+    sizes = None if options.get("model") else SIZES
+    return warm_up(InductionConfig(output_dir=str(out / name), tokenizer=str(tok_dir), init_config=sizes, seed=seed,
+                                   device="cpu", **options), log=log)
 
 
 def stage_sft_phase(out: Path, seed: int, prev_dir: Path, name: str, mix: dict, offset: int, params: dict) -> Path:
     """An SFT phase: from `prev_dir` (the recall stage, or the previous phase) on `mix` at seed + `offset`."""
+    from ...train.checkpointing import latest_if_any
     from ...train.config import SFTConfig
     from ...train.sft import train_sft
     from .data import sft_conversations, write_jsonl
@@ -130,11 +122,12 @@ def stage_sft_phase(out: Path, seed: int, prev_dir: Path, name: str, mix: dict, 
     if not data.is_file():
         write_jsonl(data, ({"messages": m} for m in sft_conversations(mix, seed + offset)))
     cfg = SFTConfig(model=str(prev_dir), output_dir=str(run_dir), data=str(data), system_prompt=SYSTEM_PROMPT,
-                    seed=seed, device="cpu", resume_from_checkpoint=_resume(run_dir), **params)
+                    seed=seed, device="cpu", resume_from_checkpoint=latest_if_any(run_dir), **params)
     return train_sft(cfg)
 
 
 def stage_grpo(out: Path, seed: int, sft_dir: Path, overrides: dict) -> Path:
+    from ...train.checkpointing import latest_if_any
     from ...train.config import GRPOConfig
     from ...train.grpo import train_grpo
     from .data import instances, prompt, write_jsonl
@@ -147,7 +140,7 @@ def stage_grpo(out: Path, seed: int, sft_dir: Path, overrides: dict) -> Path:
                        ({k: v for k, v in i.to_dict().items() if k != "id"} | {"prompt": prompt(i), "id": i.id}
                         for i in instances(GRPO_MIX, seed + GRPO_SEED_OFFSET)))
     cfg = GRPOConfig(model=str(sft_dir), output_dir=str(run_dir), data=str(data), n_per_task=0,
-                     system_prompt=SYSTEM_PROMPT, seed=seed, device="cpu", resume_from_checkpoint=_resume(run_dir),
+                     system_prompt=SYSTEM_PROMPT, seed=seed, device="cpu", resume_from_checkpoint=latest_if_any(run_dir),
                      **{**GRPO, **overrides})
     return train_grpo(cfg)
 
@@ -338,7 +331,7 @@ def run(args) -> int:
         warm_dir = timed("warmup", lambda: stage_induction(out, args.seed, tok_dir, "warmup"))
     if "recall" in stages:
         recall_dir = timed("recall", lambda: stage_induction(out, args.seed, tok_dir, "recall",
-                                                                 init=str(warm_dir), **RECALL))
+                                                                 model=str(warm_dir), **RECALL))
     if "sft" in stages:
         sft_dir = recall_dir
         for k, (name, mix, offset, params) in enumerate(PHASES):
