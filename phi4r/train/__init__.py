@@ -5,7 +5,7 @@
     data.py          conversations -> token ids with an assistant-only loss mask; the batch order
     models.py        the model a run starts from (a checkpoint, or a fresh init from a config)
     logprobs.py      padded batches and per-token log-probabilities
-    optim.py         AdamW and the warm-up + cosine learning-rate schedule
+    optim.py         AdamW, the learning-rate schedule and `optimizer_step`, the update every loop ends with
     rewards.py       the report's length-aware reward and the 5-gram repetition penalty
     sft.py, grpo.py  the trainers
     run.py           output dir, resume, logs, checkpoints, final model: what both trainers share

@@ -25,14 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-
 from .. import lora
 from . import data as data_mod
 from . import distributed as dist
 from . import models
 from .logprobs import pad_batch, token_logprobs
-from .optim import make_optimizer, optimizer_step
+from .optim import optimizer_step
 from .rewards import LengthConstants, Reward, reward
 from .run import Run
 
@@ -195,15 +193,11 @@ def train_grpo(cfg) -> Path:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {cfg.loss_type!r}")
     if cfg.num_generations < 2:
         raise ValueError("num_generations must be at least 2: advantages compare samples of one prompt")
-    device = dist.setup(cfg.device)
-    world = dist.world_size()
+    run = Run(cfg, "grpo", PLOT_KEYS)
+    model, tokenizer, device, world = run.model, run.tokenizer, run.device, dist.world_size()
     if cfg.num_prompts_per_step % world:
         raise ValueError(f"num_prompts_per_step={cfg.num_prompts_per_step} must be a multiple of the {world} processes")
-    run = Run(cfg, "grpo", PLOT_KEYS)
     run.log_file("samples")  # one completion per logged step, to read along
-    model, tokenizer, generation_config = models.start(cfg, run.weights_path)
-    model.to(device)
-    model.gradient_checkpointing = cfg.gradient_checkpointing
     ref = None
     if cfg.beta > 0:  # the frozen starting model, also when resuming; under LoRA the base itself, adapters
         # off; under FSDP sharded like the policy
@@ -230,16 +224,12 @@ def train_grpo(cfg) -> Path:
     llm = LLM.from_model(sampler, tokenizer, max_num_seqs=max(G, min(cfg.max_num_seqs, G * cfg.num_prompts_per_step // world)),
                          max_model_len=max_prompt_length + cfg.max_completion_length)
     model.train()  # from_model set eval mode
-    ddp = dist.wrap(model, device, cfg)
-    optimizer = make_optimizer(model, cfg)
-    step = run.restore(optimizer, data_position, model)
-    run.begin(step, f"{len(prompts)} prompts ({dropped} longer than {max_prompt_length} tokens dropped), "
-                    f"{cfg.num_prompts_per_step} x G={G} completions per step, {cfg.max_steps} steps, reward constants "
-                    f"L_max={constants.l_max} L_pos={constants.l_pos} L_neg={constants.l_neg}, "
-                    f"{world} process(es) on {device}, {models.trainable(model)}")
+    ddp, optimizer, step = run.start(data_position, cfg.max_steps, (
+        f"{len(prompts)} prompts ({dropped} longer than {max_prompt_length} tokens dropped), "
+        f"{cfg.num_prompts_per_step} x G={G} completions per step, {cfg.max_steps} steps, reward constants "
+        f"L_max={constants.l_max} L_pos={constants.l_pos} L_neg={constants.l_neg}, "
+        f"{world} process(es) on {device}, {models.trainable(model)}"))
 
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="grpo", disable=not run.main, dynamic_ncols=True)
     while step < cfg.max_steps:
         started = time.perf_counter()
         if sampler is not model:
@@ -253,21 +243,17 @@ def train_grpo(cfg) -> Path:
                 c.advantage = a
         completions = [c for g in groups for c in g]
         (n_tokens,) = dist.all_sum([sum(len(c.token_ids) for c in completions)], device)
-        micro = micro_batches(completions, cfg, model, ref, pad_id, device)
+        micro = micro_batches(completions, cfg, model, ref, run.pad_id, device)
         sums = optimize(ddp, model, optimizer, micro, cfg, step, cfg.num_prompts_per_step * G, n_tokens)
         step += 1
 
         record = step_record(groups, sums, cfg, n_tokens, ref is not None, device)
         record.update(gen_tokens_per_s=n_tokens / gen_time, step_time=time.perf_counter() - started)
-        if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-            run.log(step, record)
+        logged = step % cfg.logging_steps == 0 or step == cfg.max_steps
+        if logged:
             c = completions[0]
             run.log(step, {"prompt": c.prompt.instance.prompt, "completion": c.text, "reward": c.reward.total,
                            "kind": c.reward.kind}, name="samples")
-            bar.set_postfix({k: f"{record[k]:.3g}" for k in ("reward", "accuracy", "completion_length")})
-        bar.update(1)
-        if step % cfg.save_steps == 0 or step == cfg.max_steps:
-            run.save(step, model, tokenizer, optimizer, data_position, generation_config,
-                     {"reward": record["reward"], "accuracy": record["accuracy"]})
-    bar.close()
-    return run.finish(model, tokenizer, generation_config)
+        run.step_done(step, record if logged else {}, {"reward": record["reward"], "accuracy": record["accuracy"]},
+                      step == cfg.max_steps, shown=("reward", "accuracy", "completion_length"))
+    return run.finish()

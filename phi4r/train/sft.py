@@ -15,13 +15,11 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-
 from . import data as data_mod
 from . import distributed as dist
 from . import models
 from .logprobs import pad_batch, token_logprobs
-from .optim import make_optimizer, optimizer_step
+from .optim import optimizer_step
 from .run import Run
 
 PLOT_KEYS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"]
@@ -88,11 +86,8 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None, examples: list
     metrics at each evaluation, `should_stop(step)` ends the run before max_steps, and its `state`
     (a dict of plain values) is kept in the checkpoints, so a resumed run stops where an
     uninterrupted one would."""
-    device = dist.setup(cfg.device)
     run = Run(cfg, "sft", PLOT_KEYS)
-    model, tokenizer, generation_config = models.start(cfg, run.weights_path)
-    model.to(device).train()
-    model.gradient_checkpointing = cfg.gradient_checkpointing
+    model, tokenizer, device = run.model, run.tokenizer, run.device
 
     # Data: encode once, drop what does not fit, hold some out.
     max_length = min(cfg.max_length, model.config.max_position_embeddings)
@@ -107,28 +102,24 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None, examples: list
     total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * order.steps_per_epoch))
     data_position = {"examples": len(train), "global_batch": global_batch, "steps_per_epoch": order.steps_per_epoch}
 
-    ddp = dist.wrap(model, device, cfg)
-    optimizer = make_optimizer(model, cfg)
-    step = run.restore(optimizer, data_position, model)
-    if callback is not None:
-        callback.state.update(run.summary.get("callback", {}))
     # The logged loss is the mean over each step's batch (before its update), so it follows what the
     # batches hold; grouped by length, one batch can be all short (easy) conversations and the next
     # all long (hard) ones. eval_loss, always over the same held-out set, is the one to compare.
     grouping = ("; batches grouped by length, so a step's loss follows its batch's lengths: compare eval_loss"
                 if cfg.group_by_length else "")
-    run.begin(step, f"{len(train)} train / {len(heldout)} held-out conversations ({dropped} longer than "
-                    f"max_length={max_length} dropped), global batch {global_batch}, {total} steps, "
-                    f"{dist.world_size()} process(es) on {device}, {models.trainable(model)}{grouping}")
+    ddp, optimizer, step = run.start(data_position, total, (
+        f"{len(train)} train / {len(heldout)} held-out conversations ({dropped} longer than max_length={max_length} "
+        f"dropped), global batch {global_batch}, {total} steps, {dist.world_size()} process(es) on {device}, "
+        f"{models.trainable(model)}{grouping}"))
+    if callback is not None:
+        callback.state.update(run.summary.get("callback", {}))
 
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
-    bar = tqdm(total=total, initial=step, desc="sft", disable=not run.main, dynamic_ncols=True)
     stop = lambda: step >= total or (callback is not None and callback.should_stop(step))  # noqa: E731
     while not stop():
         started = time.perf_counter()
         batch = [train[i] for i in order.batch(step)]
-        loss, grad_norm, lr = train_step(ddp, model, optimizer, batch, cfg, step, total, pad_id, device)
+        loss, grad_norm, lr = train_step(ddp, model, optimizer, batch, cfg, step, total, run.pad_id, device)
         step += 1
         window["loss"] += loss
         window["tokens"] += sum(len(e.ids) for e in batch)
@@ -137,7 +128,7 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None, examples: list
 
         record = {}
         if (heldout or callback is not None) and (step % cfg.eval_steps == 0 or stop()):
-            record = {"eval_loss": evaluate(model, heldout, cfg, pad_id, device)} if heldout else {}
+            record = {"eval_loss": evaluate(model, heldout, cfg, run.pad_id, device)} if heldout else {}
             record.update(callback.on_evaluate(model, step) if callback is not None else {})
         done = stop()  # after the evaluation, which may decide it
         if step % cfg.logging_steps == 0 or done:
@@ -145,13 +136,7 @@ def train_sft(cfg, conversations: list[list[dict]] | None = None, examples: list
                            "tokens_per_s": window["tokens"] / window["time"],
                            "steps_per_s": window["steps"] / window["time"], "epoch": step / order.steps_per_epoch})
             window = {"loss": 0.0, "tokens": 0, "steps": 0, "time": 0.0}
-        if record:
-            run.log(step, record)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "eval_loss", "lr")})
-        bar.update(1)
-        if step % cfg.save_steps == 0 or done:
-            run.save(step, model, tokenizer, optimizer, data_position, generation_config,
-                     {"loss": loss, "epoch": step / order.steps_per_epoch,
-                      **({"callback": callback.state} if callback is not None else {})})
-    bar.close()
-    return run.finish(model, tokenizer, generation_config)
+        run.step_done(step, record, {"loss": loss, "epoch": step / order.steps_per_epoch,
+                                     **({"callback": callback.state} if callback is not None else {})},
+                      done, shown=("loss", "eval_loss", "lr"))
+    return run.finish()

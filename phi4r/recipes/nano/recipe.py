@@ -107,42 +107,41 @@ def stage_induction(out: Path, seed: int, tok_dir: Path, name: str, **options) -
                                    device="cpu", **options), log=log)
 
 
+def stage_train(run_dir: Path, trainer, config_class, **fields) -> Path:
+    """A trainer's stage in `run_dir` (train_sft or train_grpo with its config class): skipped when its
+    final/ is there, else run on the CPU with the recipe's system prompt, resumed from its newest checkpoint."""
+    from ...train.checkpointing import latest_if_any
+
+    if (run_dir / "final" / "config.json").is_file():
+        log(f"{run_dir.name}: done ({run_dir / 'final'})")
+        return run_dir / "final"
+    return trainer(config_class(output_dir=str(run_dir), system_prompt=SYSTEM_PROMPT, device="cpu",
+                                resume_from_checkpoint=latest_if_any(run_dir), **fields))
+
+
 def stage_sft_phase(out: Path, seed: int, prev_dir: Path, name: str, mix: dict, offset: int, params: dict) -> Path:
     """An SFT phase: from `prev_dir` (the recall stage, or the previous phase) on `mix` at seed + `offset`."""
-    from ...train.checkpointing import latest_if_any
     from ...train.config import SFTConfig
     from ...train.sft import train_sft
     from .data import sft_conversations, write_jsonl
 
-    run_dir = out / name
-    if (run_dir / "final" / "config.json").is_file():
-        log(f"{name}: done ({run_dir / 'final'})")
-        return run_dir / "final"
     data = out / "data" / f"{name}.jsonl"
     if not data.is_file():
         write_jsonl(data, ({"messages": m} for m in sft_conversations(mix, seed + offset)))
-    cfg = SFTConfig(model=str(prev_dir), output_dir=str(run_dir), data=str(data), system_prompt=SYSTEM_PROMPT,
-                    seed=seed, device="cpu", resume_from_checkpoint=latest_if_any(run_dir), **params)
-    return train_sft(cfg)
+    return stage_train(out / name, train_sft, SFTConfig, model=str(prev_dir), data=str(data), seed=seed, **params)
 
 
 def stage_grpo(out: Path, seed: int, sft_dir: Path, overrides: dict) -> Path:
-    from ...train.checkpointing import latest_if_any
     from ...train.config import GRPOConfig
     from ...train.grpo import train_grpo
     from .data import instances, prompt, write_jsonl
 
-    run_dir = out / "grpo"
-    if (run_dir / "final" / "config.json").is_file():
-        log(f"grpo: done ({run_dir / 'final'})")
-        return run_dir / "final"
-    data = write_jsonl(out / "data" / "grpo.jsonl",
-                       ({k: v for k, v in i.to_dict().items() if k != "id"} | {"prompt": prompt(i), "id": i.id}
-                        for i in instances(GRPO_MIX, seed + GRPO_SEED_OFFSET)))
-    cfg = GRPOConfig(model=str(sft_dir), output_dir=str(run_dir), data=str(data), n_per_task=0,
-                     system_prompt=SYSTEM_PROMPT, seed=seed, device="cpu", resume_from_checkpoint=latest_if_any(run_dir),
-                     **{**GRPO, **overrides})
-    return train_grpo(cfg)
+    data = out / "data" / "grpo.jsonl"
+    if not data.is_file():
+        write_jsonl(data, ({k: v for k, v in i.to_dict().items() if k != "id"} | {"prompt": prompt(i), "id": i.id}
+                           for i in instances(GRPO_MIX, seed + GRPO_SEED_OFFSET)))
+    return stage_train(out / "grpo", train_grpo, GRPOConfig, model=str(sft_dir), data=str(data), n_per_task=0,
+                       seed=seed, **{**GRPO, **overrides})
 
 
 def eval_runs(eval_dir: Path, runs: int = RUNS) -> list[tuple[str, Path, dict]]:
