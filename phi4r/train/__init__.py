@@ -8,7 +8,7 @@
     optim.py         AdamW, the learning-rate schedule and `optimizer_step`, the update every loop ends with
     rewards.py       the report's length-aware reward and the 5-gram repetition penalty
     sft.py, grpo.py  the trainers
-    run.py           output dir, resume, logs, checkpoints, final model: what both trainers share
+    run.py           device, starting model, optimizer, resume, logs, checkpoints: what both trainers share
     checkpointing.py atomic Hugging Face checkpoints + trainer_state for an exact resume
     distributed.py   torchrun / DDP helpers (rank-aware sharding, rank 0 writes)
     plots.py         metrics JSONL and PNG curves

@@ -174,8 +174,9 @@ def warm_up(cfg: InductionConfig, log=print) -> Path:
             return recall_batch(b, cfg.recall_len, cfg.recall_keys, vocab, tok.bos_id, values, g)
         return copy_batch(b, cfg.max_len, cfg.min_len, vocab, tok.bos_id, tok.eos_id, g)
 
-    # One fresh batch per step, made up front from the seed, so a resumed run sees the same data.
-    ids, mask = batch(cfg.max_steps * cfg.per_device_train_batch_size, torch.Generator().manual_seed(cfg.seed + 1))
+    # One fresh batch per step (on one process), made up front from the seed, so a resumed run sees the same data.
+    n = cfg.max_steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    ids, mask = batch(n, torch.Generator().manual_seed(cfg.seed + 1))
     examples = [Example(i, [0] + m) for i, m in zip(ids.tolist(), mask.int().tolist())]
     stop = StopAfterTarget(cfg, batch(128 if not recall else 32, torch.Generator().manual_seed(12345)), log)
     final = train_sft(replace(cfg, resume_from_checkpoint=checkpointing.latest_if_any(cfg.output_dir)),
