@@ -446,6 +446,17 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
+def linear_cases(n: int, k: int, q_range: tuple[int, int], scale: float, groups: int = 0, rows=(1, 3, 6, 11)):
+    """Seeded inputs of a linear kernel's probe, per row count and bf16/fp32 activations: (rows, dtype,
+    x [rows, k], int8 weights q [n, k] in q_range, bf16 scales [n] (or [n, groups]) below 1 / scale)."""
+    gen = torch.Generator().manual_seed(0)
+    for r in rows:
+        for dtype in (torch.bfloat16, torch.float32):
+            q = torch.randint(*q_range, (n, k), generator=gen, dtype=torch.int8)
+            scales = (torch.rand(n, *([groups] if groups else []), generator=gen) / scale).to(torch.bfloat16)
+            yield r, dtype, torch.randn(r, k, generator=gen).to(dtype), q, scales
+
+
 def mismatch(fn, args: tuple, ref: torch.Tensor, tol, dtype: torch.dtype, case: str) -> str | None:
     """A probe's check of one case: why `fn(*args)` is not `ref` (in `dtype`, within `tol`: a number or a
     tensor of ref's shape), or None."""

@@ -64,20 +64,15 @@ def _fake(x, packed, scales, group_size):
 
 def _probe(fn) -> str | None:
     """Compare with the float reference on shapes reaching every tile shape, group kind and tail."""
-    gen = torch.Generator().manual_seed(0)
-    for rows in (1, 3, 6):
-        for dtype in (torch.bfloat16, torch.float32):
-            for group, k in ((32, 200), (64, 136), (128, 328)):  # K: a partial block, a ragged last group
-                n = 45  # not a multiple of the tiles (8/2 channels)
-                q = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
-                scales = (torch.rand(n, -(-k // group), generator=gen) / 10).to(torch.bfloat16)
-                x = torch.randn(rows, k, generator=gen).to(dtype)
-                ref = x.float() @ dequantize(pack(q), scales, k, group).T
-                # bf16 output: one rounding of the result plus fp32 summation order.
-                tol = (2 ** -7 if dtype == torch.bfloat16 else 1e-5) * ref.abs().max().item()
-                case = f"{rows} rows, {dtype}, group {group}"
-                if problem := build.mismatch(fn, (x, pack(q), scales, group), ref, tol, dtype, case):
-                    return problem
+    for group, k in ((32, 200), (64, 136), (128, 328)):  # K: a partial block, a ragged last group
+        # N 45: not a multiple of the tiles (8/2 channels)
+        for rows, dtype, x, q, scales in build.linear_cases(45, k, (-8, 8), 10, -(-k // group), rows=(1, 3, 6)):
+            ref = x.float() @ dequantize(pack(q), scales, k, group).T
+            # bf16 output: one rounding of the result plus fp32 summation order.
+            tol = (2 ** -7 if dtype == torch.bfloat16 else 1e-5) * ref.abs().max().item()
+            case = f"{rows} rows, {dtype}, group {group}"
+            if problem := build.mismatch(fn, (x, pack(q), scales, group), ref, tol, dtype, case):
+                return problem
     return None
 
 

@@ -25,18 +25,13 @@ def _fake(x, weight, scales):
 
 def _probe(fn) -> str | None:
     """Compare with the float reference on shapes that reach every tile shape and tail."""
-    gen = torch.Generator().manual_seed(0)
-    for rows in (1, 3, 6, 11):
-        for dtype in (torch.bfloat16, torch.float32):
-            n, k = 45, 83  # not multiples of the tiles (8/4/2 channels) nor of 16/32 k values
-            q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
-            scales = (torch.rand(n, generator=gen) / 100).to(torch.bfloat16)
-            x = torch.randn(rows, k, generator=gen).to(dtype)
-            ref = x.float() @ (q.float() * scales.float()[:, None]).T
-            # bf16 output: one rounding of the result (2^-8 relative) plus fp32 summation order.
-            tol = (2 ** -7 if dtype == torch.bfloat16 else 1e-5) * ref.abs().max().item()
-            if problem := build.mismatch(fn, (x, q, scales), ref, tol, dtype, f"{rows} rows, {dtype}"):
-                return problem
+    # N 45, K 83: not multiples of the tiles (8/4/2 channels) nor of 16/32 k values
+    for rows, dtype, x, q, scales in build.linear_cases(45, 83, (-127, 128), 100):
+        ref = x.float() @ (q.float() * scales.float()[:, None]).T
+        # bf16 output: one rounding of the result (2^-8 relative) plus fp32 summation order.
+        tol = (2 ** -7 if dtype == torch.bfloat16 else 1e-5) * ref.abs().max().item()
+        if problem := build.mismatch(fn, (x, q, scales), ref, tol, dtype, f"{rows} rows, {dtype}"):
+            return problem
     return None
 
 

@@ -64,19 +64,14 @@ def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _probe(fn) -> str | None:
     """Compare with a float64 reference of the same scheme on shapes with N and K tails, every row-pass
     size (1..6) and more than one pass."""
-    gen = torch.Generator().manual_seed(0)
-    for rows in (1, 3, 6, 11):
-        for dtype in (torch.bfloat16, torch.float32):
-            n, k = 75, 83  # N: one full tile of 64 and a tail; K: not a multiple of 4 nor of 16
-            q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
-            scales = (torch.rand(n, generator=gen) / 100).to(torch.bfloat16)
-            x = torch.randn(rows, k, generator=gen).to(dtype)
-            xq, xs = quantize_rows(x)
-            ref = (xq.double() @ q.double().T) * xs.double() * scales.double()
-            # The int32 products are exact: only the fp32 scaling and the output rounding remain.
-            tol = (2 ** -7 if dtype == torch.bfloat16 else 2 ** -20) * ref.abs().max().item()
-            if problem := build.mismatch(fn, (x, *pack(q), scales), ref, tol, dtype, f"{rows} rows, {dtype}"):
-                return problem
+    # N 75: one full tile of 64 and a tail; K 83: not a multiple of 4 nor of 16
+    for rows, dtype, x, q, scales in build.linear_cases(75, 83, (-127, 128), 100):
+        xq, xs = quantize_rows(x)
+        ref = (xq.double() @ q.double().T) * xs.double() * scales.double()
+        # The int32 products are exact: only the fp32 scaling and the output rounding remain.
+        tol = (2 ** -7 if dtype == torch.bfloat16 else 2 ** -20) * ref.abs().max().item()
+        if problem := build.mismatch(fn, (x, *pack(q), scales), ref, tol, dtype, f"{rows} rows, {dtype}"):
+            return problem
     return None
 
 
