@@ -25,7 +25,9 @@ ANSWER = re.compile(r"<\|The Start of Assistant (A|B)'s Answer\|>\n(.*?)\n<\|The
 
 def prefer_longer(body):
     """A judge that prefers the longer answer (strongly when twice as long), and gives no verdict
-    on an UNDECIDABLE question."""
+    on an UNDECIDABLE question. Eureka's extraction fallback (one user message) finds no answer."""
+    if len(body["messages"]) == 1:
+        return "Final Answer: none"
     user = body["messages"][-1]["content"]
     if "UNDECIDABLE" in user:
         return "Both answers are colours; I cannot say which is better."
@@ -148,9 +150,9 @@ def test_missing_baseline_answers_are_named(tmp_path):
         task.load(bench)
     (bench / "model_answer" / f"{BASELINE}.jsonl").rename(bench / "model_answer" / "a.jsonl")
     (bench / "model_answer" / "b.jsonl").write_text("")
-    with pytest.raises(FileNotFoundError, match="looked for gpt-4-0314.jsonl and found 2 other files"):
+    with pytest.raises(ValueError, match="looked for gpt-4-0314.jsonl and found 2 other files"):
         task.load(bench)
-    with pytest.raises(FileNotFoundError, match="model_answer: no such directory"):
+    with pytest.raises(ValueError, match="model_answer: no such directory"):
         (tmp_path / "q.jsonl").write_text((bench / "question.jsonl").read_text())
         task.load(tmp_path / "q.jsonl")
 

@@ -88,7 +88,7 @@ def plan(data: dict[str, str], data_dir=None) -> tuple[dict[str, str], dict[str,
                          f"{', '.join(b.key for b in CARD if b.task)}")
     data_dir = None if data_dir is None else Path(data_dir)
     if data_dir is not None and not data_dir.is_dir():
-        raise FileNotFoundError(f"--data-dir {data_dir}: no such directory")
+        raise ValueError(f"--data-dir {data_dir}: no such directory")
     run, skipped = {}, {}
     for bench in CARD:
         if bench.task is None:

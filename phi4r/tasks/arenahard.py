@@ -111,7 +111,7 @@ def locate(path) -> tuple[Path, Path]:
         raise FileNotFoundError(f"{questions}: no such file (give arena-hard-auto's question.jsonl or its directory)")
     answers = questions.parent / ANSWER_DIR
     if not answers.is_dir():
-        raise FileNotFoundError(f"{answers}: no such directory: the baseline's answers go in "
+        raise ValueError(f"{answers}: no such directory: the baseline's answers go in "
                                 f"{ANSWER_DIR}/<model>.jsonl beside {questions.name}, as arena-hard-auto keeps them")
     return questions, answers
 
@@ -125,7 +125,7 @@ def load_baseline(answers: Path, category: str) -> tuple[str, dict[str, str]]:
     elif len(files) == 1:
         chosen = files[0]
     else:
-        raise FileNotFoundError(f"{answers}: no baseline answers for category {category!r}: looked for {wanted.name}"
+        raise ValueError(f"{answers}: no baseline answers for category {category!r}: looked for {wanted.name}"
                                 + (f" and found {len(files)} other files ({', '.join(p.name for p in files)}): "
                                    "keep only the baseline's" if files else ""))
     out = {}
