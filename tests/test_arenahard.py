@@ -201,3 +201,17 @@ def test_the_win_rate_is_the_bradley_terry_score_against_one_baseline():
     fit = linear_model.LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-10).fit(np.array(rows), np.array(outcome))
     bradley_terry = 1 / (1 + np.exp(-fit.coef_[0][0]))
     assert win_rate(samples)["mean"] == pytest.approx(bradley_terry, abs=1e-6)
+
+
+def test_the_cli_prints_the_pooled_win_rate_and_wants_a_judge(tmp_path, judge, capsys, monkeypatch):
+    from phi4r.cli import main
+    from phi4r.commands import eval as eval_command
+
+    url, _ = judge
+    bench = write_bench(tmp_path)
+    args = ["eval", "--tasks", "arenahard", "--data", f"arenahard={bench}", "--out", str(tmp_path / "run"), "--quiet", "--no-plots"]
+    assert main(args) == 2
+    assert "arenahard is scored by a judge only" in capsys.readouterr().err
+    monkeypatch.setattr(eval_command, "_backend", lambda args: Scripted())
+    assert main([*args, "--judge-endpoint", url, "--judge-model", "j"]) == 0
+    assert "arenahard: win rate against the baseline 70.0 over 10 weighted battles" in capsys.readouterr().out

@@ -116,6 +116,8 @@ def _run(args) -> int:
         if args.suite:
             return _card(args, sampling, judge_at if args.judge_endpoint else None)
         tasks = _tasks(args)
+        if "arenahard" in tasks and not args.judge_endpoint:
+            raise ValueError("arenahard is scored by a judge only: give --judge-endpoint and --judge-model")
         judge = judge_at(os.path.join(args.out, "judge_cache.jsonl")) if args.judge_endpoint else None
         summary = run_eval(_backend(args), tasks, args.out, runs=args.runs, limit=args.limit, seed=args.seed,
                            difficulty=args.difficulty, data=args.data, sampling=sampling,
@@ -133,6 +135,8 @@ def _run(args) -> int:
         print(f"phi4r eval: {e}", file=sys.stderr)
         return 2
     print(main_table(summary))
+    if "arenahard" in tasks:
+        _print_win_rate(args.out)
     print(f"\nreport: {os.path.join(args.out, 'report.md')}")
     errors, retry = summary["metrics"]["overall"]["errors"], summary["errors_to_retry"]
     if errors:  # refused samples are a final result (exit 0); transient failures leave the run unfinished
@@ -159,3 +163,16 @@ def _card(args, sampling, make_judge) -> int:
             print(f"skipped {row['benchmark']}: {row['reason']}", file=sys.stderr)
     print(f"\ncard: {os.path.join(args.out, CARD_FILE)}")
     return 0
+
+
+def _print_win_rate(out) -> None:
+    """ArenaHard's score is its battles pooled over questions, not the per-question mean of the table."""
+    from ..evals.log import SampleLog
+    from ..evals.report import pct
+    from ..tasks.arenahard import win_rate
+
+    with SampleLog(os.path.join(out, "samples.jsonl")) as log:
+        rate = win_rate([s for s in log.samples.values() if s["task"] == "arenahard"])
+    print(f"\narenahard: win rate against the baseline {pct(rate['mean'], rate['std'])} over {rate['battles']} "
+          f"weighted battles (= the Bradley-Terry score); malformed verdicts {rate['verdict_errors']}, "
+          f"unjudged answers {rate['unjudged']}")
