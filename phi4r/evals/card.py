@@ -219,7 +219,7 @@ def render(card: dict) -> str:
              f"Only released files are run; nothing is generated.",
              table(card)]
     ran = [r for r in card["rows"] if r["status"] == "ran"]
-    parts.append("Ran:\n" + "\n".join(f"- {r['benchmark']}: {r['instances']} instances from {r['file']}; report "
+    parts.append("Ran:\n" + "\n".join(f"- {r['benchmark']}: {r['instances']} instance{'s' * (r['instances'] != 1)} from {r['file']}; report "
                                       f"{r['report']}" + (f"; {r['errors']} samples got no answer" if r["errors"] else "")
                                       for r in ran))
     skipped = [r for r in card["rows"] if r["status"] == "skipped"]
