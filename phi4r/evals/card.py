@@ -125,7 +125,8 @@ def run_card(make_backend: Callable[[], Backend], out_dir, *, data: dict[str, st
         except (ValueError, KeyError, TypeError, OSError, ImportError) as e:
             raise ValueError(f"{BY_KEY[key].label} ({key}={path}): {e}") from None
     if not todo:
-        raise ValueError("no card benchmark has a file:\n" + "\n".join(f"  {BY_KEY[k].label}: {why}" for k, why in skipped.items()))
+        raise ValueError("no card benchmark has a file:\n"
+                         + "\n".join(f"  {BY_KEY[k].label}: {why}" for k, why in skipped.items()))
 
     backend = make_backend()
     results = {}
@@ -143,7 +144,8 @@ def run_card(make_backend: Callable[[], Backend], out_dir, *, data: dict[str, st
                 judge.close()
         results[key] = _result(bench, path, summary, out / key)
     card = {"settings": {"backend": getattr(backend, "name", "?"), "runs": runs, "limit": limit, "seed": seed,
-                         "scoring": scoring, "sampling": summary["settings"]["sampling"], "data_dir": data_dir and str(data_dir)},
+                         "scoring": scoring, "sampling": summary["settings"]["sampling"],
+                         "data_dir": None if data_dir is None else str(data_dir)},
             "models": published()["models"], "rows": []}
     scores = published()["benchmarks"]
     for bench in CARD:
