@@ -1,7 +1,5 @@
 """The LLM judge behind an OpenAI-compatible endpoint: a fake judge server with scripted replies."""
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -9,45 +7,23 @@ from phi4r.evals import run_eval
 from phi4r.evals.backends import Completion
 from phi4r.evals.judge import EndpointJudge, JudgeError
 
+import fake_judge
+
 TRUE = "## Student Final Answer\n1\n\n## Equivalence Judgement\nTRUE\n\n## Justification\nk = 1 is the answer."
 UNDECIDED = ("Which k works for every n?", "The answer is k = 1 for all n", "\\boxed{1}")  # math-verify: a bare 1
 PROVEN = ("Half of one?", "\\frac{1}{2}", "\\boxed{0.5}")  # math-verify proves it: no judge
 WORDS = ("Six times seven?", 42, "It is forty-two, i.e. 42.")  # no `Final Answer:`: the extraction fallback
 
 
+def _reply(body):
+    text = body["messages"][0]["content"]
+    return TRUE if "## Reference Answer" in text else "Final Answer: 42"
+
+
 @pytest.fixture
 def judge_server():
-    state = {"calls": [], "fail": False}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            state["calls"].append(body)
-            if state["fail"]:
-                self.send_response(503)
-                self.end_headers()
-                self.wfile.write(b'{"error": {"message": "judge overloaded"}}')
-                return
-            text = body["messages"][0]["content"]
-            reply = TRUE if "## Reference Answer" in text else "Final Answer: 42"
-            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fake_judge.judge_server(_reply) as served:
+        yield served
 
 
 class Scripted:

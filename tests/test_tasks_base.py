@@ -10,7 +10,7 @@ PROCEDURAL = list_tasks(procedural=True)
 
 def test_registry():
     assert set(PROCEDURAL) == {"sat3", "tsp", "calendar", "maze", "spatialmap", "flenqa", "arithmetic", "countdown"}
-    assert set(list_tasks(procedural=False)) == {"aime", "math", "gpqa", "mmlu_pro", "ifeval", "humaneval",
+    assert set(list_tasks(procedural=False)) == {"aime", "math", "gpqa", "mmlu_pro", "ifeval", "arenahard", "humaneval",
                                                  "humanevalplus", "livecodebench", "codeforces"}
     assert list_tasks() == sorted(TASKS)
     assert get_task("tsp") is TASKS["tsp"]

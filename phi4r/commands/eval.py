@@ -3,6 +3,7 @@
     phi4r eval --model nano --tasks sat3,tsp --runs 5 --limit 20 --out runs/nano
     phi4r eval --endpoint http://localhost:8000/v1 --tasks aime --data aime=aime25.jsonl --runs 8 --out runs/srv
     phi4r eval --model teacher --tasks all --out runs/teacher     # validates the tasks: 100% expected
+    phi4r eval --endpoint http://localhost:8000/v1 --suite card --data-dir benchmarks --runs 5 --out runs/card
 
 Run the same command again to resume an interrupted evaluation.
 """
@@ -15,7 +16,8 @@ from ._options import add_model_args, add_sampling_args, count, int_list, load_l
 
 EPILOG = ("Sampling defaults: a local model's generation_config.json; the card's temperature 0.8, top_p 0.95, "
           "top_k 50 for an endpoint. System prompt: the checkpoint's (local) or Phi-4-reasoning's (endpoint). "
-          "Writes samples.jsonl (resumable log), report.md, summary.json and plots/*.png into --out.")
+          "Writes samples.jsonl (resumable log), report.md, summary.json and plots/*.png into --out; --suite card "
+          "writes them per benchmark into --out/<benchmark>/ and card.md, card.json into --out.")
 
 
 def _pairs(text: str) -> dict[str, str]:
@@ -32,12 +34,16 @@ def register(subparsers) -> None:
     src.add_argument("--endpoint", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="endpoint key [$OPENAI_API_KEY]")
     p.add_argument("--served-model", help="the endpoint's model name [the first one it lists]")
-    p.add_argument("--tasks", required=True,
-                   help="comma-separated task names; 'all' = every generated task plus those given --data")
+    p.add_argument("--tasks", help="comma-separated task names; 'all' = every generated task plus those given --data")
+    p.add_argument("--suite", choices=["card"], help="instead of --tasks: the model card's benchmarks that have files "
+                   "(--data KEY=PATH, --data-dir), in the card's table next to its published numbers")
+    p.add_argument("--data-dir", help="with --suite card: a folder holding benchmark files under their published names")
     p.add_argument("--difficulty", type=int_list, help="levels to generate, e.g. 1,2,3 (--limit instances each) [all, cycled]")
     p.add_argument("--runs", type=positive_int, default=1, help="samples per instance [1]")
     p.add_argument("--limit", type=positive_int, help="instances per generated task (per level) [10]; records per file [all]")
-    p.add_argument("--data", type=_pairs, default={}, help="files of published benchmarks, or released sets of generated tasks: aime=PATH,sat3=PATH,...")
+    p.add_argument("--data", type=_pairs, action="append", default=[], help="files of published benchmarks, or released "
+                   "sets of generated tasks: aime=PATH,sat3=PATH,... (repeatable); with --suite card the keys are its "
+                   "benchmarks' (aime24, aime25, omnimath, gpqa, ...)")
     add_sampling_args(p, default=0, help="instance generation and sampling seed [0]").add_argument(
         "--greedy", action="store_true", help="temperature 0")
     p.add_argument("--out", required=True, help="output directory (resumes the evaluation it holds)")
@@ -47,10 +53,11 @@ def register(subparsers) -> None:
                    help="endpoint seconds per request [3600]")
     p.add_argument("--max-num-seqs", type=positive_int, default=16, help="local engine samples in flight [16]")
     p.add_argument("--max-model-len", type=positive_int, help="local engine context [the model's]")
-    p.add_argument("--scoring", choices=["strict", "eureka"], default="strict", help="headline scoring: phi4r's "
-                   "exact verifiers or Eureka's rules (the report shows both where they differ) [strict]")
+    p.add_argument("--scoring", choices=["strict", "eureka"], help="headline scoring: phi4r's exact verifiers or "
+                   "Eureka's rules (the report shows both where they differ) [strict; eureka with --suite card]")
     p.add_argument("--judge-endpoint", help="an OpenAI-compatible server for Eureka's LLM steps (answer "
-                   "extraction fallback, Omni-MATH equivalence) [none: those samples are marked needs_judge]")
+                   "extraction fallback, Omni-MATH equivalence) and ArenaHard's pairwise verdicts [none: those "
+                   "samples are marked needs_judge]")
     p.add_argument("--judge-model", help="the judge endpoint's model name (required with --judge-endpoint)")
     p.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"), help="judge key [$OPENAI_API_KEY]")
     p.add_argument("--no-plots", action="store_true")
@@ -90,33 +97,46 @@ def _run(args) -> int:
 
     if args.greedy and args.temperature not in (None, 0):
         raise ValueError("--greedy and --temperature contradict each other")
+    if (args.tasks is None) == (args.suite is None):
+        raise ValueError("give --tasks or --suite card")
+    if args.data_dir and not args.suite:
+        raise ValueError("--data-dir goes with --suite card (use --data TASK=PATH with --tasks)")
+    args.data = {k: v for pairs in args.data for k, v in pairs.items()}
     sampling = {"temperature": 0.0 if args.greedy else args.temperature, "top_p": args.top_p, "top_k": args.top_k,
                 "max_tokens": args.max_tokens, "thinking_budget": args.thinking_budget}
-    tasks = _tasks(args)
     if args.judge_endpoint and not args.judge_model:
         raise ValueError("--judge-endpoint needs --judge-model")
-    judge = None
-    if args.judge_endpoint:
+
+    def judge_at(cache):
         from ..evals.judge import EndpointJudge
-        judge = EndpointJudge(args.judge_endpoint, args.judge_model, api_key=args.judge_api_key,
-                              cache=os.path.join(args.out, "judge_cache.jsonl"))
+        return EndpointJudge(args.judge_endpoint, args.judge_model, api_key=args.judge_api_key, cache=cache)
+
+    log = os.path.join(args.out, "<benchmark>" if args.suite else "", "samples.jsonl")
     try:
+        if args.suite:
+            return _card(args, sampling, judge_at if args.judge_endpoint else None)
+        tasks = _tasks(args)
+        if "arenahard" in tasks and not args.judge_endpoint:
+            raise ValueError("arenahard is scored by a judge only: give --judge-endpoint and --judge-model")
+        judge = judge_at(os.path.join(args.out, "judge_cache.jsonl")) if args.judge_endpoint else None
         summary = run_eval(_backend(args), tasks, args.out, runs=args.runs, limit=args.limit, seed=args.seed,
                            difficulty=args.difficulty, data=args.data, sampling=sampling,
                            system_prompt=args.system_prompt, progress=not args.quiet, plots=not args.no_plots,
-                           scoring=args.scoring, judge=judge)
+                           scoring=args.scoring or "strict", judge=judge)
     except BackendError as e:
-        print(f"error: {e}\nThe samples finished so far are saved in {args.out}/samples.jsonl; run the same "
+        print(f"error: {e}\nThe samples finished so far are saved in {log}; run the same "
               "command again to resume.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the samples finished so far are saved in {args.out}/samples.jsonl; run the same "
+        print(f"\ninterrupted: the samples finished so far are saved in {log}; run the same "
               "command again to resume.", file=sys.stderr)
         return 130
     except SandboxError as e:  # a code task on a machine that cannot isolate model-written code
         print(f"phi4r eval: {e}", file=sys.stderr)
         return 2
     print(main_table(summary))
+    if "arenahard" in tasks:
+        _print_win_rate(args.out)
     print(f"\nreport: {os.path.join(args.out, 'report.md')}")
     errors, retry = summary["metrics"]["overall"]["errors"], summary["errors_to_retry"]
     if errors:  # refused samples are a final result (exit 0); transient failures leave the run unfinished
@@ -126,3 +146,33 @@ def _run(args) -> int:
               + (f"; {retry} failed for a transient reason: run the same command again to ask them again"
                  if retry else ""), file=sys.stderr)
     return 1 if retry else 0
+
+
+def _card(args, sampling, make_judge) -> int:
+    from ..evals.card import CARD_FILE, run_card, table
+
+    if args.difficulty:
+        raise ValueError("--difficulty picks generated instances; the card suite runs released files only")
+    card = run_card(lambda: _backend(args), args.out, data=args.data, data_dir=args.data_dir, runs=args.runs,
+                    limit=args.limit, seed=args.seed, sampling=sampling, system_prompt=args.system_prompt,
+                    scoring=args.scoring or "eureka", progress=not args.quiet, plots=not args.no_plots,
+                    make_judge=make_judge)
+    print(table(card))
+    for row in card["rows"]:
+        if row["status"] == "skipped":
+            print(f"skipped {row['benchmark']}: {row['reason']}", file=sys.stderr)
+    print(f"\ncard: {os.path.join(args.out, CARD_FILE)}")
+    return 0
+
+
+def _print_win_rate(out) -> None:
+    """ArenaHard's score is its battles pooled over questions, not the per-question mean of the table."""
+    from ..evals.log import SampleLog
+    from ..evals.report import pct
+    from ..tasks.arenahard import win_rate
+
+    with SampleLog(os.path.join(out, "samples.jsonl")) as log:
+        rate = win_rate([s for s in log.samples.values() if s["task"] == "arenahard"])
+    print(f"\narenahard: win rate against the baseline {pct(rate['mean'], rate['std'])} over {rate['battles']} "
+          f"weighted battles (= the Bradley-Terry score); malformed verdicts {rate['verdict_errors']}, "
+          f"unjudged answers {rate['unjudged']}")

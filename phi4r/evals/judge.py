@@ -2,7 +2,10 @@
 
 Each step has its prompt in judge_prompts/<step>.txt (the problem, the reference answer and the
 response's final text filled in; paraphrasing Eureka's omni_math_gpt_eval.jinja and extraction prompts); the request is greedy (temperature 0), transient failures are retried as the
-eval endpoint does. Verdicts are cached by (step, instance id, sha256 of the response) and, with a
+eval endpoint does. ArenaHard's pairwise steps (tasks/arenahard.py) send arena-hard-auto's two
+messages instead, a system prompt (judge_prompts/arenahard_system.txt) and the question with both
+answers (arenahard_user.txt), the model's answer in the place the step names. Verdicts are cached
+by (step, instance id, sha256 of the response, and for a pairwise step of the baseline answer too) and, with a
 `cache` path, appended to a JSONL file in the run directory, so a resumed or re-scored run asks
 nothing twice. A judge still failing after its retries raises JudgeError: the runner then grades the
 sample without a judge (`needs_judge`) and logs the error in its details.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import sys
 import threading
 import time
@@ -23,7 +27,12 @@ import httpx
 from ..reasoning import final_text
 from .endpoint import chat_url, error_message
 
-STEPS = ("extract", "math_equivalence")
+# Where each ArenaHard step puts the model's answer: arena-hard-auto judges every question twice,
+# the baseline as assistant A and then as assistant B.
+PAIRWISE = {"arenahard_model_b": "B", "arenahard_model_a": "A"}
+STEPS = ("extract", "math_equivalence", *PAIRWISE)
+# A pairwise judge writes its own answer before judging: arena-hard-auto lets it 4096 tokens.
+PAIRWISE_MAX_TOKENS = 4096
 
 
 class JudgeError(RuntimeError):
@@ -41,6 +50,26 @@ def prompt(step: str, inst, response: str) -> str:
     for key, value in (("problem", inst.prompt), ("reference", str(reference)), ("response", response)):
         template = template.replace("{" + key + "}", value)
     return template
+
+
+def messages(step: str, inst, response: str) -> list[dict]:
+    """The chat messages sent for `step`: one user message, or ArenaHard's system and user pair."""
+    if step not in PAIRWISE:
+        return [{"role": "user", "content": prompt(step, inst, response)}]
+    prompts = resources.files(__package__).joinpath("judge_prompts")
+    model, baseline = final_text(response) or "", inst.answer["baseline"]
+    answers = (baseline, model) if PAIRWISE[step] == "B" else (model, baseline)
+    user = prompts.joinpath("arenahard_user.txt").read_text()
+    # One pass over the placeholders, so an answer that contains "{answer_b}" is left as it is.
+    fill = {"question": inst.prompt, "answer_a": answers[0], "answer_b": answers[1]}
+    user = re.sub(r"\{(question|answer_a|answer_b)\}", lambda m: fill[m.group(1)], user)
+    return [{"role": "system", "content": prompts.joinpath("arenahard_system.txt").read_text().strip()},
+            {"role": "user", "content": user}]
+
+
+def _digest(step: str, inst, response: str) -> str:
+    text = response if step not in PAIRWISE else json.dumps([inst.answer["baseline"], response])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class EndpointJudge:
@@ -61,10 +90,13 @@ class EndpointJudge:
                     continue
 
     def __call__(self, step: str, inst, response: str) -> str | None:
-        key = (step, f"{inst.task}/{inst.id}", hashlib.sha256(response.encode()).hexdigest())
+        if step not in STEPS:
+            raise ValueError(f"unknown judge step {step!r}; known: {', '.join(STEPS)}")
+        key = (step, f"{inst.task}/{inst.id}", _digest(step, inst, response))
         if key in self.verdicts:
             return self.verdicts[key]
-        reply = self._ask(prompt(step, inst, response))
+        max_tokens = max(self.max_tokens, PAIRWISE_MAX_TOKENS) if step in PAIRWISE else self.max_tokens
+        reply = self._ask(messages(step, inst, response), max_tokens)
         with self.lock:
             self.verdicts[key] = reply
             if self.cache_path is not None:
@@ -73,9 +105,8 @@ class EndpointJudge:
                     f.write(json.dumps({"step": key[0], "id": key[1], "sha256": key[2], "reply": reply}) + "\n")
         return reply
 
-    def _ask(self, text: str) -> str:
-        body = {"model": self.model, "messages": [{"role": "user", "content": text}],
-                "temperature": 0.0, "max_tokens": self.max_tokens}
+    def _ask(self, chat: list[dict], max_tokens: int) -> str:
+        body = {"model": self.model, "messages": chat, "temperature": 0.0, "max_tokens": max_tokens}
         for attempt in range(self.retries + 1):
             try:
                 r = self.client.post(self.url, json=body)

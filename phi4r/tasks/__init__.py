@@ -6,12 +6,14 @@
     task.score(inst, task.teacher(inst))  # 1.0
 
 Procedural tasks generate seeded instances and have teachers; `aime`, `math`, `gpqa`, `mmlu_pro`,
-`ifeval` and the code benchmarks (`humaneval`, `humanevalplus`, `livecodebench`, `codeforces`, graded
-in phi4r.sandbox) load the published files a user gives (`task.load(path, limit=None)`).
+`ifeval`, `arenahard` (judged against a baseline's answers) and the code benchmarks (`humaneval`,
+`humanevalplus`, `livecodebench`, `codeforces`, graded in phi4r.sandbox) load the published files a
+user gives (`task.load(path, limit=None)`).
 """
 from __future__ import annotations
 
 from .aime import Aime
+from .arenahard import ArenaHard
 from .arithmetic import Arithmetic
 from .base import MODES, Instance, Judge, Score, Task, approx_tokens, final_text
 from .calendar import Calendar
@@ -30,7 +32,7 @@ from .tsp import Tsp
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Sat3(), Tsp(), Calendar(), Maze(), SpatialMap(), FlenQA(), Arithmetic(), Countdown(),
-    Aime(), MathTask(), Gpqa(), MmluPro(), IFEval(),
+    Aime(), MathTask(), Gpqa(), MmluPro(), IFEval(), ArenaHard(),
     HumanEval(), HumanEvalPlus(), LiveCodeBench(), Codeforces(),
 )}
 

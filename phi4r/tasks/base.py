@@ -22,8 +22,9 @@ MODES = ("strict", "eureka")
 # or None when it has none; `response` is the whole response, reasoning included. Steps: "extract"
 # (Eureka's answer-extraction fallback, asked only when its rules found no answer; the reply is read
 # with the same rules) and "math_equivalence" (Omni-MATH's equivalence judgement, whose reply ends
-# in `## Equivalence Judgement` TRUE / FALSE). Without a judge those steps are skipped and the
-# verdict's details say `needs_judge`.
+# in `## Equivalence Judgement` TRUE / FALSE), and ArenaHard's pairwise verdicts against a baseline
+# ("arenahard_model_b", "arenahard_model_a": tasks/arenahard.py). Without a judge those steps are
+# skipped and the verdict's details say `needs_judge`.
 Judge = Callable[[str, "Instance", str], "str | None"]
 
 
