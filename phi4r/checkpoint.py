@@ -240,6 +240,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
                 _set_module(model, prefix, quantized_linear(quantization, blocks(name, shard, shape), shape,
                                                             group_size))
                 replaced.add(name)
+                release_memory()
                 continue
             if shard is not None and shape:  # converted block by block: no whole copy in the file's dtype
                 loaded[name] = torch.empty(shape, dtype=dtype)
@@ -269,6 +270,8 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
                 raise CheckpointError(str(e)) from None
             _set_module(model, prefix, quantized)
             replaced.add(f"{prefix}.weight")
+            del tensors
+            release_memory()
     tied = config.tie_word_embeddings or "lm_head.weight" not in loaded.keys() | replaced
     missing = [n for n in expected if n not in loaded and n not in replaced and not (tied and n == "lm_head.weight")]
     if missing:
@@ -290,10 +293,12 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
 
 def quantized_linear(kind: str, blocks, shape: tuple[int, int], group_size: int = 128) -> nn.Module:
     """phi4r's `kind` module for a float weight of `shape` given as consecutive row blocks."""
-    from .quant import Int8Linear, W8A8Linear, int8_module, per_channel_int8_chunks
+    from .quant import Int8Linear, int8_module, per_channel_int8_chunks, w8a8_from_chunks
 
-    if kind != "int4":
-        return int8_module(W8A8Linear if kind == "w8a8" else Int8Linear, *per_channel_int8_chunks(blocks, shape))
+    if kind == "w8a8":
+        return w8a8_from_chunks(blocks, shape)
+    if kind == "int8":
+        return int8_module(Int8Linear, *per_channel_int8_chunks(blocks, shape))
     from .quant_int4 import Int4Linear, quantize_int4, to_compressed
 
     parts = []
@@ -306,6 +311,25 @@ def quantized_linear(kind: str, blocks, shape: tuple[int, int], group_size: int 
         parts.append(to_compressed(holder.linear))
     tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "weight_shape"}
     return Int4Linear.from_compressed({**tensors, "weight_shape": torch.tensor(shape)}, group_size)
+
+
+def release_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing). Loading frees
+    a weight's temporaries (blocks of a few MB) between long-lived quantized weights; glibc keeps such
+    freed memory in the process (it counts in its RSS) unless asked to return it."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
