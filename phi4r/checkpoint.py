@@ -154,6 +154,18 @@ QUANT_BLOCK_BYTES = 16 * 2**20
 
 def _block_rows(shape) -> int:
     return max(1, QUANT_BLOCK_BYTES // (4 * max(1, math.prod(shape[1:]))))
+
+
+def read_blocks(shard: _Shard, name: str, shape, dtype: torch.dtype, on_read=None):
+    """A tensor of `shard` as consecutive blocks of rows (_block_rows) in `dtype`; on_read(bytes read)."""
+    step = _block_rows(shape)
+    for start in range(0, shape[0], step):
+        block = shard.read(name, start, start + step)
+        if on_read:
+            on_read(block.nbytes)
+        yield block.to(dtype)
+
+
 QUANTIZATIONS = ("int8", "w8a8", "int4")
 
 
@@ -216,11 +228,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
             where.update({name: (file, handle, shard) for name in handle.keys()})  # noqa: SIM118 (not a dict)
 
         def blocks(name, shard, shape):
-            step = _block_rows(shape)
-            for start in range(0, shape[0], step):
-                block = shard.read(name, start, start + step)
-                bar.update(block.nbytes)
-                yield block.to(dtype)
+            return read_blocks(shard, name, shape, dtype, bar.update)
 
         for name, (file, handle, shard) in where.items():
             prefix, _, leaf = name.rpartition(".")
