@@ -228,19 +228,32 @@ def _header(tensors) -> bytes:
 
 
 def _holds(path: Path, cfg: dict, shards) -> bool:
-    """Whether `path` already holds this checkpoint whole (config.json, written last, says it is finished)."""
+    """Whether `path` already holds this checkpoint whole, however sharded: config.json (written last, so
+    the writing finished) is this config, the index lists these tensors and no shard is cut short."""
     from .checkpoint import INDEX_NAME
 
-    file = path / "config.json"
+    file, index = path / "config.json", path / INDEX_NAME
     if not file.is_file():
         return False
     if json.loads(file.read_text()) != json.loads(json.dumps(cfg)):
         raise ValueError(f"{path} holds a checkpoint of another config; name another --dir (nothing was changed)")
-    for name, tensors in shards:
-        expected = len(_header(tensors)) + sum(2 * math.prod(s) for _, s in tensors)
-        if not (path / name).is_file() or (path / name).stat().st_size != expected:
+    if not index.is_file():
+        return False
+    weight_map = json.loads(index.read_text()).get("weight_map", {})
+    if set(weight_map) != {t for _, tensors in shards for t, _ in tensors}:
+        return False
+    for name in set(weight_map.values()):
+        shard = path / name
+        try:
+            with open(shard, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(size))
+        except (OSError, ValueError):
             return False
-    return (path / INDEX_NAME).is_file()
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if shard.stat().st_size != 8 + size + end:
+            return False
+    return True
 
 
 def write_random_checkpoint(path: Path, config: dict, shard_bytes: int = 5 * 10**9, seed: int = 0,
@@ -321,18 +334,31 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: a SIGKILL when this process dies (Linux's PR_SET_PDEATHSIG), so a
+    measurement never outlives the benchmark, however it ends."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_child(cmd: list[str], memory_limit: float, timeout: float) -> dict:
     """Run `cmd` (its stderr shown) in its own process group, sampling its memory every 0.2 s; killed past
     memory_limit bytes of RSS or `timeout` seconds. The child's last stdout line, if JSON, is merged in."""
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
-    outcome = None
+    hwm, outcome = 0, None
     try:
         while proc.poll() is None:
             s = _status(proc.pid)
+            hwm = max(hwm, s.get("VmHWM", 0))
             if s.get("VmRSS", 0) > peak["VmRSS"]:
                 peak = {k: s.get(k, 0) for k in peak}
             if s.get("VmRSS", 0) > memory_limit:
@@ -358,7 +384,8 @@ def run_child(cmd: list[str], memory_limit: float, timeout: float) -> dict:
         outcome = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
     result.update(outcome=outcome, wall_s=time.perf_counter() - start, sampled_peak_rss=peak["VmRSS"],
                   sampled_peak_anon=peak["RssAnon"], sampled_peak_file=peak["RssFile"])
-    result.setdefault("peak_rss", peak["VmRSS"])  # the child's own VmHWM when it finished
+    # The high-water mark: the child's own at the end of its measurement, or a later sample (its exit).
+    result["peak_rss"] = max(result.get("peak_rss", 0), hwm, peak["VmRSS"])
     return result
 
 
