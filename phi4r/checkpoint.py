@@ -307,18 +307,20 @@ def quantized_linear(kind: str, blocks, shape: tuple[int, int], group_size: int 
         return w8a8_from_chunks(blocks, shape)
     if kind == "int8":
         return int8_module(Int8Linear, *per_channel_int8_chunks(blocks, shape))
-    from .quant_int4 import Int4Linear, quantize_int4, to_compressed
+    from .quant_int4 import Int4Linear, quantize_weight
 
-    parts = []
-    for block in blocks:  # quantize_int4 on one block of rows at a time (groups run along a row)
-        holder = nn.Module()
-        with torch.device("meta"):
-            holder.linear = nn.Linear(shape[1], len(block), bias=False)
-        holder.linear.weight = nn.Parameter(block, requires_grad=False)
-        quantize_int4(holder, group_size=group_size)
-        parts.append(to_compressed(holder.linear))
-    tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "weight_shape"}
-    return Int4Linear.from_compressed({**tensors, "weight_shape": torch.tensor(shape)}, group_size)
+    # quantize_weight a block of rows at a time (groups run along a row), into the layer's own buffers.
+    packed = torch.empty(shape[0], -(-shape[1] // 8), dtype=torch.int32)
+    scales = torch.empty(shape[0], -(-shape[1] // group_size), dtype=torch.bfloat16)
+    row = 0
+    for block in blocks:
+        p, s, _ = quantize_weight(block, group_size)
+        packed[row:row + len(p)], scales[row:row + len(p)] = p, s
+        row += len(p)
+    if row != shape[0]:
+        raise ValueError(f"weight blocks gave {row} rows, expected {shape[0]}")
+    return Int4Linear.from_compressed({"weight_packed": packed, "weight_scale": scales,
+                                       "weight_shape": torch.tensor(shape)}, group_size)
 
 
 def release_memory() -> None:

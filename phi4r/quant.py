@@ -271,9 +271,16 @@ class W8A8Packer:
 
 
 def prepare_kernels(model: nn.Module) -> None:
-    """Load (or start building) the CPU kernels the model's int8 modules use, as quantize_int8/_w8a8 do."""
+    """Load (or start building) the CPU kernels the model's int8 and int4 modules use, as quantize_int8/_w8a8/_int4 do."""
     kinds = {type(m) for m in model.modules() if isinstance(m, (Int8Linear, W8A8Linear)) and m.weight.is_cpu}
     if Int8Linear in kinds:
         int8_kernel.prepare()
     if W8A8Linear in kinds:
         w8a8_kernel.prepare()
+    try:
+        from .kernels import int4 as int4_kernel
+        from .quant_int4 import Int4Linear
+    except ModuleNotFoundError:  # a tree without int4 support
+        return
+    if any(isinstance(m, Int4Linear) and m.weight_packed.is_cpu for m in model.modules()):
+        int4_kernel.prepare()  # (a saved int4 checkpoint's layers come from from_compressed, which does not)
