@@ -58,6 +58,8 @@ _BLOCK_BYTES = 64 * 2**20  # fp32 bytes of random values made at a time while wr
 
 
 def add_arguments(p) -> None:
+    from .commands._options import number, positive_int
+
     p.add_argument("--dir", type=Path, required=True,
                    help="where the random checkpoint is (written there when missing; saved quantized copies "
                         "go in DIR/quantized/<kind>)")
@@ -66,13 +68,13 @@ def add_arguments(p) -> None:
     p.add_argument("--runs", type=_runs, default=list(DEFAULT_RUNS),
                    help=f"comma-separated, in order, from {','.join(RUNS)} [{','.join(DEFAULT_RUNS)}]")
     p.add_argument("--quantization", dest="runs", type=_runs, help="the same as --runs")
-    p.add_argument("--shard-gb", type=float, default=5.0, help="size of the bf16 shards written [5]")
-    p.add_argument("--prompt-len", type=int, default=16, help="prompt tokens [16]")
-    p.add_argument("--new-tokens", type=int, default=8, help="tokens decoded greedily per run [8]")
-    p.add_argument("--threads", type=int, default=None, help="torch threads in the child [torch's default]")
-    p.add_argument("--memory-limit-gb", type=float, default=21.0,
+    p.add_argument("--shard-gb", type=number(float, 1e-6, "a size > 0"), default=5.0, help="size of the bf16 shards written [5]")
+    p.add_argument("--prompt-len", type=positive_int, default=16, help="prompt tokens [16]")
+    p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens decoded greedily per run [8]")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads in the child [torch's default]")
+    p.add_argument("--memory-limit-gb", type=number(float, 1e-6, "a size > 0"), default=21.0,
                    help="kill a child whose RSS passes this many GiB [21]")
-    p.add_argument("--timeout", type=float, default=3600.0, help="kill a child running longer (s) [3600]")
+    p.add_argument("--timeout", type=number(float, 1e-6, "seconds > 0"), default=3600.0, help="kill a child running longer (s) [3600]")
     p.add_argument("--warm", action="store_true", help="leave the checkpoint in the page cache between runs")
     p.add_argument("--out", type=Path, help="write every row as JSON here [DIR/bench-scale.json]")
     p.add_argument("--start-before", type=_clock, metavar="HH:MM",
@@ -108,6 +110,10 @@ def _runs(text: str) -> list[str]:
 def run(args) -> int:
     """`phi4r bench scale` (commands/bench.py parsed the arguments)."""
     config = load_config(args.config)
+    context = args.prompt_len + args.new_tokens + 8
+    if context > config.get("max_position_embeddings", context):
+        raise ValueError(f"--prompt-len + --new-tokens + 8 = {context} exceeds the config's max_position_embeddings "
+                         f"{config['max_position_embeddings']}")
     wrote = write_random_checkpoint(args.dir, config, shard_bytes=int(args.shard_gb * 1e9), progress=True)
     print(f"{'wrote' if wrote else 'using'} {args.dir}: {describe(args.dir)}", file=sys.stderr, flush=True)
     out = args.out or args.dir / "bench-scale.json"

@@ -93,3 +93,9 @@ def test_bad_arguments_are_refused(tmp_path):
     assert code == 2 and "unknown run 'int3'" in err
     code, _, err = bench("--dir", tmp_path, "--config", tmp_path / "none.json")
     assert code != 0 and "none.json" in err and "Traceback" not in err
+    code, _, err = bench("--dir", tmp_path, "--new-tokens", "0")
+    assert code == 2 and "--new-tokens" in err
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    code, _, err = bench("--dir", tmp_path / "c", "--config", config, "--prompt-len", "300")
+    assert code != 0 and "max_position_embeddings 256" in err and not (tmp_path / "c").exists()
