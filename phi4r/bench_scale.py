@@ -20,7 +20,7 @@ measures:
 Runs: "bf16" (no quantization: the shards memory-mapped), "int8", "w8a8", "int4" (quantized while
 loading the bf16 checkpoint) and "saved-<kind>" (a checkpoint `phi4r quantize` wrote, made first when
 missing: that command runs as a child too and is a row of its own). A watchdog kills a child whose
-RSS passes --memory-limit (and reports it), or that runs past --timeout. Before each child the
+anonymous RSS passes --memory-limit-gb (and reports it), or that runs past --timeout. Before each child the
 checkpoint's files are dropped from the page cache (posix_fadvise DONTNEED; --warm keeps them), so a
 load reads the disk as a first start does. Each row is printed as it completes and all of them are
 written as JSON (--out).
@@ -73,7 +73,7 @@ def add_arguments(p) -> None:
     p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens decoded greedily per run [8]")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads in the child [torch's default]")
     p.add_argument("--memory-limit-gb", type=number(float, 1e-6, "a size > 0"), default=21.0,
-                   help="kill a child whose RSS passes this many GiB [21]")
+                   help="kill a child whose anonymous RSS passes this many GiB [21]")
     p.add_argument("--timeout", type=number(float, 1e-6, "seconds > 0"), default=3600.0, help="kill a child running longer (s) [3600]")
     p.add_argument("--warm", action="store_true", help="leave the checkpoint in the page cache between runs")
     p.add_argument("--out", type=Path, help="write every row as JSON here [DIR/bench-scale.json]")
@@ -353,7 +353,8 @@ def _die_with_parent() -> None:
 
 def run_child(cmd: list[str], memory_limit: float, timeout: float) -> dict:
     """Run `cmd` (its stderr shown) in its own process group, sampling its memory every 0.2 s; killed past
-    memory_limit bytes of RSS or `timeout` seconds. The child's last stdout line, if JSON, is merged in."""
+    memory_limit bytes of anonymous RSS (a memory-mapped bf16 model's file pages may exceed it) or `timeout`
+    seconds. The child's last stdout line, if JSON, is merged in."""
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
@@ -367,8 +368,9 @@ def run_child(cmd: list[str], memory_limit: float, timeout: float) -> dict:
             hwm = max(hwm, s.get("VmHWM", 0))
             if s.get("VmRSS", 0) > peak["VmRSS"]:
                 peak = {k: s.get(k, 0) for k in peak}
-            if s.get("VmRSS", 0) > memory_limit:
-                outcome = f"killed: RSS {s['VmRSS'] / GiB:.2f} GiB passed the {memory_limit / GiB:.1f} GiB limit"
+            anon = s.get("RssAnon", 0) + s.get("RssShmem", 0)  # (file-backed pages are the kernel's to reclaim)
+            if anon > memory_limit:
+                outcome = f"killed: anonymous RSS {anon / GiB:.2f} GiB passed the {memory_limit / GiB:.1f} GiB limit"
             elif time.perf_counter() - start > timeout:
                 outcome = f"killed: still running after {timeout:.0f} s"
             if outcome:

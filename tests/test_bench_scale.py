@@ -84,8 +84,8 @@ def test_watchdog_kills_a_child_over_the_memory_limit(tmp_path):
                               "--memory-limit-gb", "0.05")  # below any Python process with torch
     assert code == 1
     row = json.loads((tmp_path / "ckpt" / "bench-scale.json").read_text())["rows"][0]
-    assert row["outcome"].startswith("killed: RSS") and "0.1 GiB limit" in row["outcome"]
-    assert "killed: RSS" in stdout
+    assert row["outcome"].startswith("killed: anonymous RSS") and "0.1 GiB limit" in row["outcome"]
+    assert "killed: anonymous RSS" in stdout
 
 
 def test_bad_arguments_are_refused(tmp_path):
