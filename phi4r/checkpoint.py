@@ -154,6 +154,18 @@ QUANT_BLOCK_BYTES = 16 * 2**20
 
 def _block_rows(shape) -> int:
     return max(1, QUANT_BLOCK_BYTES // (4 * max(1, math.prod(shape[1:]))))
+
+
+def read_blocks(shard: _Shard, name: str, shape, dtype: torch.dtype, on_read=None):
+    """A tensor of `shard` as consecutive blocks of rows (_block_rows) in `dtype`; on_read(bytes read)."""
+    step = _block_rows(shape)
+    for start in range(0, shape[0], step):
+        block = shard.read(name, start, start + step)
+        if on_read:
+            on_read(block.nbytes)
+        yield block.to(dtype)
+
+
 QUANTIZATIONS = ("int8", "w8a8", "int4")
 
 
@@ -216,11 +228,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
             where.update({name: (file, handle, shard) for name in handle.keys()})  # noqa: SIM118 (not a dict)
 
         def blocks(name, shard, shape):
-            step = _block_rows(shape)
-            for start in range(0, shape[0], step):
-                block = shard.read(name, start, start + step)
-                bar.update(block.nbytes)
-                yield block.to(dtype)
+            return read_blocks(shard, name, shape, dtype, bar.update)
 
         for name, (file, handle, shard) in where.items():
             prefix, _, leaf = name.rpartition(".")
@@ -240,6 +248,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
                 _set_module(model, prefix, quantized_linear(quantization, blocks(name, shard, shape), shape,
                                                             group_size))
                 replaced.add(name)
+                release_memory()
                 continue
             if shard is not None and shape:  # converted block by block: no whole copy in the file's dtype
                 loaded[name] = torch.empty(shape, dtype=dtype)
@@ -269,6 +278,8 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
                 raise CheckpointError(str(e)) from None
             _set_module(model, prefix, quantized)
             replaced.add(f"{prefix}.weight")
+            del tensors
+            release_memory()
     tied = config.tie_word_embeddings or "lm_head.weight" not in loaded.keys() | replaced
     missing = [n for n in expected if n not in loaded and n not in replaced and not (tied and n == "lm_head.weight")]
     if missing:
@@ -290,22 +301,45 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
 
 def quantized_linear(kind: str, blocks, shape: tuple[int, int], group_size: int = 128) -> nn.Module:
     """phi4r's `kind` module for a float weight of `shape` given as consecutive row blocks."""
-    from .quant import Int8Linear, W8A8Linear, int8_module, per_channel_int8_chunks
+    from .quant import Int8Linear, int8_module, per_channel_int8_chunks, w8a8_from_chunks
 
-    if kind != "int4":
-        return int8_module(W8A8Linear if kind == "w8a8" else Int8Linear, *per_channel_int8_chunks(blocks, shape))
-    from .quant_int4 import Int4Linear, quantize_int4, to_compressed
+    if kind == "w8a8":
+        return w8a8_from_chunks(blocks, shape)
+    if kind == "int8":
+        return int8_module(Int8Linear, *per_channel_int8_chunks(blocks, shape))
+    from .quant_int4 import Int4Linear, quantize_weight
 
-    parts = []
-    for block in blocks:  # quantize_int4 on one block of rows at a time (groups run along a row)
-        holder = nn.Module()
-        with torch.device("meta"):
-            holder.linear = nn.Linear(shape[1], len(block), bias=False)
-        holder.linear.weight = nn.Parameter(block, requires_grad=False)
-        quantize_int4(holder, group_size=group_size)
-        parts.append(to_compressed(holder.linear))
-    tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "weight_shape"}
-    return Int4Linear.from_compressed({**tensors, "weight_shape": torch.tensor(shape)}, group_size)
+    # quantize_weight a block of rows at a time (groups run along a row), into the layer's own buffers.
+    packed = torch.empty(shape[0], -(-shape[1] // 8), dtype=torch.int32)
+    scales = torch.empty(shape[0], -(-shape[1] // group_size), dtype=torch.bfloat16)
+    row = 0
+    for block in blocks:
+        p, s, _ = quantize_weight(block, group_size)
+        packed[row:row + len(p)], scales[row:row + len(p)] = p, s
+        row += len(p)
+    if row != shape[0]:
+        raise ValueError(f"weight blocks gave {row} rows, expected {shape[0]}")
+    return Int4Linear.from_compressed({"weight_packed": packed, "weight_scale": scales,
+                                       "weight_shape": torch.tensor(shape)}, group_size)
+
+
+def release_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing). Loading frees
+    a weight's temporaries (blocks of a few MB) between long-lived quantized weights; glibc keeps such
+    freed memory in the process (it counts in its RSS) unless asked to return it."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:

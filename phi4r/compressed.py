@@ -123,7 +123,8 @@ def pack_int8(q: torch.Tensor) -> torch.Tensor:
 
 def unpack_int8(packed: torch.Tensor, cols: int) -> torch.Tensor:
     """pack_int8's inverse: int32 [out, words] -> int8 [out, cols]."""
-    return (packed.contiguous().view(torch.uint8)[:, :cols].to(torch.int16) - 128).to(torch.int8)
+    # The stored bytes are q + 128 (mod 256): flipping the top bit is subtracting 128, in one uint8 copy.
+    return packed.contiguous().view(torch.uint8)[:, :cols].bitwise_xor(128).view(torch.int8)
 
 
 def module_from_tensors(scheme: Scheme, tensors: dict[str, torch.Tensor], shape: tuple[int, int],
@@ -206,45 +207,126 @@ def module_tensors(module: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
     raise TypeError(f"not a quantized phi4r module: {type(module).__name__}")
 
 
-def save_quantized(model: nn.Module, src, dst, kind: str, max_shard_bytes: int = 2 * 1024**3) -> None:
-    """Write `model` (loaded from the float checkpoint `src` with quantization `kind` and a float lm_head)
-    to the new directory `dst`: compressed-tensors weights, src's config.json plus quantization_config,
-    and src's other files (tokenizer, generation_config.json, ...) copied as they are."""
+def quantize_checkpoint(src, dst, kind: str, group_size: int = 128, max_shard_bytes: int = 2 * 1024**3,
+                        progress: bool = False) -> None:
+    """Write the float checkpoint `src` quantized (`kind`) to the new directory `dst`, streaming: each
+    tensor is read from src's shards in blocks of rows, quantized as loading would (checkpoint.quantized_linear)
+    and added to the output shard being filled, which is written when full; so memory holds one output
+    shard (max_shard_bytes) and one layer's temporaries, never the model. lm_head and the other float
+    tensors are stored as bf16 (the activation dtype quantized loading uses); src's other files (tokenizer,
+    generation_config.json, ...) are copied as they are; config.json, written last, gains quantization_config."""
     import json
+    import os
     import shutil
     from pathlib import Path
 
-    from .checkpoint import INDEX_NAME, _atomic_write, write_weights
+    from tqdm.auto import tqdm
+
+    from .checkpoint import (
+        INDEX_NAME,
+        SINGLE_NAME,
+        CheckpointError,
+        _atomic_write,
+        _Shard,
+        _weight_files,
+        quantized_linear,
+        read_blocks,
+        read_config,
+        release_memory,
+    )
+    from .model import Phi3ForCausalLM
 
     src, dst = Path(src), Path(dst)
-    state: dict[str, torch.Tensor] = {}
-    group_sizes, quantized = set(), set()
-    for name, module in model.named_modules():
-        if not isinstance(module, _quantized_types()):
-            continue
-        got, tensors = module_tensors(module)
-        if got != kind:
-            raise ValueError(f"layer {name!r} is {got}, not {kind}")
-        if kind == "int4":
-            group_sizes.add(module.in_features // tensors["weight_scale"].shape[-1])
-        quantized.add(name)
-        state.update({f"{name}.{leaf}": t.contiguous() for leaf, t in tensors.items()})
-    for name, t in model.state_dict().items():  # the float rest: embeddings, norms, lm_head
-        if name.rpartition(".")[0] not in quantized:
-            state[name] = t.detach().contiguous()
-    if model.lm_head.weight is model.model.embed_tokens.weight:
-        state.pop("lm_head.weight", None)
+    config = read_config(src)
+    if "quantization_config" in config.extra:
+        raise CheckpointError(f"{src}: already quantized; quantize the float checkpoint")
+    quantization_config(kind, group_size)  # (an unknown kind is refused before anything is written)
+    dtype = torch.bfloat16
+    with torch.device("meta"):
+        model = Phi3ForCausalLM(config)
+    expected = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)} - {LM_HEAD}
+    del model
+    files = _weight_files(src)
     dst.mkdir(parents=True, exist_ok=True)
-    write_weights(state, dst, max_shard_bytes)
+    parts: list[tuple[Path, list[str]]] = []  # output shards written so far, under temporary names
+    pending: dict[str, torch.Tensor] = {}
+    pending_bytes = total = 0
+    seen: set[str] = set()
+
+    def flush() -> None:
+        nonlocal pending, pending_bytes
+        if pending:
+            from safetensors.torch import save_file
+
+            part = dst / f"part-{len(parts):05d}.safetensors.tmp"
+            save_file(pending, str(part), metadata={"format": "pt"})
+            parts.append((part, list(pending)))
+            pending, pending_bytes = {}, 0
+            release_memory()
+
+    def add(name: str, t: torch.Tensor) -> None:
+        nonlocal pending_bytes, total
+        nbytes = t.numel() * t.element_size()
+        if pending and pending_bytes + nbytes > max_shard_bytes:
+            flush()
+        pending[name] = t.contiguous()
+        pending_bytes += nbytes
+        total += nbytes
+
+    with tqdm(total=sum(f.stat().st_size for f in files), desc=f"quantizing {src.name}", unit="B", unit_scale=True,
+              delay=2, disable=not progress, leave=False) as bar:
+        for file in files:
+            with _Shard(file) as shard:
+                for name, info in shard.header.items():
+                    if name == "__metadata__" or name.endswith(("rotary_emb.inv_freq",)):
+                        continue
+                    if name not in expected:
+                        raise CheckpointError(f"{file}: unexpected tensor {name!r} for Phi3ForCausalLM")
+                    shape = tuple(info["shape"])
+                    if shape != expected[name]:
+                        raise CheckpointError(f"{file}: tensor {name!r} has shape {list(shape)}, "
+                                              f"expected {list(expected[name])} from config.json")
+                    seen.add(name)
+                    prefix, _, leaf = name.rpartition(".")
+                    if prefix in linears and leaf == "weight":
+                        _, tensors = module_tensors(quantized_linear(kind, read_blocks(shard, name, shape, dtype, bar.update),
+                                                                      shape, group_size))
+                        for local, t in tensors.items():
+                            add(f"{prefix}.{local}", t)
+                        del tensors
+                        release_memory()
+                    elif shape:
+                        out = torch.empty(shape, dtype=dtype)
+                        row = 0
+                        for block in read_blocks(shard, name, shape, dtype, bar.update):
+                            out[row:row + len(block)] = block
+                            row += len(block)
+                        add(name, out)
+                    else:
+                        add(name, shard.read(name).to(dtype))
+    missing = [n for n in expected if n not in seen and n != f"{LM_HEAD}.weight"]
+    if missing:
+        raise CheckpointError(f"{src}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    flush()
+    if len(parts) == 1:
+        os.replace(parts[0][0], dst / SINGLE_NAME)
+    else:
+        weight_map = {}
+        for i, (part, names) in enumerate(parts, 1):
+            final = f"model-{i:05d}-of-{len(parts):05d}.safetensors"
+            os.replace(part, dst / final)
+            weight_map.update(dict.fromkeys(names, final))
+        _atomic_write(dst / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
     cfg = json.loads((src / "config.json").read_text())
-    cfg["torch_dtype"] = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
+    cfg["torch_dtype"] = "bfloat16"
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         ct_version = version("compressed-tensors")
     except PackageNotFoundError:  # not installed: the field is informational
         ct_version = None
-    cfg["quantization_config"] = quantization_config(kind, group_sizes.pop() if group_sizes else 128, ct_version)
+    cfg["quantization_config"] = quantization_config(kind, group_size, ct_version)
     for item in src.iterdir():
         if item.is_file() and item.suffix != ".safetensors" and item.name not in (INDEX_NAME, "config.json"):
             shutil.copy2(item, dst / item.name)

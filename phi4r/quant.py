@@ -193,7 +193,10 @@ def int8_module(cls: type[nn.Module], q: torch.Tensor, scales: torch.Tensor, ker
     module.kernel = kernel  # as `cls(weight, kernel)` would set it
     scales = scales.reshape(-1).to(torch.bfloat16).expand(q.shape[0]).contiguous()
     if cls is W8A8Linear:
-        packed, comp = w8a8_kernel.pack(q)
+        packer = W8A8Packer(tuple(q.shape))
+        for start in range(0, q.shape[0], _PACK_ROWS):
+            packer.add(q[start:start + _PACK_ROWS])
+        packed, comp = packer.finish()
         module.register_buffer("weight", packed)
         module.register_buffer("comp", comp)
     else:
@@ -202,10 +205,82 @@ def int8_module(cls: type[nn.Module], q: torch.Tensor, scales: torch.Tensor, ker
     return module
 
 
+def w8a8_from_chunks(chunks, shape: tuple[int, int], kernel: bool = True) -> nn.Module:
+    """The W8A8Linear of a float weight given as consecutive row blocks: per_channel_int8 and the kernel's
+    packing a block at a time, so the int8 weights exist once, in the packed layout (no [out, in] copy)."""
+    packer, scales, row = W8A8Packer(shape), torch.empty(shape[0], dtype=torch.bfloat16), 0
+    for block in chunks:
+        q, s = per_channel_int8_chunks([block], tuple(block.shape))
+        scales[row:row + len(q)] = s
+        row += len(q)
+        packer.add(q)
+    packed, comp = packer.finish()
+    module = W8A8Linear.__new__(W8A8Linear)
+    nn.Module.__init__(module)
+    module.out_features, module.in_features = shape
+    module.kernel = kernel
+    module.register_buffer("weight", packed)
+    module.register_buffer("comp", comp)
+    module.register_buffer("scales", scales)
+    return module
+
+
+# Rows of int8 weights packed at a time: whole tiles of the kernel's layout, a few MB of temporaries.
+_PACK_ROWS = 16 * w8a8_kernel.TILE
+
+
+class W8A8Packer:
+    """w8a8_kernel.pack of an [out, in] int8 weight fed as consecutive row blocks of any sizes: the same
+    (packed, comp), filled tile by tile (pack of whole tiles is pack of the whole restricted to them), so
+    only a block's temporaries exist besides the result (pack of a whole matrix makes a padded copy and an
+    int32 copy of it: 6x the int8 bytes for a moment)."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.n, self.k = shape
+        tiles, k4 = -(-self.n // w8a8_kernel.TILE), -(-self.k // 4)
+        self.packed = torch.empty(tiles, k4, w8a8_kernel.TILE, 4, dtype=torch.int8)
+        self.comp = torch.empty(tiles * w8a8_kernel.TILE, dtype=torch.int32)
+        self.row, self.pending = 0, []  # rows packed (whole tiles), rows waiting for a whole tile
+
+    def add(self, q: torch.Tensor) -> None:
+        self.pending.append(q)
+        waiting = sum(len(p) for p in self.pending)
+        whole = waiting // w8a8_kernel.TILE * w8a8_kernel.TILE
+        if whole:
+            rows = self.pending[0] if len(self.pending) == 1 else torch.cat(self.pending)
+            self._pack(rows[:whole])
+            self.pending = [rows[whole:]] if whole < waiting else []
+
+    def _pack(self, rows: torch.Tensor) -> None:
+        if self.row + len(rows) > self.n:
+            raise ValueError(f"int8 weight blocks gave more than {self.n} rows")
+        for start in range(0, len(rows), _PACK_ROWS):
+            p, c = w8a8_kernel.pack(rows[start:start + _PACK_ROWS])
+            tile = (self.row + start) // w8a8_kernel.TILE
+            self.packed[tile:tile + len(p)] = p
+            self.comp[self.row + start:self.row + start + len(c)] = c
+        self.row += len(rows)
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pending:
+            self._pack(torch.cat(self.pending))  # the last, partial tile (pack pads it with zeros)
+            self.pending = []
+        if self.row != self.n:
+            raise ValueError(f"int8 weight blocks gave {self.row} rows, expected {self.n}")
+        return self.packed, self.comp
+
+
 def prepare_kernels(model: nn.Module) -> None:
-    """Load (or start building) the CPU kernels the model's int8 modules use, as quantize_int8/_w8a8 do."""
+    """Load (or start building) the CPU kernels the model's int8 and int4 modules use, as quantize_int8/_w8a8/_int4 do."""
     kinds = {type(m) for m in model.modules() if isinstance(m, (Int8Linear, W8A8Linear)) and m.weight.is_cpu}
     if Int8Linear in kinds:
         int8_kernel.prepare()
     if W8A8Linear in kinds:
         w8a8_kernel.prepare()
+    try:
+        from .kernels import int4 as int4_kernel
+        from .quant_int4 import Int4Linear
+    except ModuleNotFoundError:  # a tree without int4 support
+        return
+    if any(isinstance(m, Int4Linear) and m.weight_packed.is_cpu for m in model.modules()):
+        int4_kernel.prepare()  # (a saved int4 checkpoint's layers come from from_compressed, which does not)

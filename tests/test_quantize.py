@@ -61,6 +61,34 @@ def test_quantizing_while_loading_matches_quantizing_the_loaded_model(tmp_path, 
     assert torch.equal(logits(old), logits(new))
 
 
+def test_w8a8_packing_block_by_block_is_the_kernels_packing():
+    from phi4r.kernels import w8a8 as w8a8_kernel
+    from phi4r.quant import W8A8Packer, int8_module
+
+    q = torch.randint(-127, 128, (1100, 37), dtype=torch.int8)  # tiles of 64 rows and a short last one
+    want = w8a8_kernel.pack(q)
+    packer = W8A8Packer(tuple(q.shape))
+    for start, stop in ((0, 5), (5, 64), (64, 70), (70, 600), (600, 1100)):  # blocks across tile edges
+        packer.add(q[start:stop])
+    for got in (packer.finish(), (lambda m: (m.weight, m.comp))(int8_module(W8A8Linear, q, torch.ones(1100)))):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    packer = W8A8Packer(tuple(q.shape))
+    packer.add(q[:100])
+    with pytest.raises(ValueError, match="gave 100 rows, expected 1100"):
+        packer.finish()
+
+
+@pytest.mark.skipif(not HAS_INT4, reason="phi4r.quant_int4 (int4 kernel) not in this tree")
+def test_int4_packing_through_bytes_is_the_kernels_packing():
+    from phi4r.kernels import int4 as int4_kernel
+    from phi4r.quant_int4 import _pack_rows
+
+    for k in (8, 13, 64, 131):
+        q = torch.randint(-8, 8, (7, k), dtype=torch.int8)
+        padded = torch.nn.functional.pad(q.float(), (0, -k % 8 + 8))  # the quantizer's padded groups
+        assert torch.equal(_pack_rows(padded, k), int4_kernel.pack(q))
+
+
 def test_pack_int8_is_compressed_tensors_packing():
     helpers = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers")
     for cols in (128, 130, 7):

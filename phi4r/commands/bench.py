@@ -2,6 +2,7 @@
 
     phi4r bench                                   # full grid: fp32/bf16/int8/w8a8 x batch 1,4,16,64, vs transformers
     phi4r bench --batches 1,16 --dtypes fp32,int8 --new-tokens 32 --out results.json
+    phi4r bench scale --dir /data/phi4-scale      # Phi-4-reasoning's size: load time, peak memory (phi4r/bench_scale.py)
 """
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ def register(subparsers) -> None:
     p.add_argument("--no-transformers", dest="transformers", action="store_false", help="phi4r only")
     p.add_argument("--out", type=Path, help="also write every number to this JSON file")
     p.set_defaults(func=_run)
+    scenarios = p.add_subparsers(title="scenarios", metavar="{scale}", required=False)
+    from phi4r import bench_scale
+
+    scale = scenarios.add_parser("scale", help="a full-size random checkpoint (Phi-4-reasoning's config): load time, "
+                                               "peak memory and decode per quantization",
+                                 description=bench_scale.__doc__.split("\n")[0])
+    bench_scale.add_arguments(scale)
+    scale.set_defaults(func=bench_scale.run)
 
 
 def _dtypes(text: str) -> list[str]:

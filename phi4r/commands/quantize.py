@@ -30,13 +30,8 @@ def _run(args) -> int:
     import sys
     import time
 
-    from phi4r.checkpoint import (
-        CheckpointError,
-        load_model,
-        read_config,
-        resolve_model_path,
-    )
-    from phi4r.compressed import save_quantized
+    from phi4r.checkpoint import CheckpointError, resolve_model_path
+    from phi4r.compressed import quantize_checkpoint
 
     src = resolve_model_path(str(args.src))
     if args.dst.exists() and any(args.dst.iterdir()):
@@ -46,12 +41,8 @@ def _run(args) -> int:
             import phi4r.quant_int4  # noqa: F401
         except ModuleNotFoundError:
             raise ValueError("int4 needs phi4r's int4 support (phi4r.quant_int4), which this install lacks") from None
-    if "quantization_config" in read_config(src).extra:
-        raise CheckpointError(f"{src}: already quantized; quantize the float checkpoint")
     start = time.perf_counter()
-    model, _ = load_model(src, quantization=args.quantization, quantize_lm_head=False, progress=True,
-                          group_size=args.group_size)
-    save_quantized(model, src, args.dst, args.quantization)
+    quantize_checkpoint(src, args.dst, args.quantization, group_size=args.group_size, progress=True)
     print(f"phi4r quantize: wrote {args.dst} ({args.quantization}) in {time.perf_counter() - start:.0f} s",
           file=sys.stderr)
     return 0
