@@ -65,7 +65,9 @@ class Rotary:
 
 
 class KVCache:
-    """Preallocated keys/values, one row ("slot") per running sequence.
+    """Preallocated keys/values, one row ("slot") per sequence, for using the model directly (tests,
+    scoring); the engine's cache is the paged one (kv_cache.py), of which this is the special case of
+    one block of max_len positions per sequence.
 
     Shape per layer: [num_slots, kv_heads, max_len, head_dim]. A sequence's keys live in its slot at
     their absolute positions; attention masks positions beyond the query, so a slot handed to a new
