@@ -63,7 +63,8 @@ class LLM:
     def __init__(self, model: str = "nano", dtype: str | None = None, quantization: str | None = None,
                  max_num_seqs: int = 16, max_model_len: int | None = None, seed: int | None = None,
                  device: str | None = None, threads: int | None = None, prepack: bool | None = None,
-                 compile: bool | None = None, adapter: str | None = None):
+                 compile: bool | None = None, adapter: str | None = None,
+                 kv_cache_memory: str | float | int | None = None):
         """Load a Hugging Face checkpoint directory ("nano": the model shipped with phi4r).
 
         quantization="int8": weight-only int8 linear layers (phi4r.quant); "w8a8": int8 weights and
@@ -78,6 +79,10 @@ class LLM:
         fits in a quarter of physical memory.
         compile: decode steps through torch.compile (phi4r.engine; the first steps compile, ~20-40 s
         per new batch/span shape, then each step runs the fused graph); None: on when PHI4R_COMPILE=1.
+        kv_cache_memory: the paged KV cache's budget: bytes ("8GiB", "512MiB", 2e9) or a fraction in (0, 1]
+        of the memory available after loading; None: room for max(max_model_len, max_num_seqs * 2048)
+        tokens, at most half the available memory (phi4r.kv_budget). Requests wait, or the newest is
+        preempted and recomputed, when it is full; max_model_len is lowered to fit it.
         adapter: a LoRA adapter directory (PEFT's format, e.g. a `--use-peft` run's final/) applied unmerged
         on the base (phi4r.lora); with quantization the base is quantized and the adapter stays fp32.
         """
@@ -109,22 +114,25 @@ class LLM:
         self.model_path = path
         with _said_if_slow("starting the engine"):
             self._init(net, Tokenizer.from_dir(path), read_generation_config(path), max_num_seqs, max_model_len, seed,
-                       compile)
+                       compile, kv_cache_memory)
 
     @classmethod
     def from_model(cls, model, tokenizer, generation_config: dict | None = None, max_num_seqs: int = 16,
-                   max_model_len: int | None = None, seed: int | None = None, compile: bool | None = None) -> LLM:
+                   max_model_len: int | None = None, seed: int | None = None, compile: bool | None = None,
+                   kv_cache_memory: str | float | int | None = None) -> LLM:
         """Wrap a model already in memory (a training loop sampling from its policy, tests)."""
         llm = cls.__new__(cls)
         llm.model_path = None
-        llm._init(model, tokenizer, generation_config, max_num_seqs, max_model_len, seed, compile)
+        llm._init(model, tokenizer, generation_config, max_num_seqs, max_model_len, seed, compile, kv_cache_memory)
         return llm
 
-    def _init(self, model, tokenizer, generation_config, max_num_seqs, max_model_len, seed, compile=None) -> None:
+    def _init(self, model, tokenizer, generation_config, max_num_seqs, max_model_len, seed, compile=None,
+              kv_cache_memory=None) -> None:
         self.model, self.tokenizer = model, tokenizer  # not .eval(): a training loop may own the module
         self.generation_config = generation_config or {}
         self.engine = Engine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                             generation_config=self.generation_config, seed=seed, compile=compile)
+                             generation_config=self.generation_config, seed=seed, compile=compile,
+                             kv_cache_memory=kv_cache_memory)
 
     def get_tokenizer(self):
         return self.tokenizer

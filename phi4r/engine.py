@@ -1,4 +1,4 @@
-"""Continuous batching over a preallocated KV cache: many requests, one batched forward per token.
+"""Continuous batching over a paged KV cache: many requests, one batched forward per token.
 
     engine = Engine(model, tokenizer, max_num_seqs=16)
     engine.add_request("a", tokenizer.encode_chat(messages), SamplingParams(max_tokens=256))
@@ -6,14 +6,21 @@
         for delta in engine.step():           # text/reasoning/content deltas per sample
             ...
 
-Each `step()` admits waiting requests into free cache slots (one prefill per request; its n
-samples copy that prefill into their own slots), then feeds every running sample's last token in ONE
-forward (positions differ per row), samples the next tokens, applies the stop rules, and frees the
-slots of finished samples for the next waiting request.
+Each `step()` admits waiting requests (one prefill per request; its n samples share the prompt's
+cache blocks, kv_cache.py), then feeds every running sample's last token in ONE forward (positions
+differ per row), samples the next tokens, applies the stop rules, and frees the blocks of finished
+samples for the next waiting request.
+
+Memory, as vLLM schedules it: the KV cache holds a budget of blocks (kv_budget.py). Requests are
+admitted first come, first served, when max_num_seqs and the free blocks allow (the prompt, and a
+block for each sample's next token); a request that could never fit is refused by `add_request`.
+When running samples need a block and none is free, the newest sample is preempted: its blocks are
+freed and, once blocks are free again (before any new request), its prompt and tokens so far are
+recomputed in one prefill and it continues where it was, its output unchanged.
 
 Faults stay with their request: an exception while serving one request (prefill, sampling, stop
 rules, detokenizing) ends that request alone with finish_reason "error" (the message in
-`CompletionOutput.error`) and frees its slots; a batched forward or sampling step that raises is
+`CompletionOutput.error`) and frees its blocks; a batched forward or sampling step that raises is
 retried row by row, so only the requests that fail alone fail. `step()` itself does not raise.
 
 Threads: `add_request`, `abort` and `wait_for_requests` may be called from any thread; `step()` is
@@ -36,7 +43,8 @@ import torch
 
 from .kernels import attention as attention_kernel
 from .kernels import build as kernel_build
-from .model import KVCache
+from . import kv_budget
+from .kv_cache import BLOCK_SIZE, PagedKVCache
 from .reasoning import THINK_END, ReasoningStream, partial_suffix, split_reasoning
 from .sampling import LoopGuard, SamplingParams, sample
 
@@ -200,12 +208,13 @@ class _Request:
         self.output = RequestOutput(request_id, prompt, prompt_ids,
                                     [CompletionOutput(i) for i in range(params.n)], RequestMetrics(time.time()))
         self.samples: list[_Sample] = []
+        self.order = -1  # when it was first admitted
 
 
 class _Sample:
-    def __init__(self, engine: Engine, request: _Request, index: int, slot: int, rng: random.Random):
+    def __init__(self, engine: Engine, request: _Request, index: int, blocks: list[int], rng: random.Random):
         params = request.params
-        self.request, self.index, self.slot, self.rng = request, index, slot, rng
+        self.request, self.index, self.blocks, self.rng = request, index, blocks, rng
         self.params = params
         self.out = request.output.outputs[index]
         self.tokens = self.out.token_ids
@@ -226,14 +235,23 @@ class _Sample:
         """Cache position of the last token, the one the next forward feeds."""
         return len(self.request.prompt_ids) + len(self.tokens) - 1
 
+    @property
+    def order(self) -> tuple[int, int]:
+        """Oldest first: the request's admission, then the sample's index (the newest is preempted first)."""
+        return self.request.order, self.index
+
 
 class Engine:
     def __init__(self, model, tokenizer, max_num_seqs: int = 16, max_model_len: int | None = None,
-                 generation_config: dict | None = None, seed: int | None = None, compile: bool | None = None):
+                 generation_config: dict | None = None, seed: int | None = None, compile: bool | None = None,
+                 kv_cache_memory: str | float | int | None = None):
         """compile: run decode steps through `torch.compile` of `model.decode` (inductor; the first
         step at a new batch size or cache size compiles, then steps reuse it); None reads PHI4R_COMPILE=1.
         Prefill stays eager. If compiling or a compiled step fails, the engine logs one warning and
-        continues eagerly."""
+        continues eagerly.
+        kv_cache_memory: the KV cache budget, bytes ("8GiB", 2e9) or a fraction of the available memory
+        (kv_budget.py; None: room for max(max_model_len, max_num_seqs * 2048) tokens, at most half the
+        available memory). max_model_len is lowered to fit it, or an error if it was given."""
         self.model, self.tokenizer = model, tokenizer
         if compile is None:
             compile = os.environ.get("PHI4R_COMPILE", "0") == "1"
@@ -253,7 +271,12 @@ class Engine:
         limit = self.config.max_position_embeddings
         if max_model_len is not None and max_model_len > limit:
             raise ValueError(f"max_model_len={max_model_len} exceeds the model's max_position_embeddings={limit}")
-        self.max_model_len = max_model_len or limit
+        budget = kv_budget.plan(self.config, model.dtype, model.device, BLOCK_SIZE, max_model_len or limit,
+                                max_model_len is not None, max_num_seqs, kv_cache_memory)
+        self.max_model_len = budget.max_model_len
+        # The pool's pages are touched only as blocks are first used (kv_cache.py): the budget is a bound.
+        self.cache = PagedKVCache(self.config, budget.num_blocks, BLOCK_SIZE, dtype=model.dtype, device=model.device)
+        self.num_preemptions = 0
         self.generation_config = generation_config or {}
         self.stop_ids = set(tokenizer.stop_ids)
         end = tokenizer.think_end_id
@@ -261,12 +284,10 @@ class Engine:
         self.bridge = tokenizer.encode(BUDGET_BRIDGE)
         self._seeds = random.Random(seed)  # seeds of unseeded requests: reproducible under LLM(seed=...)
         self._ids = itertools.count()
-        # The cache grows (doubling) up to max_model_len as sequences need it, so a long context costs
-        # memory only when it is used.
-        self.cache: KVCache | None = None
-        self.free_slots = list(range(max_num_seqs))
         self.waiting: deque[_Request] = deque()
         self.running: list[_Sample] = []
+        self.preempted: list[_Sample] = []  # oldest first; they come back before any waiting request
+        self._order = itertools.count()
         self.requests: dict[str, _Request] = {}
         self._inbox: list[_Request] = []
         self._aborts: list[str] = []
@@ -277,8 +298,8 @@ class Engine:
     def add_request(self, request_id: str | None, prompt_token_ids: list[int], params: SamplingParams | None = None,
                     prompt: str | None = None) -> str:
         """Queue a request; returns its id. Raises ContextLengthError / ValueError for a request that
-        can never run (too long, empty, n > max_num_seqs, duplicate id, a non-finite or out-of-range
-        sampling value, even one set on `params` after it was made)."""
+        can never run (too long, more than the KV cache holds, empty, n > max_num_seqs, duplicate id, a
+        non-finite or out-of-range sampling value, even one set on `params` after it was made)."""
         params = (params or SamplingParams()).resolved(self.generation_config)
         prompt_token_ids = list(prompt_token_ids)
         if not prompt_token_ids:
@@ -289,6 +310,12 @@ class Engine:
                 f"{self.max_model_len} tokens; the prompt must be shorter to leave room for an answer")
         if params.n > self.max_num_seqs:
             raise ValueError(f"n={params.n} samples exceed max_num_seqs={self.max_num_seqs}")
+        need = self._blocks_to_start(len(prompt_token_ids), params.n)
+        if need > self.cache.num_blocks:
+            raise ContextLengthError(
+                f"the prompt of {len(prompt_token_ids)} tokens with n={params.n} samples needs {need} KV cache "
+                f"blocks of {self.cache.block_size} tokens but the cache holds {self.cache.num_blocks}; "
+                f"raise --kv-cache-memory or send fewer samples")
         vocab = self.config.vocab_size
         if not all(0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
@@ -303,7 +330,7 @@ class Engine:
         return request_id
 
     def abort(self, request_id: str) -> None:
-        """Stop a request; its slots are free from the next step on, which reports finish_reason "abort"."""
+        """Stop a request; its blocks are free from the next step on, which reports finish_reason "abort"."""
         with self._lock:
             self._aborts.append(str(request_id))
         self._wakeup.set()
@@ -336,7 +363,6 @@ class Engine:
             # No running sample's state can be trusted now: end them all, keep the engine serving.
             for request in {id(s.request): s.request for s in self.running}.values():
                 self._fail(request, e, deltas)
-            self.free_slots = sorted(set(range(self.max_num_seqs)) - {s.slot for s in self.running})
         return deltas
 
     def _take_inbox(self, deltas: list[Delta]) -> None:
@@ -362,47 +388,110 @@ class Engine:
         out.finish_reason = "abort"
         return self._final_delta(request, out, Delta(request.id, out.index))
 
+    def _blocks_to_start(self, prompt_len: int, n: int) -> int:
+        """Blocks a request needs to be admitted: its prompt, once, and for each sample the block its
+        first generated token is written into (a new one, or a copy of a shared partial one)."""
+        return self.cache.blocks_for(prompt_len) + n
+
     def _admit(self, deltas: list[Delta]) -> None:
-        # First come, first served: a request waits until all its n samples fit.
-        while self.waiting and len(self.free_slots) >= self.waiting[0].params.n:
-            request = self.waiting.popleft()
+        # First come, first served: preempted samples (admitted earlier) come back first, then waiting
+        # requests; each waits until its sequences and blocks fit, and nothing overtakes one that waits.
+        # The blocks the running samples need for their next token are kept free for them.
+        reserved = sum(self.cache.needed(s.blocks, s.position) for s in self.running)
+        while self.preempted and len(self.running) < self.max_num_seqs:
+            s = self.preempted[0]
+            need = self.cache.blocks_for(s.position + 1)
+            if need + reserved > self.cache.num_free():
+                return
+            self.preempted.pop(0)
+            with self._isolated(s.request, deltas):
+                self.cache.reserve(s.blocks, s.position)
+                self._prefill(s.request.prompt_ids + s.tokens[:-1], s.blocks)  # its last token is fed next
+                self.running.append(s)
+            if s not in self.running:
+                self.cache.free(s.blocks)
+        while self.waiting and len(self.running) + self.waiting[0].params.n <= self.max_num_seqs:
+            request = self.waiting[0]
+            n = request.params.n
+            if self._blocks_to_start(len(request.prompt_ids), n) + reserved > self.cache.num_free():
+                return
+            self.waiting.popleft()
+            request.order = next(self._order)
             request.output.metrics.first_scheduled_time = time.time()
-            slots = [self.free_slots.pop(0) for _ in range(request.params.n)]
+            table: list[int] = []
             try:
-                logits = self._prefill(request.prompt_ids, slots)
-            except BaseException as e:  # e.g. out of memory (this request fails) or Ctrl-C: the slots stay usable
-                self.free_slots = sorted(self.free_slots + slots)
+                self.cache.reserve(table, len(request.prompt_ids) - 1)
+                logits = self._prefill(request.prompt_ids, table)
+            except BaseException as e:  # e.g. out of memory (this request fails) or Ctrl-C: the blocks stay usable
+                self.cache.free(table)
                 if not isinstance(e, Exception):
                     raise  # the caller's abort() ends the request
                 self._fail(request, e, deltas)
                 continue
+            tables = [table] + [self.cache.fork(table) for _ in range(n - 1)]  # the prompt is stored once
             with self._isolated(request, deltas):
                 seed = request.params.seed if request.params.seed is not None else self._seeds.getrandbits(63)
-                request.samples = [_Sample(self, request, i, slot, random.Random(f"{seed}:{i}"))
-                                   for i, slot in enumerate(slots)]
+                request.samples = [_Sample(self, request, i, blocks, random.Random(f"{seed}:{i}"))
+                                   for i, blocks in enumerate(tables)]
                 self.running.extend(request.samples)
-                tokens = sample(logits.expand(len(slots), -1), [request.params] * len(slots),
+                tokens = sample(logits.expand(n, -1), [request.params] * n,
                                 [self._uniform(s) for s in request.samples])
                 for s, token in zip(request.samples, tokens):
                     deltas.append(self._append(s, s.forced.popleft() if s.forced else token))
             if not request.samples:  # failed before its samples existed
-                self.free_slots = sorted(self.free_slots + slots)
+                for t in tables:
+                    self.cache.free(t)
+            reserved = sum(self.cache.needed(s.blocks, s.position) for s in self.running)
 
-    def _prefill(self, prompt_ids: list[int], slots: list[int]) -> torch.Tensor:
-        """Logits [1, V] after the prompt, written once into slots[0] and copied to the other slots."""
-        n = len(prompt_ids)
-        self._reserve(n + 1)
+    def _prefill(self, ids: list[int], table: list[int]) -> torch.Tensor:
+        """Logits [1, V] after `ids`, whose keys/values are written at positions 0.. into the blocks of `table`."""
+        n = len(ids)
         device = self.model.device
-        ids = torch.tensor([prompt_ids], device=device)
         positions = torch.arange(n, device=device)[None]
-        logits = self.model(ids, positions=positions, cache=self.cache, slots=torch.tensor(slots[:1], device=device),
-                            last_only=True, attention=attention_kernel.choose(*self._kernel_args))[:, -1].float()
-        for slot in slots[1:]:
-            self.cache.copy_slot(slots[0], slot, n)
-        return logits
+        return self.model(torch.tensor([ids], device=device), positions=positions, cache=self.cache,
+                          tables=self.cache.tables_tensor([table]), last_only=True,
+                          attention=attention_kernel.choose(*self._kernel_args))[:, -1].float()
+
+    def _make_room(self) -> None:
+        """Give every running sample an owned block for the position it writes next, oldest first; when
+        none is free, preempt the newest sample (it is recomputed later, see `_admit`) until one is."""
+        self.running.sort(key=lambda s: s.order)
+        copies: list[tuple[int, int]] = []
+        i = 0
+        while i < len(self.running):
+            s = self.running[i]
+            while self.cache.needed(s.blocks, s.position) > self.cache.num_free():
+                victim = self.running[-1]
+                self._preempt(victim)
+                if victim is s:
+                    break
+            else:
+                self.cache.reserve(s.blocks, s.position, copies)
+                i += 1
+        self.cache.copy_blocks(copies)
+
+    def _preempt(self, s: _Sample) -> None:
+        self.running.remove(s)
+        self.cache.free(s.blocks)
+        self.preempted.append(s)
+        self.preempted.sort(key=lambda x: x.order)
+        self.num_preemptions += 1
+        log.info("phi4r: KV cache full: sample %d of request %s preempted, to be recomputed when blocks are free "
+                 "(%d preemptions so far; a larger --kv-cache-memory avoids them)", s.index, s.request.id,
+                 self.num_preemptions)
+
+    def _drop(self, s: _Sample) -> None:
+        """Take a sample that ends out of the schedule and give back its blocks."""
+        if s in self.running:
+            self.running.remove(s)
+        elif s in self.preempted:
+            self.preempted.remove(s)
+        self.cache.free(s.blocks)
 
     def _decode(self, deltas: list[Delta]) -> None:
-        self._compact()
+        self._make_room()
+        if not self.running:
+            return
         batch = list(self.running)  # finishing samples leave self.running while we go through the batch
         batch, logits = self._per_sample(batch, lambda b: self._forward(b, compiled=b is batch), torch.cat, deltas)
         uniforms = [self._uniform(s) for s in batch]
@@ -422,20 +511,19 @@ class Engine:
         """Logits [B, V] after feeding each sample's last token at its position."""
         device = self.model.device
         span = max(s.position for s in batch) + 1
-        self._reserve(span)
         ids = torch.tensor([[s.tokens[-1]] for s in batch], device=device)
         positions = torch.tensor([[s.position] for s in batch], device=device)
-        slots = torch.tensor([s.slot for s in batch], device=device)
+        tables = self.cache.tables_tensor([s.blocks for s in batch])
         logits = None
-        if compiled and self._compiled is not None and all(s.slot == i for i, s in enumerate(batch)):  # slots 0..B-1
+        if compiled and self._compiled is not None:
             try:
-                logits = self._compiled(ids, positions, self.cache.k, self.cache.v, span).float()
+                logits = self._compiled(ids, positions, self.cache.k, self.cache.v, span, tables).float()
             except Exception as e:  # noqa: BLE001 - a compiler problem must not end the requests
                 log.warning("phi4r: the compiled decode step failed (%s: %s); decoding eagerly from now on",
                             type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
                 self._compiled = None  # the eager forward below rewrites the same cache positions
         if logits is None:
-            logits = self.model(ids, positions=positions, cache=self.cache, slots=slots, last_only=True,
+            logits = self.model(ids, positions=positions, cache=self.cache, tables=tables, last_only=True,
                                 attention=attention_kernel.choose(*self._kernel_args))[:, -1].float()
         return logits
 
@@ -464,32 +552,6 @@ class Engine:
         # output) depends on nothing but the request.
         return 0.0 if s.params.greedy or s.forced else s.rng.random()
 
-    def _compact(self) -> None:
-        """Move samples from high slots into free lower ones: a batch in consecutive slots reads its
-        cache rows as one view instead of a gathered copy every step (a move copies one sample once)."""
-        self.running.sort(key=lambda s: s.slot)
-        for s in reversed(self.running):
-            if not self.free_slots or self.free_slots[0] > s.slot:
-                break
-            dst = self.free_slots.pop(0)
-            self.cache.copy_slot(s.slot, dst, s.position)  # the token at s.position is fed this step
-            self.free_slots.append(s.slot)
-            s.slot = dst
-        self.free_slots.sort()
-        self.running.sort(key=lambda s: s.slot)
-
-    def _reserve(self, length: int) -> None:
-        """Make the cache hold `length` positions per slot (grows by doubling, never past max_model_len)."""
-        if self.cache is not None and self.cache.max_len >= length:
-            return
-        size = max(length, 2 * self.cache.max_len if self.cache else 256)
-        size = min(size, self.max_model_len)
-        old, device = self.cache, self.model.device
-        self.cache = KVCache(self.config, self.max_num_seqs, size, dtype=self.model.dtype, device=device)
-        if old is not None:
-            for new_t, old_t in zip(self.cache.k + self.cache.v, old.k + old.v):
-                new_t[:, :, :old.max_len] = old_t
-
     # ---- faults
     @contextmanager
     def _isolated(self, request: _Request, deltas: list[Delta]):
@@ -501,17 +563,15 @@ class Engine:
 
     def _fail(self, request: _Request, error: Exception, deltas: list[Delta]) -> None:
         """End `request` with finish_reason "error": its samples that have not had their final delta
-        leave the batch, their slots are freed, and each gets a final delta with the error."""
+        leave the batch, their blocks are freed, and each gets a final delta with the error."""
         log.error("phi4r: request %s failed: %s: %s", request.id, type(error).__name__, error, exc_info=error)
         message = f"{type(error).__name__}: {error}"
         if request in self.waiting:
             self.waiting.remove(request)
         # A sample still running has not had its final delta, even if _finish got as far as its reason.
-        running = [s for s in request.samples if s in self.running]
+        running = [s for s in request.samples if s in self.running or s in self.preempted]
         for s in running:
-            self.running.remove(s)
-            self.free_slots.append(s.slot)
-        self.free_slots.sort()
+            self._drop(s)
         unreported = {s.index for s in running}
         for out in request.output.outputs:
             if out.index in unreported or not out.finished():
@@ -581,9 +641,7 @@ class Engine:
             self._emit(s, delta, text + s.stops.flush())
         out.finish_reason = reason
         self._add_split(delta, s.reasoning.finish())
-        self.running.remove(s)
-        self.free_slots.append(s.slot)
-        self.free_slots.sort()
+        self._drop(s)
         return self._final_delta(s.request, out, delta)
 
     def _final_delta(self, request: _Request, out: CompletionOutput, delta: Delta) -> Delta:
@@ -627,7 +685,7 @@ def _compile_decode(model, attention):
         log.warning("phi4r: torch.compile is unavailable (%s); decoding eagerly", e)
         return None
 
-    def decode(ids, positions, ks, vs, span):
+    def decode(ids, positions, ks, vs, span, tables=None):
         with patch:
-            return compiled(ids, positions, ks, vs, span, attention)
+            return compiled(ids, positions, ks, vs, span, attention, tables)
     return decode

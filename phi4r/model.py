@@ -65,7 +65,9 @@ class Rotary:
 
 
 class KVCache:
-    """Preallocated keys/values, one row ("slot") per running sequence.
+    """Preallocated keys/values, one row ("slot") per sequence, for using the model directly (tests,
+    scoring); the engine's cache is the paged one (kv_cache.py), of which this is the special case of
+    one block of max_len positions per sequence.
 
     Shape per layer: [num_slots, kv_heads, max_len, head_dim]. A sequence's keys live in its slot at
     their absolute positions; attention masks positions beyond the query, so a slot handed to a new
@@ -91,51 +93,78 @@ class KVCache:
 
 class CacheStep:
     """One forward's view of the cache, worked out once for all layers: where each new key goes, which keys
-    each query may see, how to read a batch's cache rows, and the decode attention to use.
+    each query may see, how to read a batch's keys, and the decode attention to use.
 
-    ks/vs: the cache tensors (KVCache.k/.v); slots [B]: the cache rows the sequences own (None: 0..B-1);
-    span: max(positions) + 1, or None to read it from `positions` (one host sync). A compiled step passes
-    slots None and span (a plain int: torch.compile makes it a dynamic size after the first value that
-    differs, so a growing span does not recompile), so it has no host syncs.
-    attention(q [B, H, D], k, v [B, KV, span, D], lengths [B], scale) -> [B, H, D]: a query's attention
-    over the first lengths[b] keys (kernels.attention.reference, or its kernel).
+    ks/vs: the cache tensors, [blocks, kv_heads, block_size, head_dim] per layer (PagedKVCache.k/.v; a
+    KVCache is the same with one block of max_len positions per slot). Which blocks a sequence owns:
+    tables [B, blocks] (paged: position p is row p % block_size of block tables[b, p // block_size]),
+    or slots [B] (a KVCache: one block each; None: 0..B-1). span: max(positions) + 1, or None to read it
+    from `positions` (one host sync). A compiled step passes span (a plain int: torch.compile makes it a
+    dynamic size after the first value that differs, so a growing span does not recompile) and no slots,
+    so it has no host syncs.
+    attention(q [B, H, D], k, v, lengths [B], scale[, block_table]) -> [B, H, D]: a query's attention
+    over the first lengths[b] keys of k/v [B, KV, span, D], or with a block table over the pools
+    (kernels.attention.reference, or its kernel).
     """
 
     def __init__(self, ks: list[torch.Tensor], vs: list[torch.Tensor], positions: torch.Tensor,
-                 slots: torch.Tensor | None = None, span: int | None = None, attention=attention_kernel.reference):
+                 slots: torch.Tensor | None = None, span: int | None = None, attention=attention_kernel.reference,
+                 tables: torch.Tensor | None = None):
         B, T = positions.shape
         self.ks, self.vs, self.attention = ks, vs, attention
+        self.paged = tables is not None
         self.select, pos = slice(0, B), None
         if span is None:
-            pos, rows = positions.tolist(), slots.tolist()  # one host sync for the whole forward
+            pos = positions.tolist()  # one host sync for the whole forward
             span = max(max(p) for p in pos) + 1
-            # Sequences in consecutive slots are read through a view; others need a gathered copy.
-            self.select = slice(rows[0], rows[0] + B) if rows == list(range(rows[0], rows[0] + B)) else slots
+            if slots is not None:
+                rows = slots.tolist()
+                # Sequences in consecutive slots are read through a view; others need a gathered copy.
+                self.select = slice(rows[0], rows[0] + B) if rows == list(range(rows[0], rows[0] + B)) else slots
         self.span = span
-        if slots is None:
-            slots = torch.arange(B, device=positions.device)
+        if tables is None:
+            tables = (torch.arange(B, device=positions.device) if slots is None else slots)[:, None]
+        self.tables = tables
         # Each query sees keys of its own sequence at positions up to its own: a mask for several new
         # tokens per sequence (SDPA), the number of leading keys for one.
         self.mask = _visible(span, positions) if T > 1 else None
         self.lengths = positions[:, 0] + 1 if T == 1 else None
-        self.index = _cache_rows(ks[0], slots, positions)
-        # The reference's mask, once for all layers (none when every sequence sees the whole span).
+        self.index = _cache_rows(ks[0], tables, positions)
+        # Decode reads a paged cache through its block table: the keys it may see span the table's blocks.
+        keys = tables.shape[1] * ks[0].shape[2] if self.paged else span
+        # The reference's mask, once for all layers (none when every sequence sees every key).
         self.extra = {}
         if T == 1 and attention is attention_kernel.reference:
-            full = pos is not None and all(p[0] == span - 1 for p in pos)
-            self.extra = {"hidden": False if full else attention_kernel.hidden_keys(self.lengths, span)}
+            full = not self.paged and pos is not None and all(p[0] == span - 1 for p in pos)
+            self.extra = {"hidden": False if full else attention_kernel.hidden_keys(self.lengths, keys)}
 
     def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
         """Decode attention of q [B, H, D] over the keys/values `update` returned: [B, H, D]."""
+        if self.paged:
+            return self.attention(q, keys, values, self.lengths, scale, self.tables, **self.extra)
         return self.attention(q, keys, values, self.lengths, scale, **self.extra)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v [B, T, kv_heads, head_dim]; return the keys/values [B, kv_heads, span, head_dim] to attend to."""
+        """Write k/v [B, T, kv_heads, head_dim]; return what to attend to: the keys/values [B, kv_heads,
+        span, head_dim], or for a decode step in a paged cache the pools themselves (read through the table)."""
         ck, cv = self.ks[layer], self.vs[layer]
         D = ck.shape[-1]
         ck.view(-1, D).index_put_((self.index,), k.to(ck.dtype))
         cv.view(-1, D).index_put_((self.index,), v.to(cv.dtype))
+        if self.paged:
+            if self.lengths is not None:
+                return ck, cv
+            return gather_blocks(ck, self.tables, self.span), gather_blocks(cv, self.tables, self.span)
         return ck[self.select, :, :self.span], cv[self.select, :, :self.span]
+
+
+def gather_blocks(pool: torch.Tensor, tables: torch.Tensor, span: int | None = None) -> torch.Tensor:
+    """The first `span` positions of each sequence's keys from a pool [blocks, KV, block_size, D] through
+    its block table [B, n]: [B, KV, span, D] (a copy)."""
+    B, n = tables.shape
+    _, KV, bs, D = pool.shape
+    keys = pool[tables].transpose(1, 2).reshape(B, KV, n * bs, D)
+    return keys if span is None else keys[:, :, :span]
 
 
 def _visible(span: int, positions: torch.Tensor) -> torch.Tensor:
@@ -143,12 +172,16 @@ def _visible(span: int, positions: torch.Tensor) -> torch.Tensor:
     return (torch.arange(span, device=positions.device) <= positions[:, :, None])[:, None]
 
 
-def _cache_rows(cache_layer: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Row of every new key in a layer's cache [slots, kv_heads, max_len, D] seen as [slots * kv_heads *
-    max_len, D]: index [B, T, kv_heads] (like k's first dims), so one index_put_ writes them all."""
-    _, kv_heads, max_len, _ = cache_layer.shape
+def _cache_rows(cache_layer: torch.Tensor, tables: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Row of every new key in a layer's cache [blocks, kv_heads, block_size, D] seen as [blocks * kv_heads *
+    block_size, D]: index [B, T, kv_heads] (like k's first dims), so one index_put_ writes them all."""
+    _, kv_heads, block_size, _ = cache_layer.shape
     heads = torch.arange(kv_heads, device=positions.device)
-    return (slots[:, None, None] * kv_heads + heads) * max_len + positions[:, :, None]
+    if tables.shape[1] == 1:  # one block per sequence (a KVCache): no division
+        blocks, offsets = tables.expand_as(positions), positions
+    else:
+        blocks, offsets = tables.gather(1, positions // block_size), positions % block_size
+    return (blocks[:, :, None] * kv_heads + heads) * block_size + offsets[:, :, None]
 
 
 class Attention(nn.Module):
@@ -241,41 +274,45 @@ class Phi3ForCausalLM(nn.Module):
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
     def decode(self, input_ids: torch.Tensor, positions: torch.Tensor, ks: list[torch.Tensor],
-               vs: list[torch.Tensor], span: int, attention=attention_kernel.reference) -> torch.Tensor:
+               vs: list[torch.Tensor], span: int, attention=attention_kernel.reference,
+               tables: torch.Tensor | None = None) -> torch.Tensor:
         """One decode step for torch.compile: logits [B, V] of `input_ids` [B, 1] at `positions` [B, 1],
-        the sequences in cache slots 0..B-1 of the cache tensors `ks`/`vs` (KVCache.k/.v), `span` =
-        max(positions) + 1, `attention` as in forward. The same maths as forward(..., last_only=True)."""
+        the sequences' cache blocks given by `tables` [B, blocks] in the pools `ks`/`vs` (PagedKVCache.k/.v),
+        or without tables slots 0..B-1 of a KVCache's tensors; `span` = max(positions) + 1, `attention`
+        as in forward. The same maths as forward(..., last_only=True)."""
         x = self.model.embed_tokens(input_ids)
         cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
         cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
-        step = CacheStep(ks, vs, positions, span=span, attention=attention)
+        step = CacheStep(ks, vs, positions, span=span, attention=attention, tables=tables)
         for layer in self.model.layers:
             x = layer(x, self.rotary, cos, sin, step)
         return self.lm_head(self.model.norm(x))[:, -1]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
-                cache: KVCache | None = None, slots: torch.Tensor | None = None,
+                cache=None, slots: torch.Tensor | None = None,
                 last_only: bool = False, attention=attention_kernel.reference,
-                head=None) -> torch.Tensor:
+                head=None, tables: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, V] (or [B, 1, V] with last_only), or `head(hidden, lm_head)` of the final normed
         hidden states when given: training's chunked losses run there, inside the forward, where FSDP
         has lm_head's weights gathered.
 
         Without a cache: a plain causal forward over `input_ids` (training, scoring).
-        With a cache: `positions` [B, T] are the tokens' absolute positions, `slots` [B] the cache
-        rows their sequences own; new keys/values are written there before attending. A decode step
+        With a cache: `positions` [B, T] are the tokens' absolute positions; their sequences own the cache
+        blocks `tables` [B, blocks] of a PagedKVCache (kv_cache.py), or the rows `slots` [B] of a KVCache;
+        new keys/values are written there before attending. A decode step
         (T = 1) attends with `attention` (see CacheStep): the torch reference unless the caller (the
         engine) passes the kernel; nothing else in the process changes which one runs.
         """
         B, T = input_ids.shape
         if positions is None:
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        if cache is not None and slots is None:
+        if cache is not None and slots is None and tables is None:
             slots = torch.arange(B, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)
         cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
         cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
-        step = CacheStep(cache.k, cache.v, positions, slots, attention=attention) if cache is not None else None
+        step = (CacheStep(cache.k, cache.v, positions, slots, attention=attention, tables=tables)
+                if cache is not None else None)
         recompute = self.gradient_checkpointing and step is None and torch.is_grad_enabled()
         for layer in self.model.layers:
             if recompute:

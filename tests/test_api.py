@@ -69,7 +69,7 @@ def test_abandoned_stream_is_aborted(llm):
     stream.close()
     assert llm.engine.has_unfinished()  # the abort is pending until the next step ...
     llm.generate("x", SamplingParams(max_tokens=2), use_tqdm=False)
-    assert not llm.engine.has_unfinished() and len(llm.engine.free_slots) == 4  # ... which frees the slot
+    assert not llm.engine.has_unfinished() and llm.engine.cache.num_free() == llm.engine.cache.num_blocks  # ... which frees the blocks
 
 
 def test_refused_prompt_leaves_no_work_behind(path):

@@ -53,9 +53,11 @@ def test_greedy_equals_transformers_generate(tmp_path, shape):
 
 def test_decoding_stays_exact_as_the_cache_grows(ckpt):
     engine = make_engine(ckpt, max_num_seqs=2)
-    prompt = engine.tokenizer.encode(" ".join(PROMPTS) * 2)  # ~150 tokens; the cache starts at 256
+    prompt = engine.tokenizer.encode(" ".join(PROMPTS) * 2)  # ~150 tokens, then 200 more: blocks added on the way
     [out], _ = run(engine, [prompt], greedy(max_tokens=200, ignore_eos=True))
-    assert engine.cache.max_len == 512
+    # the last token written is the 199th generated one (the 200th is never fed)
+    assert engine.cache.allocator.peak_used == -(-(len(prompt) + 199) // 16)
+    assert engine.cache.num_free() == engine.cache.num_blocks
     ids = prompt + out.outputs[0].token_ids
     with torch.no_grad():  # teacher forcing: a plain causal forward over the whole sequence
         expected = engine.model(torch.tensor([ids]))[0, len(prompt) - 1:-1].argmax(-1).tolist()
@@ -66,7 +68,7 @@ def test_batch_equals_alone_with_slot_reuse(ckpt):
     engine = make_engine(ckpt, max_num_seqs=3)  # 6 requests, 3 slots: slots are reused
     params = [greedy(max_tokens=n, ignore_eos=True) for n in (30, 7, 18, 25, 3, 12)]
     batched, _ = run(engine, PROMPTS, params)
-    assert sorted(engine.free_slots) == [0, 1, 2] and not engine.running
+    assert engine.cache.num_free() == engine.cache.num_blocks and not engine.running
     for prompt, p, out in zip(PROMPTS, params, batched):
         alone, _ = run(make_engine(ckpt, max_num_seqs=1), [prompt], p)
         assert out.outputs[0].token_ids == alone[0].outputs[0].token_ids
@@ -227,10 +229,10 @@ def test_abort_frees_the_slot_and_reports(ckpt):
     deltas = engine.step()
     aborted = [d for d in deltas if d.request_id == a]
     assert aborted[0].finish_reason == "abort" and aborted[0].request.finished
-    assert any(s.request.id == "c" for s in engine.running)  # c took a's slot in the same step
+    assert any(s.request.id == "c" for s in engine.running)  # c started in the same step a's blocks were freed
     while engine.has_unfinished():
         engine.step()
-    assert sorted(engine.free_slots) == [0, 1]
+    assert engine.cache.num_free() == engine.cache.num_blocks
 
 
 def test_requests_from_another_thread(ckpt):
@@ -388,7 +390,7 @@ def _inject(engine, monkeypatch, where: str, bad_ids: list[int]):
 
 def _assert_idle(engine):
     assert not engine.running and not engine.waiting and not engine.requests
-    assert engine.free_slots == list(range(engine.max_num_seqs))
+    assert engine.cache.num_free() == engine.cache.num_blocks and not engine.preempted
 
 
 @pytest.mark.parametrize("where", ["prefill", "forward", "sample", "append", "finish"])
@@ -419,11 +421,14 @@ def test_a_fault_outside_any_request_ends_the_running_ones_and_the_engine_keeps_
     expected, _ = run(engine, prompts, GOOD)
     calls = []
 
-    def compact():  # fails once, in the middle of the requests
+    make_room = engine._make_room
+
+    def fault():  # fails once, in the middle of the requests
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("injected engine fault")
-    monkeypatch.setattr(engine, "_compact", compact)
+        make_room()
+    monkeypatch.setattr(engine, "_make_room", fault)
     outs, _ = run(engine, prompts, GOOD)
     assert all(o.finish_reason == "error" and o.error == "RuntimeError: injected engine fault"
                for out in outs for o in out.outputs)

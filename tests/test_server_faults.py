@@ -175,7 +175,7 @@ def test_bad_requests_under_load_fail_alone_and_the_server_stays_healthy(server,
     metrics = httpx.get(url + "/metrics")
     assert metrics.status_code == 200 and 'phi4r_request_finish_total{reason="error"}' in metrics.text
     engine = llm.engine
-    assert not engine.running and not engine.requests and engine.free_slots == list(range(engine.max_num_seqs))
+    assert not engine.running and not engine.requests and engine.cache.num_free() == engine.cache.num_blocks
     assert state.admission.outstanding == 0
 
 

@@ -33,13 +33,24 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def kv_memory(text: str):
+    """An argparse type: a KV cache budget, bytes or a fraction (phi4r.kv_budget.parse_memory)."""
+    from phi4r.kv_budget import parse_memory
+
+    try:
+        parse_memory(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 positive_int = number(int, 1, "a positive integer")
 count = number(int, 0, "an integer >= 0")
 non_negative = number(float, 0, "a number >= 0")
 
 
 def add_model_args(p, group=None, precision: bool = True, **model) -> None:
-    """--model, --dtype, --quantization, --threads, --compile. `group` holds --model (e.g. a mutually
+    """--model, --dtype, --quantization, --threads, --compile, --kv-cache-memory. `group` holds --model (e.g. a mutually
     exclusive group with --endpoint); `model` overrides --model's default/help; precision=False leaves
     out --dtype/--quantization (a command that sweeps them itself)."""
     (group or p).add_argument("--model", **{"default": "nano", "help": "'nano' (the shipped model), a checkpoint "
@@ -55,6 +66,10 @@ def add_model_args(p, group=None, precision: bool = True, **model) -> None:
     p.add_argument("--compile", action="store_true", default=None,
                    help="decode through torch.compile: faster steps after 5-70 s of compiling at start "
                         "(worth it for serving and long runs; also PHI4R_COMPILE=1)")
+    p.add_argument("--kv-cache-memory", type=kv_memory, metavar="SIZE|FRACTION",
+                   help="the KV cache's budget: a size (8GiB, 512MiB, bytes) or a fraction of the memory available "
+                        "after loading (0.5); requests wait or are preempted and recomputed when it is full "
+                        "[room for max(context, 2048 x max-num-seqs) tokens, at most half the available memory]")
 
 
 def add_sampling_args(p, loop_guard: bool | None = None, **seed):
@@ -90,7 +105,8 @@ def sampling_params(args, **fields):
 def model_kwargs(args) -> dict:
     """LLM keyword arguments for the model flags (LLM applies the small-model one-thread rule)."""
     return {"model": args.model, "dtype": getattr(args, "dtype", None),
-            "quantization": getattr(args, "quantization", None), "threads": args.threads, "compile": args.compile}
+            "quantization": getattr(args, "quantization", None), "threads": args.threads, "compile": args.compile,
+            "kv_cache_memory": getattr(args, "kv_cache_memory", None)}
 
 
 def load_llm(args, command: str, **engine):

@@ -4,6 +4,11 @@
 // G = H / KV (grouped-query attention). q, K and V are all fp32 or all bf16; the softmax and every
 // sum are fp32 (bf16 -> fp32 is exact), the output has q's dtype.
 //
+// K and V are either per sequence ([B, KV, S, D], views of a cache are fine) or a paged cache's
+// pools [blocks, KV, block_size, D] with a block table [B, n]: position j of sequence b is row
+// j % block_size of block table[b, j / block_size]. A block size that is a multiple of the 16-row tile
+// keeps every tile inside one block, so a block costs one table lookup per tile and nothing per row.
+//
 // Work item: one (sequence, KV head) and its group of G queries (in blocks of GB <= 8, padded to a
 // power of two by repeating the last query), so each K and V row is read once for the whole group,
 // in one pass, a tile of 16 rows at a time (online softmax: a running max per query, and its sum and
@@ -104,9 +109,11 @@ struct Item {
   const void* q[8];  // the block's GB queries (the last one repeated up to GB)
   void* out[8];      // their outputs (the first `queries` are stored)
   int queries;
-  const void* k;     // row 0 of this sequence's KV head
+  const void* k;     // row 0 of block 0 of this KV head (in attend's tiles: row 0 of the tile)
   const void* v;
   int64_t ks, vs;    // row strides (elements)
+  const int64_t* table;  // this sequence's blocks
+  int64_t bs, kb, vb;    // rows per block, block strides (elements)
   int64_t len, D;
   float scale;
   const void* next_k;  // the next item's rows, prefetched during the last tile
@@ -199,6 +206,13 @@ inline void values_from(const Item& it, const float* p, int64_t s0, int64_t rows
   if constexpr (NV > 1) values_from<T, GB, NV / 2>(it, p, s0, rows, c, acc, d0);
 }
 
+// Row s0 (a multiple of Tile) of a sequence whose block 0 of this head starts at `base`.
+template <typename T>
+inline const T* tile_row(const T* base, const int64_t* table, int64_t bs, int64_t block_stride, int64_t row_stride,
+                         int64_t s0) {
+  return base + table[s0 / bs] * block_stride + (s0 % bs) * row_stride;
+}
+
 // One pass over the rows, a tile at a time, with the softmax's running max (online softmax): when
 // a tile raises a query's max, its sum and output so far are scaled by exp(old max - new max).
 template <typename T, int GB>
@@ -211,18 +225,24 @@ void attend(const Item& it, float* acc) {
   __m512 m = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();  // per lane; a query's lanes agree on m
   for (int64_t s0 = 0; s0 < it.len; s0 += Tile) {
     const int64_t rows = std::min(Tile, it.len - s0), blocks = (rows + R - 1) / R;
+    Item t = it;  // the tile's rows, contiguous within one block: rows [0, rows) from here on
+    t.k = tile_row(static_cast<const T*>(it.k), it.table, it.bs, it.kb, it.ks, s0);
+    t.v = tile_row(static_cast<const T*>(it.v), it.table, it.bs, it.vb, it.vs, s0);
+    t.len = rows;
     // The next tile's rows (in this item or the next one) into L2, a block's worth per block: the
     // hardware prefetcher alone left K/V reads at half the memory bandwidth (new streams every item).
     const bool last = s0 + Tile >= it.len;
-    const T* pk = last ? static_cast<const T*>(it.next_k) : static_cast<const T*>(it.k) + (s0 + Tile) * it.ks;
-    const T* pv = last ? static_cast<const T*>(it.next_v) : static_cast<const T*>(it.v) + (s0 + Tile) * it.vs;
+    const T* pk = last ? static_cast<const T*>(it.next_k)
+                       : tile_row(static_cast<const T*>(it.k), it.table, it.bs, it.kb, it.ks, s0 + Tile);
+    const T* pv = last ? static_cast<const T*>(it.next_v)
+                       : tile_row(static_cast<const T*>(it.v), it.table, it.bs, it.vb, it.vs, s0 + Tile);
     const int64_t ahead = std::min(Tile, last ? it.next_len : it.len - s0 - Tile);
     __m512 tmax = _mm512_set1_ps(-INFINITY);
     for (int64_t i = 0; i < blocks; ++i) {
       const int64_t pr = std::max<int64_t>(0, std::min<int64_t>(R, ahead - i * R));
       prefetch_rows(pk + i * R * it.ks, it.ks, pr, it.D);
       prefetch_rows(pv + i * R * it.vs, it.vs, pr, it.D);
-      scores<T, GB>(it, s0 + i * R, p + 16 * i);
+      scores<T, GB>(t, i * R, p + 16 * i);
       tmax = _mm512_max_ps(tmax, _mm512_load_ps(p + 16 * i));
     }
     const __m512 mnew = _mm512_max_ps(m, group_reduce<R, true>(tmax));
@@ -236,7 +256,7 @@ void attend(const Item& it, float* acc) {
     }
     _mm512_store_ps(lanes, rescale);
     for (int g = 0; g < GB; ++g) c[g] = lanes[g * R];
-    values_from<T, GB, 16 / GB>(it, p, s0, rows, c, acc, 0);
+    values_from<T, GB, 16 / GB>(t, p, 0, rows, c, acc, 0);
   }
   _mm512_store_ps(lanes, group_reduce<R, false>(sum));
   for (int g = 0; g < it.queries; ++g) {
@@ -248,7 +268,7 @@ void attend(const Item& it, float* acc) {
 
 template <typename T>
 void run(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const int64_t* lengths,
-         double scale, torch::Tensor& out) {
+         const int64_t* tables, int64_t table_stride, int64_t bs, double scale, torch::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KV = k.size(1), G = H / KV;
   const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
@@ -267,17 +287,22 @@ void run(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
           it.q[g] = qp + b * q.stride(0) + head * q.stride(1);
           it.out[g] = op + (b * H + head) * D;
         }
-        it.k = kp + b * k.stride(0) + h * k.stride(1);
-        it.v = vp + b * v.stride(0) + h * v.stride(1);
+        it.k = kp + h * k.stride(1);
+        it.v = vp + h * v.stride(1);
         it.ks = k.stride(2);
         it.vs = v.stride(2);
+        it.table = tables + b * table_stride;
+        it.bs = bs;
+        it.kb = k.stride(0);
+        it.vb = v.stride(0);
         it.len = lengths[b];
         it.D = D;
         it.scale = float(scale);
         // Another block of this item's queries reads the same rows again; the last one the next item's.
         const int64_t n = g0 + 8 < G ? i : i + 1;
-        it.next_k = n < i1 ? kp + (n / KV) * k.stride(0) + (n % KV) * k.stride(1) : it.k;
-        it.next_v = n < i1 ? vp + (n / KV) * v.stride(0) + (n % KV) * v.stride(1) : it.v;
+        const int64_t first = n < i1 ? tables[(n / KV) * table_stride] : 0;  // its block 0
+        it.next_k = n < i1 ? kp + first * k.stride(0) + (n % KV) * k.stride(1) : it.k;
+        it.next_v = n < i1 ? vp + first * v.stride(0) + (n % KV) * v.stride(1) : it.v;
         it.next_len = n < i1 ? lengths[n / KV] : 0;
         if (GB == 1) attend<T, 1>(it, acc.get());
         else if (GB == 2) attend<T, 2>(it, acc.get());
@@ -293,9 +318,13 @@ void run(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
 // q [B, H, D], k/v [B, KV, S, D] (any strides but the last dim's: views of a cache work as they are),
 // lengths [B] int64 in [1, S]: sequence b attends to its first lengths[b] positions; D % 16 == 0,
 // H % KV == 0; q, k, v all fp32 or all bf16. Returns [B, H, D] contiguous, q's dtype.
+// With block_table [B, n] int64: k/v are pools [blocks, KV, block_size, D] (block_size a multiple of 16
+// when n > 1), lengths in [1, n * block_size], and the blocks a sequence reads must exist.
 torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& lengths, double scale) {
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && k.sizes() == v.sizes() && k.size(0) == q.size(0) &&
+                               const torch::Tensor& lengths, double scale,
+                               const c10::optional<torch::Tensor>& block_table) {
+  const bool paged = block_table.has_value() && block_table->defined();
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && k.sizes() == v.sizes() && (paged || k.size(0) == q.size(0)) &&
               k.size(3) == q.size(2) && k.size(1) > 0 && q.size(1) % k.size(1) == 0, "decode_attention: shapes");
   TORCH_CHECK(q.size(2) % 16 == 0, "decode_attention: head dim must be a multiple of 16");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type() &&
@@ -310,17 +339,38 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k, c
   if (q.numel() == 0) return out;
   const auto len = lengths.contiguous();
   const int64_t* lp = len.data_ptr<int64_t>();
-  for (int64_t b = 0; b < q.size(0); ++b)
-    TORCH_CHECK(lp[b] >= 1 && lp[b] <= k.size(2), "decode_attention: lengths must be in [1, ", k.size(2), "]");
-  if (q.scalar_type() == at::kFloat) run<float>(q, k, v, lp, scale, out);
-  else run<bf16>(q, k, v, lp, scale, out);
+  torch::Tensor table;
+  int64_t bs, span;
+  if (paged) {
+    table = block_table->contiguous();
+    TORCH_CHECK(table.scalar_type() == at::kLong && table.dim() == 2 && table.size(0) == q.size(0) &&
+                table.size(1) > 0 && table.device().is_cpu(), "decode_attention: block_table int64 [B, n]");
+    bs = k.size(2);
+    TORCH_CHECK(table.size(1) == 1 || bs % Tile == 0, "decode_attention: block size must be a multiple of ", Tile);
+    span = table.size(1) * bs;
+  } else {
+    table = torch::arange(q.size(0), lengths.options()).view({-1, 1});  // one block per sequence: its own
+    bs = int64_t(1) << 62;  // a multiple of Tile larger than any length: every row in block 0
+    span = k.size(2);
+  }
+  const int64_t* tp = table.data_ptr<int64_t>();
+  const int64_t n = table.size(1);
+  for (int64_t b = 0; b < q.size(0); ++b) {
+    TORCH_CHECK(lp[b] >= 1 && lp[b] <= span, "decode_attention: lengths must be in [1, ", span, "]");
+    if (paged)
+      for (int64_t j = 0; j * bs < lp[b]; ++j)
+        TORCH_CHECK(tp[b * n + j] >= 0 && tp[b * n + j] < k.size(0), "decode_attention: block ids must be in [0, ",
+                    k.size(0), ")");
+  }
+  if (q.scalar_type() == at::kFloat) run<float>(q, k, v, lp, tp, n, bs, scale, out);
+  else run<bf16>(q, k, v, lp, tp, n, bs, scale, out);
   return out;
 }
 
 // A dispatcher op, torch.ops.phi4r.decode_attention, for torch.compile's graphs (shape function:
 // phi4r/kernels/attention.py). A fragment: int8_linear.cpp defines the namespace in another library.
 TORCH_LIBRARY_FRAGMENT(phi4r, m) {
-  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor lengths, float scale) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor lengths, float scale, Tensor? block_table=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(phi4r, CPU, m) {
@@ -328,5 +378,7 @@ TORCH_LIBRARY_IMPL(phi4r, CPU, m) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_attention", &decode_attention, "one query per sequence against its KV cache (AVX-512)");
+  m.def("decode_attention", &decode_attention, "one query per sequence against its KV cache (AVX-512)",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("lengths"), py::arg("scale"),
+        py::arg("block_table") = py::none());
 }
