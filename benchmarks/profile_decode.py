@@ -14,6 +14,9 @@ for each dtype and mode reports:
   Python);
 - the top ops of torch.profiler over a few steps (self CPU time per step, written to --profile-dir).
 
+Before every step it calls `phi4r.threads.adapt()` (where the checkout has it; --no-adapt: never), as
+an engine loop would, and each mode first decodes untimed for --settle seconds.
+
 "busy" runs the same with one CPU-bound background process (a Python busy loop) started first and
 killed after: another program taking one of the cores, as on a laptop. Every dtype measures quiet and
 busy back to back. Run it under the shared lock on a shared machine (flock /tmp/heavy.lock ...).
@@ -88,7 +91,19 @@ def linear_ms(model, dtype, reps: int) -> float:
     return 1e3 * sum(statistics.median(t) for t in times)
 
 
-def decode_steps(engine, prompt: list[int], tokens: int) -> list[float]:
+def adapter(enabled: bool):
+    """phi4r.threads.adapt where asked for and this phi4r has it (called before every engine step, as
+    the engine would), else a no-op."""
+    if enabled:
+        try:
+            from phi4r.threads import adapt
+            return adapt
+        except ImportError:
+            pass
+    return lambda: None
+
+
+def decode_steps(engine, prompt: list[int], tokens: int, adapt=lambda: None) -> list[float]:
     """Seconds of each decode-only engine step of one batch-1 request (the prefill step dropped)."""
     from phi4r.sampling import SamplingParams
 
@@ -96,20 +111,48 @@ def decode_steps(engine, prompt: list[int], tokens: int) -> list[float]:
     steps = []
     while engine.has_unfinished():
         start = time.perf_counter()
+        adapt()
         engine.step()
         steps.append(time.perf_counter() - start)
     return steps[1:]
 
 
-def top_ops(engine, prompt: list[int], steps: int, out: Path, rows: int = 25) -> list[dict]:
-    """torch.profiler over `steps` decode steps: the top ops by self CPU time, per step."""
+def wait_for_kernels() -> list[str]:
+    """Every phi4r kernel this checkout has, built and loaded before anything is timed (a build still
+    running would leave the timed steps on the torch path); their names."""
+    import importlib
+
+    names = []
+    for name in ("attention", "int8", "int4", "w8a8", "decode_ops"):
+        try:
+            module = importlib.import_module(f"phi4r.kernels.{name}")
+        except ImportError:
+            continue
+        if module.loader.get() is not None:
+            names.append(name)
+    return names
+
+
+def top_ops(engine, prompt: list[int], steps: int, out: Path, adapt, rows: int = 25) -> list[dict]:
+    """torch.profiler over `steps` decode steps (the prefill step is not profiled): the top torch ops by
+    self CPU time, per step. phi4r's C++ kernels are called directly, not through the dispatcher, so
+    they are not listed: the table shows the torch ops around them."""
     from torch.profiler import ProfilerActivity, profile
 
+    from phi4r.sampling import SamplingParams
+
+    engine.add_request(None, prompt, SamplingParams(temperature=0, max_tokens=steps + 1, ignore_eos=True))
+    engine.step()  # the prefill
+    done = 0
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        decode_steps(engine, prompt, steps)
+        while engine.has_unfinished():
+            adapt()
+            engine.step()
+            done += 1
+    steps = max(1, done)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     out.write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=60))
-    return [{"op": e.key, "calls_per_step": e.count / (steps + 1), "self_us_per_step": e.self_cpu_time_total / (steps + 1)}
+    return [{"op": e.key, "calls_per_step": e.count / steps, "self_us_per_step": e.self_cpu_time_total / steps}
             for e in events[:rows]]
 
 
@@ -121,25 +164,30 @@ def measure(args, name: str, path: Path, prompt: list[int]) -> list[dict]:
     dtype, quantization = DTYPES[name]
     llm = LLM(str(path), dtype=dtype, quantization=quantization, max_num_seqs=1, threads=args.threads)
     engine, torch_dtype = llm.engine, llm.model.dtype
-    decode_steps(engine, prompt, 8)  # warm-up: cache allocation, kernels' first calls
+    adapt = adapter(args.adapt)
+    decode_steps(engine, prompt, 8, adapt)  # warm-up: cache allocation, kernels' first calls
     rows = []
     for mode in args.modes:
         proc = busy_process() if mode == "busy" else None
         try:
-            if proc is not None:
-                time.sleep(0.5)  # let it get its core
-            steps = decode_steps(engine, prompt, args.tokens)
+            # Decode untimed for a while first: the background process gets its core, and the thread
+            # adaptation (which measures every half second) sees the machine as it now is.
+            end = time.monotonic() + args.settle
+            while time.monotonic() < end:
+                decode_steps(engine, prompt, 16, adapt)
+            steps = decode_steps(engine, prompt, args.tokens, adapt)
+            threads_used = torch.get_num_threads()
             step_ms = 1e3 * statistics.median(steps)
             lin = linear_ms(llm.model, torch_dtype, args.linear_reps)
-            ops = top_ops(engine, prompt, args.profile_steps, args.profile_dir / f"{name}-{mode}.txt")
+            ops = top_ops(engine, prompt, args.profile_steps, args.profile_dir / f"{name}-{mode}.txt", adapt)
         finally:
             if proc is not None:
                 stop(proc)
-        row = {"dtype": name, "mode": mode, "threads": torch.get_num_threads(), "decode_tok_s": 1e3 / step_ms,
+        row = {"dtype": name, "mode": mode, "threads": threads_used, "decode_tok_s": 1e3 / step_ms,
                "step_ms": step_ms, "step_ms_p90": 1e3 * sorted(steps)[int(0.9 * (len(steps) - 1))],
                "linear_ms": lin, "outside_ms": step_ms - lin, "top_ops": ops}
         rows.append(row)
-        print(f"{name:5s} {mode:5s} {row['decode_tok_s']:7.1f} tok/s  step {step_ms:6.2f} ms (p90 "
+        print(f"{name:5s} {mode:5s} {threads_used} thr {row['decode_tok_s']:7.1f} tok/s  step {step_ms:6.2f} ms (p90 "
               f"{row['step_ms_p90']:6.2f})  linears {lin:6.2f} ms  outside {row['outside_ms']:5.2f} ms", flush=True)
     return rows
 
@@ -153,6 +201,9 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--linear-reps", type=int, default=15)
     p.add_argument("--profile-steps", type=int, default=8)
+    p.add_argument("--settle", type=float, default=2.0, help="seconds of untimed decoding before each mode")
+    p.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=True,
+                   help="call phi4r.threads.adapt() before every step, where this phi4r has it")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--profile-dir", type=Path, default=Path(tempfile.gettempdir()) / "phi4r-profile")
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
@@ -169,8 +220,9 @@ def main(argv=None) -> int:
     import torch
 
     prompt = torch.randint(100, 20000, (args.prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
-    print(f"load average {os.getloadavg()[0]:.2f}; decode ops kernel "
-          f"{'off' if os.environ.get('PHI4R_DECODE_OPS_KERNEL') == '0' else 'on where built'}", flush=True)
+    kernels = wait_for_kernels()
+    print(f"phi4r from {Path(sys.modules['phi4r'].__file__).parent}; kernels: {', '.join(kernels) or 'none'}; "
+          f"thread adaptation {'on' if args.adapt else 'off'}; load average {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     for name in args.dtypes:
         rows += measure(args, name, path, prompt)
