@@ -23,10 +23,12 @@ def _fused_ops(x: torch.Tensor, *same_dtype: torch.Tensor):
     in inference only (no autograd: they have no backward; no autocast, which picks dtypes per op;
     not inside torch.compile, whose graph cannot call them and fuses these ops itself), on CPU, for
     fp32/bf16 tensors all of x's dtype."""
-    if (torch.is_grad_enabled() or x.dtype not in _FUSED_DTYPES or not x.is_cpu or torch.compiler.is_compiling()
-            or torch.is_autocast_enabled("cpu") or any(t.dtype != x.dtype for t in same_dtype)):
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype not in _FUSED_DTYPES or not x.is_cpu:
         return None
-    return decode_ops.ops()
+    for t in same_dtype:
+        if t.dtype != x.dtype:
+            return None
+    return None if torch.is_autocast_enabled("cpu") else decode_ops.ops()
 
 
 class RMSNorm(nn.Module):
