@@ -270,15 +270,22 @@ void run(const T* x, int64_t ldx, int64_t M, int64_t K, const int8_t* w, const a
   const int64_t tiles = (N + nr - 1) / nr, grain = std::max<int64_t>(1, 64 / nr);
   phi4r::dynamic_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     const int64_t n0 = t0 * nr, n1 = std::min(N, t1 * nr);
-    std::vector<float> sbuf;  // this chunk's scales in fp32 (they are usually bf16)
+    // This chunk's scales in fp32 (they are usually bf16): on the stack for a threaded call's chunks of
+    // 64 channels (the head's ~1600 chunks a step would otherwise allocate each), else on the heap.
+    float local[64];
+    std::vector<float> heap;
     const float* s;
     if (scales.scalar_type() == at::kFloat) {
       s = scales.data_ptr<float>() + n0;
     } else {
-      sbuf.resize(n1 - n0);
+      float* buf = local;
+      if (n1 - n0 > 64) {
+        heap.resize(n1 - n0);
+        buf = heap.data();
+      }
       const auto* src = scales.data_ptr<at::BFloat16>() + n0;
-      for (int64_t i = 0; i < n1 - n0; ++i) sbuf[i] = float(src[i]);
-      s = sbuf.data();
+      for (int64_t i = 0; i < n1 - n0; ++i) buf[i] = float(src[i]);
+      s = buf;
     }
     if (nr == 8) channels<T, 8>(n0, n1, x, ldx, M, K, w, s, y, N, tables);
     else if (nr == 4) channels<T, 4>(n0, n1, x, ldx, M, K, w, s, y, N, tables);
