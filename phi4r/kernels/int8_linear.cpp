@@ -266,12 +266,12 @@ template <typename T>
 void run(const T* x, int64_t ldx, int64_t M, int64_t K, const int8_t* w, const at::Tensor& scales, T* y, int64_t N) {
   static const Tables tables = make_tables();
   const int nr = channels_per_tile(M);
-  // Chunks of whole tiles, 64 channels each, so threads never share a tile.
+  // Chunks of whole tiles, 64 channels or more each, so threads never share a tile.
   const int64_t tiles = (N + nr - 1) / nr, grain = std::max<int64_t>(1, 64 / nr);
   phi4r::dynamic_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     const int64_t n0 = t0 * nr, n1 = std::min(N, t1 * nr);
-    // This chunk's scales in fp32 (they are usually bf16): on the stack for a threaded call's chunks of
-    // 64 channels (the head's ~1600 chunks a step would otherwise allocate each), else on the heap.
+    // This chunk's scales in fp32 (they are usually bf16): on the stack for chunks of up to 64 channels
+    // (most of a small layer's), else on the heap.
     float local[64];
     std::vector<float> heap;
     const float* s;
