@@ -13,6 +13,22 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import Phi3Config
 from .kernels import attention as attention_kernel
+from .kernels import decode_ops
+
+_FUSED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _fused_ops(x: torch.Tensor, *same_dtype: torch.Tensor):
+    """The fused decode ops (kernels.decode_ops) when they may replace the torch ops here, else None:
+    in inference only (no autograd: they have no backward; no autocast, which picks dtypes per op;
+    not inside torch.compile, whose graph cannot call them and fuses these ops itself), on CPU, for
+    fp32/bf16 tensors all of x's dtype."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype not in _FUSED_DTYPES or not x.is_cpu:
+        return None
+    for t in same_dtype:
+        if t.dtype != x.dtype:
+            return None
+    return None if torch.is_autocast_enabled("cpu") else decode_ops.ops()
 
 
 class RMSNorm(nn.Module):
@@ -21,7 +37,18 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """RMSNorm(x), or with `residual`: (h, RMSNorm(h)) for h = x + residual, in one fused op at decode."""
+        ops = _fused_ops(x, self.weight)
+        if ops is not None:
+            h, y = ops.rms_norm(x.contiguous(), None if residual is None else residual.contiguous(), self.weight, self.eps)
+            return y if residual is None else (h, y)
+        if residual is None:
+            return self._norm(x)
+        h = x + residual
+        return h, self._norm(h)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32 as the reference does (bf16 variance loses too much precision): F.rms_norm
         # upcasts bf16 itself and rounds x * rsqrt(mean(x^2) + eps) back to x's dtype once, bit-identical
         # to .float() ... .to(x.dtype) without the two copies. The weight multiplies after the rounding,
@@ -57,7 +84,11 @@ class Rotary:
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: [B, T, heads, head_dim]; cos/signed sin: [B, T, 1, rotary_dim]. Bit-identical to
-        x * cos + cat(-x2, x1) * sin (negation is exact)."""
+        x * cos + cat(-x2, x1) * sin (negation is exact). In inference the fused op rotates x in place
+        and returns it (callers pass a fresh projection's view, which nothing else reads unrotated)."""
+        ops = _fused_ops(x, cos, sin)
+        if ops is not None and x.stride(-1) == 1 and cos.stride(-1) == 1 and sin.stride(-1) == 1:
+            return ops.rope_(x, cos, sin)
         if self.dim == x.shape[-1]:
             return x * cos + x.roll(self.dim // 2, -1) * sin
         rot, rest = x[..., : self.dim], x[..., self.dim :]
@@ -222,7 +253,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        ops = _fused_ops(gate_up)
+        if ops is not None:
+            return self.down_proj(ops.swiglu(gate_up.contiguous()))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(up * F.silu(gate))
 
 
@@ -235,8 +270,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x, rotary, cos, sin, step=None):
-        x = x + self.self_attn(self.input_layernorm(x), rotary, cos, sin, step)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        # The attention's residual add and the second norm are one op (fused at decode).
+        x, normed = self.post_attention_layernorm(x, self.self_attn(self.input_layernorm(x), rotary, cos, sin, step))
+        return x + self.mlp(normed)
 
 
 class Phi3Model(nn.Module):

@@ -132,7 +132,9 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], uniforms: list[fl
     distribution), then min-p, as transformers does, and pick the token where the kept mass first
     exceeds uniform * total. `params` must be resolved. Raises ValueError for rows with NaN or +inf
     logits (a broken model or input), which no rule can sample from."""
-    if logits.isnan().any() or logits.isposinf().any():
+    # One pass over the logits: amax is NaN if any is NaN and +inf if any is +inf (a decode step's
+    # four-op check of isnan/isposinf over a 100k vocabulary cost ~0.2 ms per token).
+    if logits.numel() and not bool(logits.amax() < float("inf")):
         raise ValueError("the model's logits contain NaN or +inf")
     V = logits.shape[-1]
     tokens = [0] * len(params)

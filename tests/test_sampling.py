@@ -147,3 +147,16 @@ def test_non_finite_logits_are_an_error_not_a_token():
     logits[1, 4] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         sample(logits, [_params(temperature=0)] * 2, [0.5, 0.5])
+
+
+def test_positive_infinite_logits_are_an_error_negative_ones_are_not():
+    logits = torch.zeros(2, 10)
+    logits[0, 3] = float("-inf")  # a masked token
+    logits[1, 2] = 1.0
+    assert sample(logits, [_params(temperature=0)] * 2, [0.5, 0.5]) == [0, 2]
+    logits[1, 4] = float("inf")
+    with pytest.raises(ValueError, match=r"\+inf"):
+        sample(logits, [_params(temperature=0)] * 2, [0.5, 0.5])
+    for dtype in (torch.bfloat16, torch.float16):
+        with pytest.raises(ValueError, match="NaN"):
+            sample(torch.full((1, 5), float("nan"), dtype=dtype), [_params(temperature=0)], [0.5])

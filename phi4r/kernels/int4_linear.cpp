@@ -14,13 +14,15 @@
 // At batch 1 the weights are streamed once with the int8 kernel's tile shapes (see int8_linear.cpp),
 // prefetched further ahead. Several rows (up to 4 per pass) reuse each unpacked tile from registers;
 // beyond ~16 rows the permuted x outgrows L1 and the kernel is compute-bound.
-// Threads split the output channels (at::parallel_for: torch's thread count).
+// Threads claim chunks of output channels as they go (parallel.h: a thread on a core another program
+// is using takes fewer), torch's thread count of them.
 //
 // Built by phi4r/kernels/int4.py with -O3 -march=native (AVX-512F/BW/VL/VBMI and AVX512-BF16 required).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "parallel.h"
 #include "simd.h"
 
 #include <type_traits>
@@ -214,7 +216,7 @@ void run(const T* x, int64_t M, int64_t blocks, const uint8_t* w, int64_t RB, co
   const int nr = M == 1 ? 8 : 2;
   const int64_t tiles = (N + nr - 1) / nr, grain = std::max<int64_t>(1, 64 / nr);
   const int64_t ldx = M * ROW<T>;
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+  phi4r::dynamic_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     const int64_t n1 = std::min(N, t1 * nr);
     for (int64_t n = t0 * nr; n < n1;) {
       const bool full = n + nr <= n1;

@@ -15,7 +15,8 @@
 // Decode at batch 1 streams the weights once (bandwidth-bound: ~25 GB/s on one Zen 4 core); from a
 // few rows on it is compute-bound. Beyond 8 rows (bf16) each tile's weights are converted once into
 // an L1 buffer that every group of 8 rows reads (tile_buf), rather than converted again per group.
-// Threads split the output channels (at::parallel_for: torch's thread count).
+// Threads claim chunks of output channels as they go (parallel.h: a thread on a core another program
+// is using takes fewer), torch's thread count of them.
 //
 // Built by phi4r/kernels/int8.py with -O3 -march=native on the machine that runs it (AVX-512F/BW/VL
 // and AVX512-BF16 required; the loader checks the CPU flags before compiling).
@@ -23,6 +24,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "parallel.h"
 #include "simd.h"
 
 #include <cstdlib>
@@ -264,19 +266,26 @@ template <typename T>
 void run(const T* x, int64_t ldx, int64_t M, int64_t K, const int8_t* w, const at::Tensor& scales, T* y, int64_t N) {
   static const Tables tables = make_tables();
   const int nr = channels_per_tile(M);
-  // Chunks of whole tiles, at least 64 channels each, so threads never share a tile.
+  // Chunks of whole tiles, 64 channels or more each, so threads never share a tile.
   const int64_t tiles = (N + nr - 1) / nr, grain = std::max<int64_t>(1, 64 / nr);
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+  phi4r::dynamic_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     const int64_t n0 = t0 * nr, n1 = std::min(N, t1 * nr);
-    std::vector<float> sbuf;  // this chunk's scales in fp32 (they are usually bf16)
+    // This chunk's scales in fp32 (they are usually bf16): on the stack for chunks of up to 64 channels
+    // (most of a small layer's), else on the heap.
+    float local[64];
+    std::vector<float> heap;
     const float* s;
     if (scales.scalar_type() == at::kFloat) {
       s = scales.data_ptr<float>() + n0;
     } else {
-      sbuf.resize(n1 - n0);
+      float* buf = local;
+      if (n1 - n0 > 64) {
+        heap.resize(n1 - n0);
+        buf = heap.data();
+      }
       const auto* src = scales.data_ptr<at::BFloat16>() + n0;
-      for (int64_t i = 0; i < n1 - n0; ++i) sbuf[i] = float(src[i]);
-      s = sbuf.data();
+      for (int64_t i = 0; i < n1 - n0; ++i) buf[i] = float(src[i]);
+      s = buf;
     }
     if (nr == 8) channels<T, 8>(n0, n1, x, ldx, M, K, w, s, y, N, tables);
     else if (nr == 4) channels<T, 4>(n0, n1, x, ldx, M, K, w, s, y, N, tables);

@@ -25,7 +25,8 @@
 // accumulators + 4 weight vectors + a broadcast in the 32 zmm registers); each weight vector serves
 // MR rows and each broadcast activation 4 blocks. Rows beyond 6 take further passes over the tile's
 // weights, which by then are in L2 (64 channels x K bytes), while software prefetches bring the next
-// tile into L2. Threads split the tiles (at::parallel_for), and the rows to quantize.
+// tile into L2. Threads claim tiles two at a time as they go (parallel.h: a thread on a core another
+// program is using takes fewer) and split the rows to quantize.
 // One Zen 4 core, one decode step of the 250M benchmark model's linears (bf16 x): batch 1 as fast as
 // int8_linear.cpp (memory-bound), 16 rows ~2.2x faster (~350 GOP/s: benchmarks/bench_w8a8_kernel.py).
 //
@@ -33,6 +34,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+
+#include "parallel.h"
 
 #include <cstdint>
 #include <type_traits>
@@ -176,7 +179,7 @@ void run(const T* x, int64_t M, int64_t K, const int8_t* w, int64_t K4, const in
   // 6 rows) streams the weights once, sequentially, which the hardware prefetcher does best alone
   // (prefetching there too made batch 1 25% slower).
   const int lines = passes > 1 ? int((4 + passes - 1) / passes) : 0;
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+  phi4r::dynamic_for(0, tiles, 2, [&](int64_t t0, int64_t t1) {  // (2: the next tile is prefetched within a chunk)
     alignas(64) float ws[TILE];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * TILE, valid_n = std::min<int64_t>(TILE, N - n0);

@@ -1,0 +1,230 @@
+// Fused element-wise ops of a decoder layer, for decoding on CPU: each replaces a chain of torch ops
+// (several dispatches, allocations and passes over memory) by one call and one pass.
+//
+//   rms_norm(x, residual?, weight, eps) -> (h, y): h = x + residual (or x), y = RMSNorm(h) as phi4r's
+//       RMSNorm computes it: fp32 statistics; bf16 rounds h * rsqrt(mean(h^2) + eps) once, then the
+//       product with the weight; fp32 multiplies by the weight in fp32.
+//   rope_(x, cos, sin): x [B, T, heads, D] (any strides, last dim contiguous) rotated in place on its
+//       first R dims by cos/signed sin [B, T, 1, R]: x * cos + roll(x, R / 2) * sin (see model.Rotary).
+//   swiglu(gate_up) -> gate_up[..., I:] * silu(gate_up[..., :I]) (the MLP's fused projection).
+//
+// Rounding follows torch's op chain: each product, sum and silu is rounded to the tensor's dtype as a
+// separate torch op would round it (bf16: computed in fp32, rounded to nearest even), so h and rope_
+// are bit-identical to the torch formulas; the norm's statistics and silu's exp differ from torch's by
+// fp32 rounding only. Products and sums that torch does as separate ops use the _round_ intrinsics, which
+// the compiler never contracts into a fused multiply-add (that would round once instead of twice).
+//
+// Rows are split over torch's threads only when there are many (prefill); a decode step's few rows run
+// on the calling thread, where waking the other threads costs more than the work.
+//
+// Built by phi4r/kernels/decode_ops.py with -O3 -march=native (AVX-512F/BW and AVX512-BF16 required).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <tuple>
+#include <type_traits>
+
+namespace {
+
+constexpr int RN = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+inline __mmask16 lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+
+// 16 (or the first n < 16) values -> fp32 lanes, and back (bf16: round to nearest even, as torch).
+inline __m512 load(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(lanes(n), p); }
+inline __m512 load(const at::BFloat16* p, int64_t n) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes(n), p)), 16));
+}
+inline void store(float* p, __m512 v, int64_t n) { _mm512_mask_storeu_ps(p, lanes(n), v); }
+inline void store(at::BFloat16* p, __m512 v, int64_t n) {
+  _mm256_mask_storeu_epi16(p, lanes(n), (__m256i)_mm512_cvtneps_pbh(v));
+}
+// v rounded to T's precision and back (the value a torch op of dtype T would hand to the next op).
+template <typename T>
+inline __m512 rounded(__m512 v) {
+  if constexpr (std::is_same_v<T, float>) return v;
+  else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+inline __m512 mul(__m512 a, __m512 b) { return _mm512_mul_round_ps(a, b, RN); }
+inline __m512 add(__m512 a, __m512 b) { return _mm512_add_round_ps(a, b, RN); }
+
+// e^x for fp32 lanes: x = n ln2 + r, |r| <= ln2 / 2, e^r by Cephes' expf polynomial (about 1 ulp),
+// times 2^n by vscalefps (which also gives inf and 0 beyond fp32's range).
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), RN);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Rows [r0, r1) of `rows` x `len` elements: f(row) on the calling thread for a decode step's few rows,
+// split over torch's threads from about 64K elements on.
+template <typename F>
+void for_rows(int64_t rows, int64_t len, F&& f) {
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, len));
+  if (rows <= grain) {
+    for (int64_t r = 0; r < rows; ++r) f(r);
+    return;
+  }
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) f(r);
+  });
+}
+
+template <typename T>
+void norm_rows(const T* x, const T* res, const T* w, T* h, T* y, int64_t rows, int64_t N, float eps) {
+  for_rows(rows, N, [&](int64_t r) {
+    const T* xr = x + r * N;
+    T* yr = y + r * N;
+    const T* hr = xr;  // the row the norm reads: x itself, or h = x + residual as stored (rounded)
+    __m512 acc = _mm512_setzero_ps();
+    if (res != nullptr) {
+      const T* rr = res + r * N;
+      T* out = h + r * N;
+      for (int64_t i = 0; i < N; i += 16) {
+        const __m512 v = rounded<T>(add(load(xr + i, N - i), load(rr + i, N - i)));
+        store(out + i, v, N - i);
+        acc = _mm512_fmadd_ps(v, v, acc);
+      }
+      hr = out;
+    } else {
+      for (int64_t i = 0; i < N; i += 16) {
+        const __m512 v = load(xr + i, N - i);
+        acc = _mm512_fmadd_ps(v, v, acc);
+      }
+    }
+    const float inv = 1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / float(N) + eps);
+    const __m512 s = _mm512_set1_ps(inv);
+    for (int64_t i = 0; i < N; i += 16) {
+      const __m512 v = rounded<T>(mul(load(hr + i, N - i), s));
+      store(yr + i, mul(v, load(w + i, N - i)), N - i);
+    }
+  });
+}
+
+template <typename T>
+void rope_rows(T* x, const T* cos, const T* sin, int64_t B, int64_t Tn, int64_t H, int64_t R,
+               const int64_t* xs, const int64_t* cs, const int64_t* ss) {
+  const int64_t half = R / 2;
+  for_rows(B * Tn * H, R, [&](int64_t row) {
+    const int64_t b = row / (Tn * H), t = row / H % Tn, hd = row % H;
+    T* xr = x + b * xs[0] + t * xs[1] + hd * xs[2];
+    const T* c = cos + b * cs[0] + t * cs[1];
+    const T* s = sin + b * ss[0] + t * ss[1];
+    // Both halves computed from the row as read, then stored (in place: roll reads the other half).
+    for (int64_t i = 0; i < half; i += 16) {
+      const int64_t n = half - i;
+      const __m512 lo = load(xr + i, n), hi = load(xr + half + i, n);
+      // out[i] = x[i] c[i] + x[i + half] s[i]; out[i + half] = x[i + half] c[i + half] + x[i] s[i + half]
+      const __m512 a = add(rounded<T>(mul(lo, load(c + i, n))), rounded<T>(mul(hi, load(s + i, n))));
+      const __m512 z = add(rounded<T>(mul(hi, load(c + half + i, n))), rounded<T>(mul(lo, load(s + half + i, n))));
+      store(xr + i, a, n);
+      store(xr + half + i, z, n);
+    }
+  });
+}
+
+template <typename T>
+void swiglu_rows(const T* gu, T* y, int64_t rows, int64_t I) {
+  for_rows(rows, I, [&](int64_t r) {
+    const T* g = gu + r * 2 * I;
+    const T* u = g + I;
+    T* yr = y + r * I;
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < I; i += 16) {
+      const __m512 x = load(g + i, I - i);
+      // silu(x) = x / (1 + e^-x), rounded as torch's silu op, then the product with "up".
+      const __m512 silu = rounded<T>(_mm512_div_ps(x, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)))));
+      store(yr + i, mul(load(u + i, I - i), silu), I - i);
+    }
+  });
+}
+
+void check_float(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
+              what, ": fp32 or bf16 CPU tensors");
+}
+
+}  // namespace
+
+// x [..., N] contiguous; residual: None or like x; weight [N] of x's dtype. Returns (h, y): h = x +
+// residual (x itself when residual is None), y = RMSNorm(h) * weight.
+std::tuple<torch::Tensor, torch::Tensor> rms_norm(const torch::Tensor& x, const c10::optional<torch::Tensor>& residual,
+                                                  const torch::Tensor& weight, double eps) {
+  check_float(x, "rms_norm");
+  const int64_t N = x.size(-1);
+  TORCH_CHECK(x.is_contiguous() && weight.is_contiguous() && weight.numel() == N && weight.scalar_type() == x.scalar_type(),
+              "rms_norm: contiguous x [..., N] and a weight [N] of its dtype");
+  const bool add = residual.has_value() && residual->defined();
+  if (add)
+    TORCH_CHECK(residual->sizes() == x.sizes() && residual->is_contiguous() && residual->scalar_type() == x.scalar_type(),
+                "rms_norm: the residual must be contiguous, of x's shape and dtype");
+  auto y = torch::empty_like(x);
+  auto h = add ? torch::empty_like(x) : x;
+  const int64_t rows = N == 0 ? 0 : x.numel() / N;
+  if (x.scalar_type() == at::kFloat)
+    norm_rows<float>(x.data_ptr<float>(), add ? residual->data_ptr<float>() : nullptr, weight.data_ptr<float>(),
+                     h.data_ptr<float>(), y.data_ptr<float>(), rows, N, float(eps));
+  else
+    norm_rows<at::BFloat16>(x.data_ptr<at::BFloat16>(), add ? residual->data_ptr<at::BFloat16>() : nullptr,
+                            weight.data_ptr<at::BFloat16>(), h.data_ptr<at::BFloat16>(), y.data_ptr<at::BFloat16>(),
+                            rows, N, float(eps));
+  return {h, y};
+}
+
+// x [B, T, heads, D] (last dim contiguous), cos/sin [B, T, 1, R] (last dim contiguous), R even <= D.
+torch::Tensor rope_(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  check_float(x, "rope_");
+  TORCH_CHECK(x.dim() == 4 && cos.dim() == 4 && sin.dim() == 4, "rope_: x [B, T, heads, D], cos/sin [B, T, 1, R]");
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3), R = cos.size(3);
+  TORCH_CHECK(cos.scalar_type() == x.scalar_type() && sin.scalar_type() == x.scalar_type(), "rope_: cos/sin in x's dtype");
+  TORCH_CHECK(cos.size(0) == B && cos.size(1) == T && cos.size(2) == 1 && sin.sizes() == cos.sizes(),
+              "rope_: cos/sin [B, T, 1, R] for x [B, T, heads, D]");
+  TORCH_CHECK(R % 2 == 0 && R <= D, "rope_: an even rotary dim <= head dim");
+  TORCH_CHECK((D <= 1 || x.stride(3) == 1) && (R <= 1 || (cos.stride(3) == 1 && sin.stride(3) == 1)),
+              "rope_: the last dim must be contiguous");
+  if (x.numel() == 0 || R == 0) return x;
+  const int64_t xs[3] = {x.stride(0), x.stride(1), x.stride(2)}, cs[2] = {cos.stride(0), cos.stride(1)},
+                ss[2] = {sin.stride(0), sin.stride(1)};
+  if (x.scalar_type() == at::kFloat)
+    rope_rows<float>(x.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), B, T, H, R, xs, cs, ss);
+  else
+    rope_rows<at::BFloat16>(x.data_ptr<at::BFloat16>(), cos.data_ptr<at::BFloat16>(), sin.data_ptr<at::BFloat16>(),
+                            B, T, H, R, xs, cs, ss);
+  return x;
+}
+
+// gate_up [..., 2I] contiguous -> [..., I].
+torch::Tensor swiglu(const torch::Tensor& gate_up) {
+  check_float(gate_up, "swiglu");
+  TORCH_CHECK(gate_up.is_contiguous() && gate_up.dim() >= 1 && gate_up.size(-1) % 2 == 0,
+              "swiglu: contiguous [..., 2I]");
+  auto sizes = gate_up.sizes().vec();
+  const int64_t I = sizes.back() / 2;
+  sizes.back() = I;
+  auto y = torch::empty(sizes, gate_up.options());
+  const int64_t rows = I == 0 ? 0 : y.numel() / I;
+  if (gate_up.scalar_type() == at::kFloat) swiglu_rows<float>(gate_up.data_ptr<float>(), y.data_ptr<float>(), rows, I);
+  else swiglu_rows<at::BFloat16>(gate_up.data_ptr<at::BFloat16>(), y.data_ptr<at::BFloat16>(), rows, I);
+  return y;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rms_norm", &rms_norm, "(h, y): h = x + residual, y = RMSNorm(h) * weight", py::arg("x"), py::arg("residual"),
+        py::arg("weight"), py::arg("eps"));
+  m.def("rope_", &rope_, "rotate x [B, T, heads, D] in place by cos/signed sin [B, T, 1, R]");
+  m.def("swiglu", &swiglu, "up * silu(gate) of [..., gate | up]");
+  // The loader (build.py) hands out one function: this one, returning the module with all three.
+  py::object self = m;
+  m.def("ops", [self]() { return self; }, "this module");
+}

@@ -1,0 +1,164 @@
+"""The fused decode ops (phi4r/kernels/decode_ops.cpp) against the torch formulas they replace, and a
+model's logits with and without them."""
+import os
+import sys
+
+import pytest
+import torch
+
+from phi4r.config import Phi3Config
+from phi4r.kernels import decode_ops
+from phi4r.model import KVCache, Phi3ForCausalLM
+
+KERNEL = (decode_ops, decode_ops.get, "decode ops")  # the `kernel` fixture (conftest.py) builds and probes it
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def ulps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """How many representable values of their dtype lie between a and b (same signs assumed near 0)."""
+    bits = {torch.float32: torch.int32, torch.bfloat16: torch.int16}[a.dtype]
+    return (a.view(bits).long() - b.view(bits).long()).abs()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 768), (1, 1, 45), (2, 3, 130), (100, 1, 768)])  # tails; 100 rows: threaded
+def test_add_rms_norm(kernel, dtype, shape):
+    gen = torch.Generator().manual_seed(shape[-1])
+    x, r = (torch.randn(shape, generator=gen) * 5).to(dtype), torch.randn(shape, generator=gen).to(dtype)
+    w = torch.randn(shape[-1], generator=gen).to(dtype)
+    for residual in (None, r):
+        h, y = kernel.rms_norm(x, residual, w, 1e-5)
+        ref_h, ref_y = decode_ops.reference_rms_norm(x, residual, w, 1e-5)
+        assert torch.equal(h, ref_h)  # the residual add rounds as torch's add
+        assert y.dtype == dtype and y.shape == x.shape
+        # Only the fp32 statistics' summation order differs: at most one step of the output's rounding,
+        # and for almost every element none.
+        apart = ulps_apart(y, ref_y)
+        assert apart.max() <= (1 if dtype == torch.bfloat16 else 4)
+        assert (apart == 0).float().mean() >= (0.98 if dtype == torch.bfloat16 else 0.5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv,D,R", [(12, 4, 64, 64), (8, 2, 128, 128), (4, 2, 96, 48), (3, 1, 40, 20)])
+def test_rope_in_place_bit_identical(kernel, dtype, heads, kv, D, R):
+    gen = torch.Generator().manual_seed(D + R)
+    B, T = 3, 2
+    qkv = torch.randn(B, T, heads + 2 * kv, D, generator=gen).to(dtype)
+    cos, sin = (torch.randn(B, T, 1, R, generator=gen).to(dtype) for _ in range(2))
+    qk = qkv[:, :, :heads + kv]  # the strided view the attention rotates
+    ref = decode_ops.reference_rope(qk, cos, sin)
+    v = qkv[:, :, heads + kv:].clone()
+    assert kernel.rope_(qk, cos, sin) is qk
+    assert torch.equal(qk, ref)
+    assert torch.equal(qkv[:, :, heads + kv:], v)  # values untouched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 3072), (2, 5, 45), (64, 1, 3072)])
+def test_swiglu(kernel, dtype, shape):
+    gen = torch.Generator().manual_seed(shape[-1])
+    gu = (torch.randn(*shape[:-1], 2 * shape[-1], generator=gen) * 4).to(dtype)
+    got, ref = kernel.swiglu(gu), decode_ops.reference_swiglu(gu)
+    assert got.dtype == dtype and got.shape == ref.shape
+    apart = ulps_apart(got, ref)
+    # silu's exp is a polynomial here, libm-grade in torch: a rounding step apart at most
+    assert apart.max() <= (1 if dtype == torch.bfloat16 else 8)
+    assert (apart == 0).float().mean() >= (0.95 if dtype == torch.bfloat16 else 0.3)
+
+
+def test_swiglu_extremes(kernel):
+    gate = torch.tensor([-200.0, -100.0, -88.0, -20.0, 0.0, 20.0, 88.0, 100.0, 1e30, float("inf"), float("-inf")])
+    gu = torch.cat((gate, torch.full_like(gate, 2.0)))
+    got, ref = kernel.swiglu(gu), decode_ops.reference_swiglu(gu)
+    assert torch.allclose(got, ref, rtol=1e-6, atol=0, equal_nan=True), (got, ref)
+
+
+def test_clear_errors(kernel):
+    x = torch.randn(1, 1, 16)
+    with pytest.raises(RuntimeError, match="fp32 or bf16"):
+        kernel.rms_norm(x.double(), None, torch.ones(16, dtype=torch.float64), 1e-5)
+    with pytest.raises(RuntimeError, match="weight"):
+        kernel.rms_norm(x, None, torch.ones(8), 1e-5)
+    with pytest.raises(RuntimeError, match="even rotary dim"):
+        kernel.rope_(torch.randn(1, 1, 2, 16), torch.randn(1, 1, 1, 18), torch.randn(1, 1, 1, 18))
+    with pytest.raises(RuntimeError, match=r"\[\.\.\., 2I\]"):
+        kernel.swiglu(torch.randn(3, 7))
+
+
+def _model(dtype):
+    config = Phi3Config(vocab_size=300, hidden_size=96, intermediate_size=200, num_hidden_layers=3,
+                        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+                        partial_rotary_factor=0.75)
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2 if p.dim() > 1 else 1.0)
+    return model.to(dtype)
+
+
+def _decode_logits(model, dtype):
+    """Prefill 7 tokens of 2 sequences, then 5 decode steps: every step's logits."""
+    gen = torch.Generator().manual_seed(1)
+    cache = KVCache(model.config, 2, 32, dtype=dtype)
+    ids = torch.randint(0, 300, (2, 7), generator=gen)
+    out = []
+    with torch.inference_mode():
+        logits = model(ids, cache=cache)[:, -1:]
+        out.append(logits)
+        for pos in range(7, 12):
+            nxt = logits.float().argmax(-1)
+            logits = model(nxt, positions=torch.full((2, 1), pos), cache=cache, last_only=True)
+            out.append(logits)
+    return torch.cat(out, 1).float()
+
+
+class _Counting:
+    """The kernel module, counting calls to its functions."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, 0
+
+    def __getattr__(self, name):
+        fn = getattr(self.module, name)
+
+        def counted(*args):
+            self.calls += 1
+            return fn(*args)
+        return counted
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_model_logits_with_and_without_the_kernel(kernel, monkeypatch, dtype):
+    model = _model(dtype)
+    counting = _Counting(kernel)
+    monkeypatch.setattr(decode_ops, "ops", lambda: counting)
+    fused = _decode_logits(model, dtype)
+    assert counting.calls >= 6 * 3 * 4  # 2 norms, rope, swiglu per layer and forward (+ the final norm)
+    monkeypatch.setattr(decode_ops, "ops", lambda: None)
+    plain = _decode_logits(model, dtype)
+    if dtype == torch.float32:
+        assert torch.allclose(fused, plain, rtol=0, atol=1e-4 * plain.abs().max())
+    else:  # bf16: an occasional rounding step apart in a norm or silu, carried through 3 layers
+        assert (fused - plain).abs().max() <= 0.05 * plain.abs().max()
+        assert (fused.argmax(-1) == plain.argmax(-1)).float().mean() >= 0.8
+
+
+def test_not_used_with_autograd(kernel, monkeypatch):
+    model = _model(torch.float32)
+    counting = _Counting(kernel)
+    monkeypatch.setattr(decode_ops, "ops", lambda: counting)
+    loss = model(torch.randint(0, 300, (2, 9))).logsumexp(-1).mean()
+    loss.backward()
+    assert counting.calls == 0
+    assert model.model.layers[0].post_attention_layernorm.weight.grad.abs().sum() > 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(0, 300, (1, 4)))
+    assert counting.calls == 0
+
+
+def test_env_var_turns_it_off(processes):
+    code = "from phi4r.kernels import decode_ops; print(decode_ops.ops() is None, decode_ops.get() is None)"
+    env = dict(os.environ, PHI4R_DECODE_OPS_KERNEL="0", PYTHONPATH=os.pathsep.join(sys.path))
+    out = processes.run([sys.executable, "-c", code], 120, env=env)
+    assert out.stdout.split() == ["True", "True"], out.stderr
