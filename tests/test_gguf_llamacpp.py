@@ -1,25 +1,38 @@
-"""phi4r's GGUF export run by llama.cpp itself (llama-cpp-python): the same prompt tokens and the same
-greedy tokens as phi4r; and `phi4r bench --against llama.cpp` end to end on a tiny checkpoint.
+"""GGUF against llama.cpp's own code: phi4r's export run by llama.cpp (llama-cpp-python) gives the same
+prompt tokens and greedy tokens as phi4r; a GGUF written by llama.cpp's converter (convert_hf_to_gguf.py)
+is read by phi4r within the quantization's tolerance of the source; and `phi4r bench --against
+llama.cpp` end to end on a tiny checkpoint.
 
 llama-cpp-python compiles llama.cpp on install (15-20 minutes on 2 cores), so it is the optional
-`bench` extra, not a test dependency: these tests skip without it."""
+`bench` extra, not a test dependency: its tests skip without it. Its wheel does not carry the
+converter (llama.cpp's source tree and llama-cpp-python's sdist do, in vendor/llama.cpp/): that test
+runs when LLAMA_CPP_CONVERTER names convert_hf_to_gguf.py."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-llama_cpp = pytest.importorskip(
-    "llama_cpp", reason="llama-cpp-python is not installed (pip install 'phi4r[bench]'; it compiles llama.cpp)")
+from phi4r.bench_llamacpp import GREEDY_PROMPTS
+from phi4r.checkpoint import load
+from phi4r.tiny import make_checkpoint
 
-from phi4r.api import LLM  # noqa: E402
-from phi4r.bench_llamacpp import GREEDY_PROMPTS  # noqa: E402
-from phi4r.checkpoint import load  # noqa: E402
+pytest.importorskip("gguf")
 from phi4r.gguf_io import write_gguf  # noqa: E402
-from phi4r.sampling import SamplingParams  # noqa: E402
-from phi4r.tiny import make_checkpoint  # noqa: E402
+
+try:
+    import llama_cpp
+except ImportError:
+    llama_cpp = None
+needs_llama_cpp = pytest.mark.skipif(
+    llama_cpp is None, reason="llama-cpp-python is not installed (pip install 'phi4r[bench]'; it compiles llama.cpp)")
+CONVERTER = os.environ.get("LLAMA_CPP_CONVERTER")
 
 NEW_TOKENS = 24
 # Where phi4r's top-2 logits are closer than this, llama.cpp's different summation order (and at q8_0
@@ -49,8 +62,12 @@ def _llama_greedy(llm, ids: list[int]) -> list[int]:
     return out
 
 
+@needs_llama_cpp
 @pytest.mark.parametrize("kind", ["f32", "q8_0"])
 def test_llama_cpp_greedy_equals_phi4r(tiny, tmp_path, kind):
+    from phi4r.api import LLM
+    from phi4r.sampling import SamplingParams
+
     model, tok = load(tiny, dtype="float32")
     out = tmp_path / f"tiny-{kind}.gguf"
     write_gguf(model, tok, out, kind, progress=False)
@@ -74,6 +91,7 @@ def test_llama_cpp_greedy_equals_phi4r(tiny, tmp_path, kind):
             assert ours[:k] == theirs[:k]
 
 
+@needs_llama_cpp
 def test_llama_cpp_reads_the_metadata(tiny, tmp_path):
     model, tok = load(tiny, dtype="float32")
     out = tmp_path / "tiny-bf16.gguf"
@@ -88,6 +106,7 @@ def test_llama_cpp_reads_the_metadata(tiny, tmp_path):
     assert llm.detokenize(tok.encode(GREEDY_PROMPTS[4])).decode() == GREEDY_PROMPTS[4]
 
 
+@needs_llama_cpp
 def test_bench_against_llama_cpp_quick(tiny, tmp_path):
     """The whole `phi4r bench --against llama.cpp` path (export, interleaved children, busy machine,
     greedy check, table, JSON) on the tiny checkpoint."""
@@ -108,3 +127,46 @@ def test_bench_against_llama_cpp_quick(tiny, tmp_path):
     assert rows["idle", "fp32", "prefill", "1K"]["target"] is None
     check = result["greedy"]["fp32"]["GGUF read by phi4r (fp32)"]
     assert check["tokenizers_agree"] and check["of"] == 5
+
+
+# The converter names a BPE vocabulary's pre-tokenizer by hashing how it tokenizes a probe text, and
+# knows only published vocabularies: a random test tokenizer's hash gets the cl100k name the real
+# Phi-4 one gets ("dbrx"; the test tokenizer splits with cl100k's regex). Everything else (hyper-
+# parameters, tensor names and types, vocabulary, special tokens, chat template) is the converter's own.
+_DRIVER = """
+import runpy, sys
+from pathlib import Path
+script = Path(sys.argv[1]).resolve()
+sys.path[:0] = [str(script.parent), str(script.parent / "gguf-py")]
+import conversion.base
+conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "dbrx"
+sys.argv = [str(script)] + sys.argv[2:]
+runpy.run_path(str(script), run_name="__main__")
+"""
+
+
+@pytest.mark.skipif(not CONVERTER, reason="LLAMA_CPP_CONVERTER (the path of llama.cpp's convert_hf_to_gguf.py) is "
+                                          "not set; llama-cpp-python's wheel does not include it")
+@pytest.mark.parametrize("kind", ["f32", "bf16", "q8_0"])
+def test_phi4r_reads_llama_cpp_converter_output(tiny, tmp_path, kind):
+    pytest.importorskip("transformers")
+    out = tmp_path / f"converted-{kind}.gguf"
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, str(Path(CONVERTER)), str(tiny), "--outfile", str(out),
+                           "--outtype", kind], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, tok = load(tiny, dtype="float32")
+    back, tok2 = load(out, dtype="float32")
+    ids = torch.tensor([tok.encode(GREEDY_PROMPTS[0] + GREEDY_PROMPTS[4])])
+    with torch.no_grad():
+        ref, got = model(ids), back(ids)
+    if kind == "f32":
+        assert torch.equal(ref, got)
+    elif kind == "bf16":  # the converter rounds each weight to bf16 as torch does
+        with torch.no_grad():
+            assert torch.equal(load(tiny, dtype="bfloat16")[0].float()(ids), got)
+    else:  # Q8_0: each weight within half a step (block max / 127) of the source's
+        for name, w in model.state_dict().items():
+            assert (w - back.state_dict()[name]).abs().max() <= w.abs().max() * 0.51 / 127, name
+        assert torch.nn.functional.cosine_similarity(ref.flatten(), got.flatten(), dim=0) > 0.995
+    assert all(tok2.encode(t) == tok.encode(t) for t in GREEDY_PROMPTS)
+    assert tok2.eos_id == tok.eos_id and tok2.system_prompt == tok.system_prompt
