@@ -35,9 +35,10 @@ needs_llama_cpp = pytest.mark.skipif(
 CONVERTER = os.environ.get("LLAMA_CPP_CONVERTER")
 
 NEW_TOKENS = 24
-# Where phi4r's top-2 logits are closer than this, llama.cpp's different summation order (and at q8_0
-# its 8-bit activations) may pick the other one: a near-tie, not an export error.
-NEAR_TIE = {"f32": 1e-3, "q8_0": 0.05}
+# llama.cpp's largest logit difference from phi4r on the same weights, relative to the largest logit:
+# F32 differs only in summation order; at Q8_0 llama.cpp also rounds each activation block to 8 bits
+# (its q8_0 x q8_0 dot product), which phi4r, running the dequantized weights in fp32, does not.
+LOGIT_TOL = {"f32": 1e-4, "q8_0": 0.06}
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +52,17 @@ def _llama(path):
                            type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
 
 
-def _llama_greedy(llm, ids: list[int]) -> list[int]:
+def _llama_greedy(llm, ids: list[int]) -> tuple[list[int], list[np.ndarray]]:
+    """llama.cpp's greedy tokens after `ids`, and the logits each was picked from."""
     llm.reset()
-    out, step = [], ids
+    out, logits, step = [], [], ids
     for _ in range(NEW_TOKENS):
         llm.eval(step)
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
-        out.append(int(logits.argmax()))
+        logits.append(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1),
+                                            shape=(llm.n_vocab(),)).copy())
+        out.append(int(logits[-1].argmax()))
         step = [out[-1]]
-    return out
+    return out, logits
 
 
 @needs_llama_cpp
@@ -71,24 +74,34 @@ def test_llama_cpp_greedy_equals_phi4r(tiny, tmp_path, kind):
     model, tok = load(tiny, dtype="float32")
     out = tmp_path / f"tiny-{kind}.gguf"
     write_gguf(model, tok, out, kind, progress=False)
-    # phi4r runs what the file holds (at q8_0 the dequantized weights), so any difference is llama.cpp's
-    # arithmetic or a wrong export, never phi4r's own quantization.
-    phi = LLM(str(out), dtype="float32", max_num_seqs=1, threads=1)
+    # At f32 phi4r runs the source checkpoint itself. At q8_0 it runs what the file holds (the dequantized
+    # weights; tests/test_gguf.py bounds them against the source), so a difference is llama.cpp's
+    # arithmetic or a misread file, never phi4r's own int8 quantization.
+    phi = LLM(str(tiny if kind == "f32" else out), dtype="float32", max_num_seqs=1, threads=1)
     llm = _llama(out)
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+
+    def phi4r_logits(ids):
+        with torch.no_grad():
+            return phi.model(torch.tensor([ids]))[0, -1].float().numpy()
+
+    def relative_diff(ours, theirs):
+        return float(np.abs(ours - theirs).max() / np.abs(ours).max())
+
     for text in GREEDY_PROMPTS:
         ids = tok.encode(text)
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids, text
         ours = phi.generate(ids, params, use_tqdm=False)[0].outputs[0].token_ids
-        theirs = _llama_greedy(llm, ids)
-        if ours != theirs:
+        theirs, their_logits = _llama_greedy(llm, ids)
+        assert relative_diff(phi4r_logits(ids), their_logits[0]) <= LOGIT_TOL[kind], text
+        if ours != theirs:  # allowed only where the two best logits are closer than the engines' difference
             k = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
-            with torch.no_grad():
-                top = phi.model(torch.tensor([ids + ours[:k]]))[0, -1].float().topk(2).values
-            margin = float(top[0] - top[1])
-            assert margin < NEAR_TIE[kind], f"{text!r}: token {k} differs ({ours[k]} vs {theirs[k]}) with a top-2 " \
-                                            f"margin of {margin:.4f}: not a near-tie"
-            assert ours[:k] == theirs[:k]
+            logits = phi4r_logits(ids + ours[:k])
+            top = np.sort(logits)[-2:]
+            noise = float(np.abs(logits - their_logits[k]).max())
+            assert relative_diff(logits, their_logits[k]) <= LOGIT_TOL[kind], (text, k)
+            assert top[1] - top[0] < 2 * noise, f"{text!r}: token {k} differs ({ours[k]} vs {theirs[k]}) with a " \
+                                                f"top-2 margin of {top[1] - top[0]:.4f}, logits within {noise:.4f}"
 
 
 @needs_llama_cpp
