@@ -91,14 +91,16 @@ def run(args) -> int:
     if args.rounds:
         settings["rounds"] = args.rounds
     threads = args.threads or 2
+    compile_ = bool(args.compile if args.compile is not None else os.environ.get("PHI4R_COMPILE", "0") == "1")
     precisions = args.precisions
     files = export_all(path, [PAIRS[p][0] for p in precisions], args.gguf_dir)
     prompts = _greedy_prompts(path)
     print(f"Checkpoint {path}; llama-cpp-python {llama_cpp.__version__}; {threads} threads each; positions "
           f"{settings['positions']}; {settings['new_tokens']} decode steps timed; {settings['rounds']} round(s), "
-          f"contenders interleaved.\n", flush=True)
+          f"contenders interleaved.{' phi4r decodes through torch.compile.' if compile_ else ''}\n", flush=True)
     loadavg_start = os.getloadavg()
-    base = {"threads": threads, "new_tokens": settings["new_tokens"], "positions": settings["positions"]}
+    base = {"threads": threads, "new_tokens": settings["new_tokens"], "positions": settings["positions"],
+            "compile": compile_}
     runs: list[dict] = []
     for r in range(settings["rounds"]):
         for precision in precisions:
@@ -126,7 +128,7 @@ def run(args) -> int:
     print(f"\nLoad average (1, 5, 15 min) {_loadavg(loadavg_start)} at the start, {_loadavg(os.getloadavg())} at the end.")
     if args.out:
         args.out.write_text(json.dumps({"checkpoint": str(path), "llama_cpp_python": llama_cpp.__version__,
-                                        "settings": {**settings, "threads": threads}, "rows": rows,
+                                        "settings": {**settings, "threads": threads, "compile": compile_}, "rows": rows,
                                         "greedy": greedy["pairs"], "measurements": runs + busy,
                                         "export_check": export_check, "loadavg_start": loadavg_start,
                                         "loadavg_end": os.getloadavg()}, indent=2) + "\n")
@@ -311,7 +313,7 @@ class _Phi4r:
         start = time.perf_counter()
         longest = max([WARMUP_LEN, *spec["positions"].values()]) + spec["new_tokens"] + 8
         self.llm = LLM(spec["path"], dtype=spec["dtype"], quantization=spec["quantization"], max_num_seqs=1,
-                       max_model_len=max(longest, 512), threads=spec["threads"])
+                       max_model_len=max(longest, 512), threads=spec["threads"], compile=spec["compile"])
         self.load_s = time.perf_counter() - start
         self.vocab_size = self.llm.model.config.vocab_size
 
