@@ -48,6 +48,15 @@ HF_BASELINE = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16", "w8a8": "bf16"}
 WARMUP_LEN = 16
 DEFAULT_CHECKPOINT = Path(tempfile.gettempdir()) / "phi4r-bench-250m"
 BENCH_MODEL = "bench"  # the --model name of DEFAULT_CHECKPOINT
+# The 258M Phi-4-shaped checkpoint phi4r is measured against llama.cpp on (phi4r/bench_llamacpp.py):
+# Phi-4's vocabulary, so the embedding and lm_head weigh what they do in the real model.
+ANCHOR_SHAPE = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                "num_key_value_heads": 4, "vocab_size": 100352, "max_position_embeddings": 16384,
+                "rope_theta": 250000.0}
+ANCHOR_MODEL = "anchor"
+# --model names of the checkpoints phi4r writes itself (random weights, nothing downloaded)
+PRESETS = {BENCH_MODEL: (BENCH_SHAPE, DEFAULT_CHECKPOINT),
+           ANCHOR_MODEL: (ANCHOR_SHAPE, Path(tempfile.gettempdir()) / "phi4r-bench-anchor-258m")}
 
 
 def run(args) -> int:
@@ -56,7 +65,8 @@ def run(args) -> int:
 
     if args.transformers and importlib.util.find_spec("transformers") is None:
         raise ValueError("transformers is not installed: `pip install transformers`, or pass --no-transformers")
-    path = make_bench_checkpoint(DEFAULT_CHECKPOINT) if args.model == BENCH_MODEL else resolve_model_path(args.model)
+    name = args.model or BENCH_MODEL
+    path = preset_checkpoint(name) if name in PRESETS else resolve_model_path(name)
     if args.compile is None:  # resolved here as the engine would, so the report says which it measured
         args.compile = os.environ.get("PHI4R_COMPILE", "0") == "1"
     model = model_facts(path)
@@ -93,16 +103,22 @@ def run(args) -> int:
 
 # ---- the checkpoint and the machine
 
-def make_bench_checkpoint(path: Path) -> Path:
+def make_bench_checkpoint(path: Path, shape: dict = BENCH_SHAPE) -> Path:
     """The benchmark checkpoint at `path`, made (fp32, random weights, small tokenizer) unless a
     checkpoint is already there."""
     if not (path / "config.json").is_file():
         from phi4r.tiny import make_checkpoint
 
         print(f"making the benchmark checkpoint in {path} ...", file=sys.stderr, flush=True)
-        shape = dict(BENCH_SHAPE)
+        shape = dict(shape)
         make_checkpoint(path, vocab_size=shape.pop("vocab_size"), **shape)
     return path
+
+
+def preset_checkpoint(name: str) -> Path:
+    """The checkpoint of a PRESETS name, made on first use."""
+    shape, path = PRESETS[name]
+    return make_bench_checkpoint(path, shape)
 
 
 def model_facts(path: Path) -> dict:
