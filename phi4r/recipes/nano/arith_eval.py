@@ -87,7 +87,7 @@ def all_expressions() -> set[str]:
 
 def trace_ok(inst: Instance, response: str) -> bool:
     try:
-        arithmetic.check_trace(inst.prompt, response)
+        arithmetic.check_trace(inst.prompt, response, inst.answer["tree"])
         return True
     except arithmetic.TraceError:
         return False

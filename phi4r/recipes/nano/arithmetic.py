@@ -392,12 +392,15 @@ def _check_operation(lines: _Lines, x: int, op: str, y: int) -> tuple[int, int]:
     return v, steps
 
 
-def check_trace(question_text: str, response: str) -> Checked:
+def check_trace(question_text: str, response: str, tree=None) -> Checked:
     """Verify every step of a column trace answering `question_text` (the task's prompt or a plain
     question): each state line's lists, carry and answer follow from the lines above, each column's
     digits are the lists' last, each one-digit operation is true, each result is the procedure's,
-    and the final answer is the expression's value. Raises TraceError at the first wrong step."""
-    tree = parse_expression(parse_question(question_text))
+    and the final answer is the expression's value. Raises TraceError at the first wrong step.
+
+    `tree`: the task instance's tree, which decides the order of the operations (`4 + 3 + 1` may be
+    4 + (3 + 1)); without it, the question's expression parsed left to right."""
+    tree = tree_of(tree) if tree is not None else parse_expression(parse_question(question_text))
     m = _FRAME.fullmatch(response.strip("\n"))
     if not m:
         raise TraceError(0, "not '<think>\\n...\\n</think>\\n\\nFinal Answer: N'")
