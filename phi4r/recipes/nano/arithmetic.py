@@ -145,17 +145,13 @@ def parse_expression(text: str):
 
 
 # ---- the teacher
-def digits(n: int) -> str:
-    return str(n)
-
-
 def _state(left: str, op: str, right: str, flag: str, c: int, answer: str) -> str:
     right_text = right if op == "*" else f"[{right}]"
     return f"({left}) {op} {right_text}, {flag} {c}, answer {{{answer}}}"
 
 
 def add_lines(a: int, b: int) -> list[str]:
-    left, right, c, answer = digits(a), digits(b), 0, ""
+    left, right, c, answer = str(a), str(b), 0, ""
     lines = [_state(left, "+", right, "carry", c, answer)]
     while left or right or c:
         x, y = int(left[-1:] or 0), int(right[-1:] or 0)
@@ -170,7 +166,7 @@ def add_lines(a: int, b: int) -> list[str]:
 def sub_lines(a: int, b: int) -> list[str]:
     if a < b:
         raise ValueError(f"{a} - {b}: the column subtraction needs a >= b")
-    left, right, c, answer = digits(a), digits(b), 0, ""
+    left, right, c, answer = str(a), str(b), 0, ""
     lines = [_state(left, "-", right, "borrow", c, answer)]
     while left or right:
         x, y = int(left[-1:] or 0), int(right[-1:] or 0)
@@ -185,7 +181,7 @@ def sub_lines(a: int, b: int) -> list[str]:
 
 def row_lines(a: int, m: int, shift: int) -> tuple[list[str], int]:
     """a times the digit m, the answer starting with `shift` zeros; (lines, the row's value)."""
-    left, c, answer = digits(a), 0, "0" * shift
+    left, c, answer = str(a), 0, "0" * shift
     lines = [_state(left, "*", str(m), "carry", c, answer)]
     while left or c:
         x = int(left[-1:] or 0)
@@ -387,7 +383,7 @@ def _check_operation(lines: _Lines, x: int, op: str, y: int) -> tuple[int, int]:
                 v, steps = s, steps + n
         x, y = a, b
     lines.expect(f"so {x} {op} {y} = {v}.", "the operation's result")
-    if v != true:  # cannot happen when every step above held; kept as the last word
+    if v != true:  # the steps above prove v; this guards the checker itself
         lines.fail(f"{x} {op} {y} is {true}, not {v}")
     return v, steps
 
