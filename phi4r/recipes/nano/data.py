@@ -41,7 +41,7 @@ PLAIN_ARITHMETIC = ["What is {}?", "Compute {}.", "Calculate {}.", "{} = ?", "Wh
 COLUMNS = "columns"
 NOT_TASKS = ("copy", COLUMNS)
 # The benchmark's held-out arithmetic (the recipe's evaluation and test seeds) is kept out of training
-# for the multi-digit levels, this many instances per level; levels 1-2 have 100 and ~300 distinct
+# for the multi-digit levels, this many instances per level; levels 1-2 have 100 and ~250 distinct
 # problems, all of which training sees.
 BENCHMARK_HELD_OUT = {"levels": (3, 4, 5, 6), "limit": 200}
 
