@@ -2,17 +2,20 @@
 
 Instances come from the benchmark tasks' generators (`Task.generate`); what the model reads and
 writes is the recipe's: spatialmap's numbered prompt and record trace (`.spatialmap`), calendar's
-day-record sweep (`.calendar`), arithmetic's own teacher, plain arithmetic questions, and copy
-conversations. The tokenizer's split is the recipe's too (SPLIT).
+day-record sweep (`.calendar`), arithmetic's column traces (`.arithmetic`), plain arithmetic
+questions, and copy conversations. The tokenizer's split is the recipe's too (SPLIT). No
+arithmetic problem of the held-out evaluations (`held_out_expressions`) is trained on.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
+from functools import lru_cache
 from pathlib import Path
 
 from ...tasks import get_task
-from . import calendar, spatialmap
+from . import arithmetic, calendar, spatialmap
 
 # The fine split (every digit and punctuation mark its own piece) with one exception: a clock time
 # `08:30` is one piece, so the times the data uses become tokens of their own. Digit by digit, a
@@ -21,7 +24,9 @@ from . import calendar, spatialmap
 SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)| ?\p{L}+| ?\d\d:\d\d| ?\p{N}| ?[^\s\p{L}\p{N}]"
          r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 PROMPTS = {"spatialmap": spatialmap.prompt}  # tasks whose prompt the recipe writes its own way
-TEACHERS = {"spatialmap": spatialmap.teacher, "calendar": calendar.teacher}
+# Arithmetic's trace is the task's one-line step for one-digit operands (levels 1-2 as the task
+# teaches them) and the column procedure for multi-digit ones.
+TEACHERS = {"spatialmap": spatialmap.teacher, "calendar": calendar.teacher, "arithmetic": arithmetic.teacher}
 
 # "copy": conversations whose answer repeats a task prompt word for word: every answer token is a
 # lookup, which carries the warm-up's copying over to the chat format and these prompts.
@@ -29,6 +34,16 @@ COPY_PROMPT = "Repeat this text exactly:\n\n"
 # A third of the arithmetic prompts are plain questions (no "Answer as" line), so a user's
 # "What is 17 + 25?" gets the same thinking and "Final Answer: N" as the task's own prompt.
 PLAIN_ARITHMETIC = ["What is {}?", "Compute {}.", "Calculate {}.", "{} = ?", "What is {}", "How much is {}?"]
+# "columns": kind -> n (`.arithmetic` KINDS: "add2", "sub3", "mul21", ...): single operations with
+# multi-digit operands, which the task's levels hardly have (level 3 is one operation on two-digit
+# numbers; nothing has three-digit ones), in column traces; every other one asked as a plain
+# question (`arithmetic.PLAIN_QUESTIONS`, cycled), the others in the task's prompt.
+COLUMNS = "columns"
+NOT_TASKS = ("copy", COLUMNS)
+# The benchmark's held-out arithmetic (the recipe's evaluation and test seeds) is kept out of training
+# for the multi-digit levels, this many instances per level; levels 1-2 have 100 and ~250 distinct
+# problems, all of which training sees.
+BENCHMARK_HELD_OUT = {"levels": (3, 4, 5, 6), "limit": 200}
 
 
 def prompt(inst) -> str:
@@ -41,10 +56,43 @@ def teach(inst) -> str:
     return TEACHERS[inst.task](inst) if inst.task in TEACHERS else get_task(inst.task).teacher(inst)
 
 
+@lru_cache(maxsize=1)
+def held_out_expressions() -> frozenset[str]:
+    """The arithmetic expressions no training conversation may ask: every problem of `.arith_eval`
+    (its development and held-out seeds, up to its largest n) and the benchmark's multi-digit levels
+    at the recipe's evaluation and test seeds."""
+    from .arith_eval import all_expressions
+    from .recipe import EVAL_SEED, TEST_SEED
+
+    task = get_task("arithmetic")
+    return frozenset(all_expressions()) | {i.answer["expression"] for seed in (EVAL_SEED, TEST_SEED)
+                                for level in BENCHMARK_HELD_OUT["levels"]
+                                for i in task.generate(BENCHMARK_HELD_OUT["limit"], seed, difficulty=level)}
+
+
 def instances(mix: dict, seed: int) -> list:
-    """mix: task -> {level: n} (a "copy" entry is skipped: see copy_conversations)."""
-    return [inst for name, levels in mix.items() if name != "copy" for level, n in levels.items()
-            for inst in get_task(name).generate(n, seed, difficulty=level)]
+    """mix: task -> {level: n} ("copy" and "columns" entries are skipped: see copy_conversations and
+    column_conversations). Arithmetic instances asking a held-out problem are left out."""
+    excluded = held_out_expressions() if "arithmetic" in mix else set()
+    return [inst for name, levels in mix.items() if name not in NOT_TASKS for level, n in levels.items()
+            for inst in get_task(name).generate(n, seed, difficulty=level)
+            if not (inst.task == "arithmetic" and inst.answer["expression"] in excluded)]
+
+
+def column_conversations(kinds: dict, seed: int) -> list[list[dict]]:
+    """kind -> n: n problems of each kind (none held out), alternately in the task's prompt and as
+    plain questions, answered by column traces."""
+    excluded, convs, k = held_out_expressions(), [], 0
+    for kind, n in kinds.items():
+        for i in range(n):
+            rng = random.Random(f"columns-{kind}-{seed}-{i}")
+            while (expr := arithmetic.expression(*arithmetic.draw(rng, kind))) in excluded:
+                pass
+            ask = arithmetic.question(expr, None if k % 2 == 0 else k // 2)
+            convs.append([{"role": "user", "content": ask},
+                          {"role": "assistant", "content": arithmetic.solve(arithmetic.parse_expression(expr))}])
+            k += 1
+    return convs
 
 
 def copy_conversations(sources: dict, seed: int) -> list[list[dict]]:
@@ -62,10 +110,11 @@ def user_prompt(inst, k: int) -> str:
 
 
 def sft_conversations(mix: dict, seed: int) -> list[list[dict]]:
-    """The taught conversations of `mix` at `seed`, then its copy conversations (other instances
-    of the same tasks: seed + 500)."""
+    """The taught conversations of `mix` at `seed`, its column conversations, then its copy
+    conversations (other instances of the same tasks: seed + 500)."""
     return ([[{"role": "user", "content": user_prompt(i, k)}, {"role": "assistant", "content": teach(i)}]
              for k, i in enumerate(instances(mix, seed))]
+            + column_conversations(mix.get(COLUMNS, {}), seed)
             + copy_conversations(mix.get("copy", {}), seed + 500))
 
 
