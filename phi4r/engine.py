@@ -43,7 +43,7 @@ import torch
 
 from .kernels import attention as attention_kernel
 from .kernels import build as kernel_build
-from . import kv_budget
+from . import kv_budget, threads
 from .kv_cache import BLOCK_SIZE, PagedKVCache
 from .reasoning import THINK_END, ReasoningStream, partial_suffix, split_reasoning
 from .sampling import LoopGuard, SamplingParams, sample
@@ -260,6 +260,7 @@ class Engine:
         # (attention_kernel.choose) so that a build finishing mid-run is picked up; nothing waits for it. A
         # compiled step keeps what was chosen when it was traced, so compiling waits for the builds (bounded).
         self._kernel_args = (model.dtype, model.config.head_dim, model.device)
+        self._adapt_threads = model.device.type == "cpu"  # fewer threads while other programs take cores
         if attention_kernel.supports(*self._kernel_args):
             attention_kernel.prepare()
         if compile and model.device.type == "cpu":
@@ -354,6 +355,8 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[Delta]:
         deltas: list[Delta] = []
+        if self._adapt_threads:
+            threads.adapt()
         try:
             self._take_inbox(deltas)
             self._admit(deltas)

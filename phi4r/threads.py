@@ -11,9 +11,10 @@ many cores other processes used since the last measurement (/proc/stat's busy ti
 this process's own CPU time: its spinning threads count as its own, not as others'), and sets torch's
 intra-op threads to the CPUs this process may run on minus those cores (rounded down to whole cores
 only from OTHERS_MARGIN of a core on, so background noise changes nothing), never more than the count
-it found set at its first call (the user's choice, e.g. `LLM(threads=...)`) and never fewer than 1.
-Between measurements it is a clock read and a comparison. PHI4R_ADAPT_THREADS=0 turns it off (it then
-changes nothing). On a system without /proc/stat it changes nothing either.
+it found set at its first call or that someone else set since (the user's choice, e.g.
+`LLM(threads=...)`) and never fewer than 1. Between measurements it is a clock read and a comparison.
+The engine calls it before every step on CPU. PHI4R_ADAPT_THREADS=0 turns it off (it then changes
+nothing). On a system without /proc/stat it changes nothing either.
 """
 from __future__ import annotations
 
@@ -65,29 +66,33 @@ class ThreadAdapter:
         self.others: float | None = None  # cores other processes used over the last interval
         self._last: tuple[float, float, float] | None = None  # (clock, busy, own) at the last measurement
         self._next = 0.0
+        self._set: int | None = None  # the count in effect after our last call
 
     def __call__(self) -> int:
         now = self.clock()
-        if self.ceiling is None:
-            self.ceiling = self.get_threads()
+        current = self.get_threads()
+        if self.ceiling is None or (self._set is not None and current != self._set):
+            self.ceiling = current  # first call, or the user chose a new count since our last change
+        self._set = current
         if self.cpus is None:
             self.cpus = _cpus()
         if now < self._next:
-            return self.get_threads()
+            return current
         self._next = now + INTERVAL
         busy = self.busy()
         if busy is None:
-            return self.get_threads()
+            return current
         sample, last = (now, busy, self.own()), self._last
         self._last = sample
         if last is None or sample[0] <= last[0]:
-            return self.get_threads()
+            return current
         wall = sample[0] - last[0]
         self.others = max(0.0, (sample[1] - last[1]) - (sample[2] - last[2])) / wall
         taken = max(0, math.ceil(self.others - OTHERS_MARGIN))
         want = max(1, min(self.ceiling, self.cpus - taken))
-        if want != self.get_threads():
+        if want != current:
             self.set_threads(want)
+        self._set = want
         return want
 
 

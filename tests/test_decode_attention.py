@@ -144,8 +144,23 @@ def test_choose_falls_back_to_the_reference(kernel, monkeypatch):
 
 
 def test_prepare_loads_a_build_or_builds_in_a_child_process(kernel, monkeypatch):
-    started = []
-    monkeypatch.setattr(build.subprocess, "Popen", lambda args, **kw: started.append((args, kw)) or Popen(["true"]))
+    started, children = [], []
+
+    def fake_builder(args, **kw):  # a child that stays "building" until the test ends
+        started.append((args, kw))
+        children.append(Popen(["sleep", "600"], start_new_session=True))
+        return children[-1]
+
+    monkeypatch.setattr(build.subprocess, "Popen", fake_builder)
+    try:
+        _prepare_then_build(kernel, monkeypatch, started)
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+
+
+def _prepare_then_build(kernel, monkeypatch, started):
     monkeypatch.setattr(attention.loader, "state", {})
     assert build.is_built(attention.NAME, attention.SOURCE)  # the fixture built it
     attention.prepare()

@@ -79,6 +79,21 @@ def test_ceiling_is_the_count_found_first():
     assert adapt() == 1 and m.sets == []  # one thread asked for: more cores free changes nothing
 
 
+def test_a_count_the_user_sets_later_is_the_new_ceiling():
+    m = Machine(threads_now=4)
+    adapt = m.adapter(cpus=4)
+    adapt()
+    m.run(1.0, others=2.0, own=2.0)
+    assert adapt() == 2
+    m.threads = 3  # the user (e.g. a new LLM(threads=3)) sets a count of their own
+    m.run(1.0, others=0.0, own=3.0)
+    assert adapt() == 3  # a quiet machine: the user's new count, not the first one (4)
+    m.run(1.0, others=3.0, own=1.0)
+    assert adapt() == 1
+    m.run(1.0, others=0.0, own=1.0)
+    assert adapt() == 3 and m.sets == [2, 1, 3]
+
+
 def test_no_proc_stat_changes_nothing():
     m = Machine(threads_now=2)
     adapt = ThreadAdapter(cpus=2, busy=lambda: None, own=lambda: m.own, clock=lambda: m.t,
