@@ -38,9 +38,13 @@ VOCAB_SIZE = 1024
 # copy conversations (`.data`). Maze (answers need a path search) and sat3 (clauses in a five-symbol
 # alphabet the model does not learn to copy) stayed at chance. Arithmetic is cheap (~75 tokens a
 # conversation; batches are length-bucketed) and weighted up: at temperature 0.8 its answers must be
-# sharp, not just right under argmax.
+# sharp, not just right under argmax. "columns": single operations on multi-digit numbers, worked
+# column by column (`.arithmetic`), half of them as plain questions ("What is 67 + 81?"): the sums
+# people ask first, in steps of one lookup and one digit operation each, which a model this small can take.
 MIX = {"arithmetic": {1: 3000, 2: 2500, 3: 400, 4: 400}, "spatialmap": {1: 2000, 2: 2000}, "calendar": {1: 2000, 2: 2000},
-       "copy": {"spatialmap": 1000, "calendar": 500}}
+       "copy": {"spatialmap": 1000, "calendar": 500},
+       "columns": {"add2": 600, "sub2": 600, "add3": 600, "sub3": 600, "addmix": 300, "submix": 300, "mul21": 800,
+                   "mul12": 200, "mul31": 200, "mul22": 100}}
 SFT_SEED_OFFSET = 1000  # the first phase's instances: seed + 1000 (then the PHASES' offsets)
 GRPO_SEED_OFFSET = 2000
 EVAL_SEED = 0  # held-out evaluation instances (instance ids embed the seed, so no overlap)
@@ -52,8 +56,10 @@ RECALL = {"task": "recall", "recall_len": 160, "per_device_train_batch_size": 32
           "logging_steps": 25, "target": 0.9, "extra_steps": 25, "max_steps": 400}
 
 # lr 5e-4 in phase 1, while the copying carries over from the warm-up (at 1e-3 the name lookups did
-# not form), 1e-3 after. 988 steps of 16 = one pass over MIX's 15,800 conversations.
-SFT = {"learning_rate": 5e-4, "warmup_steps": 30, "weight_decay": 0.01, "adam_beta2": 0.98, "max_steps": 988, "bf16": True,
+# not form), 1e-3 after. A phase is one pass over MIX's conversations in batches of 16.
+CONVERSATIONS = sum(n for entry in MIX.values() for n in entry.values())
+SFT = {"learning_rate": 5e-4, "warmup_steps": 30, "weight_decay": 0.01, "adam_beta2": 0.98,
+       "max_steps": -(-CONVERSATIONS // 16), "bf16": True,
        "per_device_train_batch_size": 16, "max_length": 1024, "eval_fraction": 0.01, "eval_steps": 100,
        "logging_steps": 10, "save_steps": 100, "save_total_limit": 2}
 # Phases 2 and 3 continue from the previous phase on fresh instances of the same mix (the lookups and
