@@ -165,7 +165,7 @@ def test_sft_mix_counts_and_held_out_sets():
     assert len(convs) == 6 + 6 + 4
     copies = [c for c in convs if c[0]["content"].startswith(data.COPY_PROMPT)]
     assert len(copies) == 4
-    held_out = {data.prompt(i) for seed in (recipe.EVAL_SEED, recipe.TEST_SEED) for level in (1, 2)
+    held_out = {data.prompt(i) for seed in (recipe.DEV_SEED, recipe.TEST_SEED, *recipe.EVAL_SEEDS) for level in (1, 2)
                 for i in spatial.generate(50, seed, difficulty=level)}
     for user, _ in convs:
         assert user["content"].removeprefix(data.COPY_PROMPT) not in held_out

@@ -20,7 +20,7 @@ from ...tasks import get_task
 from ...tasks.calendar import NAMES
 from ...tasks.spatialmap import PLACES
 from . import data
-from .recipe import EVAL_SEED
+from .recipe import DEV_SEED
 
 KNOWN_NAMES = set(PLACES) | set(NAMES)
 
@@ -32,7 +32,7 @@ def kind(piece: str) -> str | None:
     return "names" if word in KNOWN_NAMES else "numbers" if word[0].isdigit() else "words"
 
 
-def probe(model, tok, task_name: str, level: int = 1, n: int = 40, seed: int = EVAL_SEED) -> dict:
+def probe(model, tok, task_name: str, level: int = 1, n: int = 40, seed: int = DEV_SEED) -> dict:
     """{kind: (mean loss in nats, argmax accuracy, tokens)} plus "lines" (share of trace lines with
     every token right) and "first_error" (mean share of the trace's tokens before the first wrong one)."""
     from ...train.data import encode_conversation
