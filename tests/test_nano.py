@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from phi4r.checkpoint import NANO_DIR
-from phi4r.recipes.nano.recipe import TEST_SEED
+from phi4r.recipes.nano.evaluation import TEST_SEED
 
 # (task, level) -> (instances, minimum greedy accuracy): docs/NANO.md's greedy figure minus a margin
 # for a set this small (seed 0 there, seed 7 here). The card tasks are also held to a floor over both

@@ -8,7 +8,7 @@ import pytest
 
 from phi4r.evals.backends import Completion
 from phi4r.reasoning import split_reasoning
-from phi4r.recipes.nano import arith_eval, data, recipe
+from phi4r.recipes.nano import arith_eval, data, evaluation, recipe
 from phi4r.recipes.nano import arithmetic as arith
 from phi4r.tasks import get_task
 
@@ -119,7 +119,7 @@ def test_evaluation_seeds_are_fixed_disjoint_and_never_trained_on():
     assert not set(arith_eval.DEV_SEEDS) & set(arith_eval.HELDOUT_SEEDS) and len(arith_eval.HELDOUT_SEEDS) >= 3
     assert arith_eval.problems("add_sub_2", 70001, 5) == arith_eval.problems("add_sub_2", 70001, 50)[:5]
     held_out = arith_eval.all_expressions()
-    benchmark = {i.answer["expression"] for seed in (recipe.DEV_SEED, recipe.TEST_SEED, *recipe.EVAL_SEEDS) for level in (3, 4)
+    benchmark = {i.answer["expression"] for seed in (evaluation.DEV_SEED, evaluation.TEST_SEED, *evaluation.EVAL_SEEDS) for level in (3, 4)
                  for i in task.generate(50, seed, difficulty=level)}
     kinds = {kind: 300 for kind in arith.KINDS}
     mix = {"arithmetic": {3: 1500, 4: 400}, data.COLUMNS: kinds}

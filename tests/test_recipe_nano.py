@@ -2,10 +2,14 @@
 
 The traces are the recipe's, written for a 3.6M model; the instances are the benchmark tasks'.
 """
+import json
 import re
+import statistics
+from pathlib import Path
 
+from phi4r.recipes.nano import arith_eval
 from phi4r.recipes.nano import calendar as nano_calendar
-from phi4r.recipes.nano import data, recipe
+from phi4r.recipes.nano import data, evaluation, recipe
 from phi4r.recipes.nano import spatialmap as nano_spatial
 from phi4r.recipes.nano.spatialmap import ORIGIN
 from phi4r.tasks import get_task
@@ -165,7 +169,7 @@ def test_sft_mix_counts_and_held_out_sets():
     assert len(convs) == 6 + 6 + 4
     copies = [c for c in convs if c[0]["content"].startswith(data.COPY_PROMPT)]
     assert len(copies) == 4
-    held_out = {data.prompt(i) for seed in (recipe.DEV_SEED, recipe.TEST_SEED, *recipe.EVAL_SEEDS) for level in (1, 2)
+    held_out = {data.prompt(i) for seed in (evaluation.DEV_SEED, evaluation.TEST_SEED, *evaluation.EVAL_SEEDS) for level in (1, 2)
                 for i in spatial.generate(50, seed, difficulty=level)}
     for user, _ in convs:
         assert user["content"].removeprefix(data.COPY_PROMPT) not in held_out
@@ -187,28 +191,41 @@ def test_clock_times_are_one_piece_in_the_recipes_split_only(tmp_path):
 
 
 def test_eval_runs_are_the_documented_commands():
-    """The eval stage calls `run_eval` with what the report prints as `phi4r eval` command lines."""
-    runs = recipe.eval_runs(recipe.Path("E"))
-    assert len(runs) == 2 * len(recipe.EVAL)
+    """The eval stage calls `run_eval` with what the report prints as `phi4r eval` command lines, per
+    task and evaluation seed; the seeds are fixed, at least three, and none is the development seed."""
+    seeds = evaluation.EVAL_SEEDS
+    assert len(seeds) >= 3 and evaluation.DEV_SEED not in seeds and evaluation.TEST_SEED not in seeds
+    runs = evaluation.eval_runs(Path("E"))
+    assert len(runs) == 2 * len(evaluation.EVAL) * len(seeds)
     task, out, args = runs[1]
-    assert (task, str(out)) == ("arithmetic", "E/arithmetic/greedy") and args["sampling"]["temperature"] == 0.0
-    assert recipe.eval_command("M", task, str(out), args) == (
-        "phi4r eval --model M --tasks arithmetic --difficulty 1,2,3,4 --limit 50 --seed 0 --max-tokens 768 "
-        "--max-num-seqs 64 --greedy --runs 1 --out E/arithmetic/greedy")
+    assert (task, str(out)) == ("arithmetic", f"E/arithmetic/greedy/seed-{seeds[0]}")
+    assert args["sampling"]["temperature"] == 0.0
+    assert evaluation.eval_command("M", task, str(out), args) == (
+        f"phi4r eval --model M --tasks arithmetic --difficulty 1,2,3,4 --limit 50 --seed {seeds[0]} --max-tokens 768 "
+        f"--max-num-seqs 64 --greedy --runs 1 --out E/arithmetic/greedy/seed-{seeds[0]}")
 
 
 def test_eval_stage_runs_run_eval_and_the_report_reads_it(tmp_path, monkeypatch):
-    """The eval stage on the shipped model (arithmetic level 1, 2 instances): `run_eval` writes each
-    summary under OUT/eval, a finished one is not run again, and the report's table reads them."""
+    """The evaluation of the shipped model (arithmetic level 1, 2 instances a seed; 2 column problems
+    a category and seed): `run_eval` and `arith_eval` write their summaries under OUT/eval, a finished
+    one is not run again, and the report's tables read them as mean ± std across the seeds."""
     from phi4r.checkpoint import NANO_DIR
 
-    monkeypatch.setattr(recipe, "EVAL", {"arithmetic": ([1], 2)})
+    monkeypatch.setattr(evaluation, "EVAL", {"arithmetic": ([1], 2)})
+    monkeypatch.setattr(evaluation, "COLUMNS_N", 2)
     eval_dir = tmp_path / "eval" / "grpo"
-    recipe.stage_eval(NANO_DIR, eval_dir)
-    summary = eval_dir / "arithmetic" / "sampled" / "summary.json"
-    assert summary.is_file() and (eval_dir / "arithmetic" / "greedy" / "summary.json").is_file()
-    stamp = summary.stat().st_mtime_ns
-    recipe.stage_eval(NANO_DIR, eval_dir)
-    assert summary.stat().st_mtime_ns == stamp
-    rows = recipe.results_table(tmp_path).splitlines()
-    assert rows[2].startswith("| arithmetic | 1 | - | - | - | ") and len(rows) == 4  # no SFT evaluation here
+    evaluation.evaluate(NANO_DIR, eval_dir, log=lambda msg: None)
+    seeds = evaluation.EVAL_SEEDS
+    summaries = [eval_dir / "arithmetic" / kind / f"seed-{s}" / "summary.json" for kind in ("sampled", "greedy")
+                 for s in seeds]
+    assert all(p.is_file() for p in summaries) and (eval_dir / "columns" / "summary.json").is_file()
+    stamp = summaries[0].stat().st_mtime_ns
+    evaluation.evaluate(NANO_DIR, eval_dir, log=lambda msg: None)
+    assert summaries[0].stat().st_mtime_ns == stamp
+    rows = evaluation.results_table(tmp_path).splitlines()
+    assert rows[0].startswith("| task | level | GRPO T=0.8 |") and len(rows) == 4  # no SFT evaluation here
+    per_seed = [json.loads(p.read_text())["metrics"]["by_task"]["arithmetic"]["mean"] for p in summaries[3:]]
+    greedy = rows[2].split(" | ")[3]
+    assert greedy == f"{100 * statistics.mean(per_seed):.1f} ± {100 * statistics.stdev(per_seed):.1f}"
+    columns = evaluation.columns_table(tmp_path).splitlines()
+    assert len(columns) == 2 + len(arith_eval.CATEGORIES) and columns[2].startswith("| add_sub_2 | ")

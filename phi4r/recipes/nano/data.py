@@ -62,7 +62,7 @@ def held_out_expressions() -> frozenset[str]:
     (its development and held-out seeds, up to its largest n) and the benchmark's multi-digit levels
     at the recipe's evaluation and test seeds."""
     from .arith_eval import all_expressions
-    from .recipe import DEV_SEED, EVAL_SEEDS, TEST_SEED
+    from .evaluation import DEV_SEED, EVAL_SEEDS, TEST_SEED
 
     task = get_task("arithmetic")
     return frozenset(all_expressions()) | {i.answer["expression"] for seed in (DEV_SEED, TEST_SEED, *EVAL_SEEDS)

@@ -20,7 +20,7 @@ from ...tasks import get_task
 from ...tasks.calendar import NAMES
 from ...tasks.spatialmap import PLACES
 from . import data
-from .recipe import DEV_SEED
+from .evaluation import DEV_SEED
 
 KNOWN_NAMES = set(PLACES) | set(NAMES)
 

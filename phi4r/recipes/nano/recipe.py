@@ -7,9 +7,9 @@
 Stages, each in its own OUT/ directory, skipped when done and resumed from its newest checkpoint
 when interrupted: tokenizer (`train_bpe` with the recipe's SPLIT), warmup and recall (`.induction`:
 the copying and the lookup by key that SFT needs to read facts out of a prompt), the SFT PHASES on
-MIX's conversations (`.data`: the recipe's prompts and traces), grpo on GRPO_MIX, eval (`run_eval`
-of both models on the benchmark tasks' held-out instances, seed EVAL_SEED: RUNS samples at the
-checkpoint's sampling, plus greedy) and report (OUT/report.md, OUT/plots, OUT/timings.json).
+MIX's conversations (`.data`: the recipe's prompts and traces), grpo on GRPO_MIX, eval (`.evaluation`
+of both models, and of --baseline if given, on seeds never used to develop the recipe: the benchmark
+tasks and the column arithmetic) and report (OUT/report.md, OUT/plots, OUT/timings.json).
 
 Everything is written under --out; `ship()` (`--ship`) is the separate step that copies a model into
 the package. Everything is seeded (--seed); the data are the tasks' generators, nothing downloaded.
@@ -25,6 +25,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+from .evaluation import EVAL_SEEDS, evaluate
 
 SYSTEM_PROMPT = "You are Phi-nano. Think step by step inside <think> </think>, then give the final answer."
 
@@ -47,11 +49,6 @@ MIX = {"arithmetic": {1: 3000, 2: 2500, 3: 400, 4: 400}, "spatialmap": {1: 2000,
                    "mul12": 200, "mul31": 200, "mul22": 100}}
 SFT_SEED_OFFSET = 1000  # the first phase's instances: seed + 1000 (then the PHASES' offsets)
 GRPO_SEED_OFFSET = 2000
-# Instances never trained on (instance ids embed the seed, so no overlap): DEV_SEED is the one the
-# recipe was developed against; the reported evaluation uses EVAL_SEEDS, never used for any choice.
-DEV_SEED = 0
-EVAL_SEEDS = (70001, 70002, 70003)
-TEST_SEED = 7  # tests/test_nano.py's held-out set
 
 # The recall stage: records `key v v v` over 160 noise tokens, from the copy warm-up; the lookup by
 # key forms abruptly after a few hundred steps (at 320 tokens it did not within the budget).
@@ -78,12 +75,6 @@ GRPO = {"learning_rate": 1e-4, "warmup_steps": 2, "max_steps": 60, "num_generati
         "per_device_train_batch_size": 64, "max_completion_length": 128, "max_prompt_length": 256,
         "temperature": 1.0, "beta": 0.0, "logging_steps": 1, "save_steps": 10, "save_total_limit": 2,
         "max_num_seqs": 128}
-
-# Evaluation: task -> (levels, instances per level).
-EVAL = {"arithmetic": ([1, 2, 3, 4], 50), "spatialmap": ([1, 2], 50), "calendar": ([1, 2], 50)}
-RUNS = 5
-EVAL_MAX_TOKENS = 768  # the longest traces: spatialmap ~650 tokens, calendar ~500 (a clock time is one token)
-
 
 def log(msg: str) -> None:
     print(f"[nano {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -153,73 +144,6 @@ def stage_grpo(out: Path, seed: int, sft_dir: Path, overrides: dict) -> Path:
                        seed=seed, **{**GRPO, **overrides})
 
 
-def eval_runs(eval_dir: Path, runs: int = RUNS) -> list[tuple[str, Path, dict]]:
-    """(task, output dir, `run_eval` arguments) for one model: per task, RUNS samples at the
-    checkpoint's sampling (temperature 0.8, top_p 0.95, top_k 50), and greedy."""
-    out = []
-    for task, (levels, limit) in EVAL.items():
-        common = {"limit": limit, "seed": DEV_SEED, "difficulty": levels}
-        out.append((task, eval_dir / task / "sampled", {**common, "runs": runs, "sampling": {"max_tokens": EVAL_MAX_TOKENS}}))
-        out.append((task, eval_dir / task / "greedy",
-                    {**common, "runs": 1, "sampling": {"max_tokens": EVAL_MAX_TOKENS, "temperature": 0.0}}))
-    return out
-
-
-def eval_command(model: str, task: str, out: str, args: dict) -> str:
-    """The `phi4r eval` command line that makes the same evaluation as `run_eval(**args)`."""
-    greedy = " --greedy" if args["sampling"].get("temperature") == 0.0 else ""
-    return (f"phi4r eval --model {model} --tasks {task} --difficulty {','.join(map(str, args['difficulty']))} "
-            f"--limit {args['limit']} --seed {args['seed']} --max-tokens {EVAL_MAX_TOKENS} --max-num-seqs 64"
-            f"{greedy} --runs {args['runs']} --out {out}")
-
-
-def stage_eval(model_dir: Path, eval_dir: Path) -> None:
-    from ...evals import LocalBackend, run_eval
-
-    backend = None
-    for task, out, args in eval_runs(eval_dir):
-        if (out / "summary.json").is_file():
-            continue
-        backend = backend or LocalBackend(str(model_dir), max_num_seqs=64)
-        log(eval_command(str(model_dir), task, str(out), args))
-        run_eval(backend, [task], out, progress=False, **args)
-
-
-# ---- report
-def eval_rows(eval_dir: Path) -> dict:
-    """{(task, level): {"sampled": metrics, "greedy": metrics}} from the eval summaries."""
-    rows: dict = {}
-    for task in EVAL:
-        for kind in ("sampled", "greedy"):
-            path = eval_dir / task / kind / "summary.json"
-            if not path.is_file():
-                continue
-            summary = json.loads(path.read_text())
-            for level, m in summary["metrics"]["by_difficulty"][task].items():
-                rows.setdefault((task, int(level)), {})[kind] = m
-            rows.setdefault((task, "all"), {})[kind] = summary["metrics"]["by_task"][task]
-    return rows
-
-
-def _cell(m: dict | None, std: bool = True) -> str:
-    if not m:
-        return "-"
-    return f"{100 * m['mean']:.1f}" + (f" ± {100 * m['std']:.1f}" if std and m.get("std") is not None else "")
-
-
-def results_table(out: Path) -> str:
-    sft, grpo = eval_rows(out / "eval" / "sft"), eval_rows(out / "eval" / "grpo")
-    header = ("| task | level | SFT acc. (mean ± std, 5 runs, T=0.8) | SFT greedy | SFT tokens | "
-              "GRPO acc. (mean ± std, 5 runs, T=0.8) | GRPO greedy | GRPO tokens |\n|---|---|---|---|---|---|---|---|")
-    lines = [header]
-    for key in sorted(set(sft) | set(grpo), key=lambda k: (list(EVAL).index(k[0]), str(k[1]))):
-        a, b = sft.get(key, {}), grpo.get(key, {})
-        tokens = lambda m: "-" if not m.get("sampled") else f"{m['sampled']['mean_tokens']:.0f}"
-        lines.append(f"| {key[0]} | {key[1]} | {_cell(a.get('sampled'))} | {_cell(a.get('greedy'), False)} | "
-                     f"{tokens(a)} | {_cell(b.get('sampled'))} | {_cell(b.get('greedy'), False)} | {tokens(b)} |")
-    return "\n".join(lines)
-
-
 def write_plots(out: Path) -> list[Path]:
     """OUT/plots/sft_loss.png (the SFT phases end to end, one step axis) and OUT/plots/grpo.png, from the
     trainers' metrics.jsonl."""
@@ -243,10 +167,15 @@ def write_plots(out: Path) -> list[Path]:
 
 
 def write_report(out: Path, timings: dict) -> Path:
+    from .evaluation import columns_command, columns_table, eval_command, eval_runs, results_table
+
     write_plots(out)
-    cmds = [eval_command("MODEL", task, str(out), args) for task, out, args in eval_runs(Path("EVAL_DIR"))]
+    cmds = [eval_command("MODEL", task, str(d), args) for task, d, args in eval_runs(Path("EVAL_DIR"))]
+    cmds.append(columns_command("MODEL", "EVAL_DIR/columns"))
     text = "\n\n".join([
-        "# nano: SFT vs GRPO", results_table(out),
+        "# nano: SFT vs GRPO",
+        f"Benchmark tasks, mean ± std across seeds {', '.join(map(str, EVAL_SEEDS))} (each seed: mean of its runs):",
+        results_table(out), "Column arithmetic (`.arith_eval`), the same seeds:", columns_table(out),
         "Wall-clock per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
         "The same evaluations as commands (MODEL = sft/final or grpo/final, EVAL_DIR = eval/sft or eval/grpo):\n\n```\n"
         + "\n".join(cmds) + "\n```",
@@ -292,6 +221,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and sampling [0]")
     p.add_argument("--threads", type=int, default=1, help="torch threads [1]")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)} [all]")
+    p.add_argument("--baseline", help="also evaluate this model (a checkpoint directory, or 'nano': the shipped "
+                                      "one) on the same instances, for the report's comparison")
     p.add_argument("--ship", action="store_true", help="copy the final model into phi4r/assets/nano")
     p.add_argument("--ship-stage", choices=["sft", "grpo"], default="grpo", help="which model --ship copies [grpo]")
     p.add_argument("--sft-steps", type=int, help=f"override SFT phase 1 max_steps [{SFT['max_steps']}]")
@@ -349,9 +280,11 @@ def run(args) -> int:
     if "grpo" in stages:
         grpo_dir = timed("grpo", lambda: stage_grpo(out, args.seed, sft_dir, grpo_over))
     if "eval" in stages:
-        timed("eval_sft", lambda: stage_eval(sft_dir, out / "eval" / "sft"))
+        timed("eval_sft", lambda: evaluate(sft_dir, out / "eval" / "sft", log=log))
         if grpo_dir.is_dir():
-            timed("eval_grpo", lambda: stage_eval(grpo_dir, out / "eval" / "grpo"))
+            timed("eval_grpo", lambda: evaluate(grpo_dir, out / "eval" / "grpo", log=log))
+        if args.baseline:
+            timed("eval_baseline", lambda: evaluate(args.baseline, out / "eval" / "baseline", log=log))
     if "report" in stages:
         log(f"report: {write_report(out, timings)}")
     if args.ship:
