@@ -125,7 +125,7 @@ def run(args) -> int:
     print(markdown_table(rows))
     print("\nGreedy agreement (5 prompts, " f"{GREEDY_TOKENS} tokens each):")
     print("\n".join(greedy["lines"]))
-    print(f"\nLoad average (1, 5, 15 min) {_loadavg(loadavg_start)} at the start, {_loadavg(os.getloadavg())} at the end.")
+    print(f"\nLoad average (1, 5, 15 min) {bench.loadavg(loadavg_start)} at the start, {bench.loadavg(os.getloadavg())} at the end.")
     if args.out:
         args.out.write_text(json.dumps({"checkpoint": str(path), "llama_cpp_python": llama_cpp.__version__,
                                         "settings": {**settings, "threads": threads, "compile": compile_}, "rows": rows,
@@ -186,15 +186,15 @@ class busy_process:
 
 
 def _child(spec: dict) -> dict:
+    from phi4r import bench
+
     # The child imports the same phi4r as this process, installed or a source tree on PYTHONPATH.
-    package_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     what = f"{spec['engine']} {spec['precision']}" + (" (reading the GGUF)" if spec["path"].endswith(".gguf")
                                                      and spec["engine"] == "phi4r" else "")
     print(f"  {what} ...", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run([sys.executable, "-m", "phi4r.bench_llamacpp", json.dumps(spec)], capture_output=True,
-                              text=True, check=False, env=env, timeout=CHILD_TIMEOUT_S)
+                              text=True, check=False, env=bench.child_env(), timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise SystemExit(f"measurement {what} took more than {CHILD_TIMEOUT_S} s; stopped") from None
     if proc.returncode != 0:
@@ -267,10 +267,6 @@ def greedy_report(runs: list[dict], export_check: list[dict], precisions: list[s
     return {"lines": lines, "pairs": pairs}
 
 
-def _loadavg(values) -> str:
-    return " ".join(f"{x:.2f}" for x in values)
-
-
 # ---- one contender at one precision (in its own process)
 
 def random_prompt(length: int, vocab_size: int) -> list[int]:
@@ -320,15 +316,11 @@ class _Phi4r:
     def generate(self, ids: list[int], new_tokens: int) -> tuple[float, list[float]]:
         """(prefill seconds, seconds of each decode step). The engine's first step prefills, samples the
         first token and runs one decode step: prefill = that step minus the median decode step."""
+        from phi4r.bench import step_times
         from phi4r.sampling import SamplingParams
 
-        engine = self.llm.engine
-        engine.add_request(None, ids, SamplingParams(temperature=0, max_tokens=new_tokens + 2, ignore_eos=True))
-        steps = []
-        while engine.has_unfinished():
-            start = time.perf_counter()
-            engine.step()
-            steps.append(time.perf_counter() - start)
+        steps = step_times(self.llm.engine, [ids], SamplingParams(temperature=0, max_tokens=new_tokens + 2,
+                                                                  ignore_eos=True))
         decode = steps[1:]
         return steps[0] - statistics.median(decode), decode
 
