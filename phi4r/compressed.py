@@ -159,12 +159,8 @@ def module_from_tensors(scheme: Scheme, tensors: dict[str, torch.Tensor], shape:
 
 
 def _int4_module(scheme: Scheme, tensors: dict, shape: tuple[int, int], where: str) -> nn.Module:
-    try:
-        from .quant_int4 import Int4Linear
-    except ModuleNotFoundError as e:
-        if e.name != "phi4r.quant_int4":
-            raise
-        raise ValueError(f"{where}: int4 checkpoints need phi4r's int4 support (phi4r.quant_int4)") from None
+    from .quant_int4 import Int4Linear
+
     for need in ("weight_packed", "weight_scale"):
         if need not in tensors:
             raise ValueError(f"{where}: {need} missing")
@@ -174,21 +170,10 @@ def _int4_module(scheme: Scheme, tensors: dict, shape: tuple[int, int], where: s
 
 
 # ---- writing
-def _quantized_types() -> tuple[type, ...]:
-    from .quant import Int8Linear, W8A8Linear
-
-    try:
-        from .quant_int4 import Int4Linear
-    except ModuleNotFoundError as e:
-        if e.name != "phi4r.quant_int4":
-            raise
-        return Int8Linear, W8A8Linear
-    return Int8Linear, W8A8Linear, Int4Linear
-
-
 def module_tensors(module: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
     """(phi4r kind, compressed-tensors tensors with local names) of one quantized phi4r module."""
     from .quant import Int8Linear, W8A8Linear
+    from .quant_int4 import Int4Linear, to_compressed
 
     shape = (module.out_features, module.in_features)
     if isinstance(module, W8A8Linear):
@@ -196,14 +181,8 @@ def module_tensors(module: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
     if isinstance(module, Int8Linear):
         return "int8", {"weight_packed": pack_int8(module.weight), "weight_scale": module.scales.reshape(-1, 1),
                         "weight_shape": torch.tensor(shape)}
-    try:
-        from .quant_int4 import Int4Linear, to_compressed
-    except ModuleNotFoundError as e:
-        if e.name != "phi4r.quant_int4":
-            raise
-    else:
-        if isinstance(module, Int4Linear):
-            return "int4", dict(to_compressed(module))
+    if isinstance(module, Int4Linear):
+        return "int4", dict(to_compressed(module))
     raise TypeError(f"not a quantized phi4r module: {type(module).__name__}")
 
 

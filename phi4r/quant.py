@@ -35,8 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import int4 as int4_kernel
 from .kernels import int8 as int8_kernel
 from .kernels import w8a8 as w8a8_kernel
+from .quant_int4 import Int4Linear
 
 # Rows (tokens in the batch) up to which torch's int8 kernel beats dequantize + GEMM on this CPU. Measured on
 # the benchmark checkpoint's linears, one thread, ms per step: rows 1: 29.9 vs 81.9, 4: 39.1 vs 84.8,
@@ -277,10 +279,5 @@ def prepare_kernels(model: nn.Module) -> None:
         int8_kernel.prepare()
     if W8A8Linear in kinds:
         w8a8_kernel.prepare()
-    try:
-        from .kernels import int4 as int4_kernel
-        from .quant_int4 import Int4Linear
-    except ModuleNotFoundError:  # a tree without int4 support
-        return
     if any(isinstance(m, Int4Linear) and m.weight_packed.is_cpu for m in model.modules()):
         int4_kernel.prepare()  # (a saved int4 checkpoint's layers come from from_compressed, which does not)
