@@ -202,15 +202,18 @@ def quantize_checkpoint(src, dst, kind: str, group_size: int = 128, max_shard_by
     from tqdm.auto import tqdm
 
     from .checkpoint import (
+        _IGNORED_SUFFIXES,
         INDEX_NAME,
         SINGLE_NAME,
         CheckpointError,
         _atomic_write,
         _Shard,
         _weight_files,
+        check_tensor,
         quantized_linear,
         read_blocks,
         read_config,
+        read_converted,
         release_memory,
     )
     from .model import Phi3ForCausalLM
@@ -258,14 +261,10 @@ def quantize_checkpoint(src, dst, kind: str, group_size: int = 128, max_shard_by
         for file in files:
             with _Shard(file) as shard:
                 for name, info in shard.header.items():
-                    if name == "__metadata__" or name.endswith(("rotary_emb.inv_freq",)):
+                    if name == "__metadata__" or name.endswith(_IGNORED_SUFFIXES):
                         continue
-                    if name not in expected:
-                        raise CheckpointError(f"{file}: unexpected tensor {name!r} for Phi3ForCausalLM")
                     shape = tuple(info["shape"])
-                    if shape != expected[name]:
-                        raise CheckpointError(f"{file}: tensor {name!r} has shape {list(shape)}, "
-                                              f"expected {list(expected[name])} from config.json")
+                    check_tensor(file, name, shape, expected)
                     seen.add(name)
                     prefix, _, leaf = name.rpartition(".")
                     if prefix in linears and leaf == "weight":
@@ -275,15 +274,8 @@ def quantize_checkpoint(src, dst, kind: str, group_size: int = 128, max_shard_by
                             add(f"{prefix}.{local}", t)
                         del tensors
                         release_memory()
-                    elif shape:
-                        out = torch.empty(shape, dtype=dtype)
-                        row = 0
-                        for block in read_blocks(shard, name, shape, dtype, bar.update):
-                            out[row:row + len(block)] = block
-                            row += len(block)
-                        add(name, out)
                     else:
-                        add(name, shard.read(name).to(dtype))
+                        add(name, read_converted(shard, name, shape, dtype, bar.update))
     missing = [n for n in expected if n not in seen and n != f"{LM_HEAD}.weight"]
     if missing:
         raise CheckpointError(f"{src}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
