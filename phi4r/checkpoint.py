@@ -260,8 +260,8 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
             check_tensor(file, name, shape, expected)
             if (quantization and leaf == "weight" and prefix in linears
                     and (quantize_lm_head if prefix == "lm_head" else layout is None)):
-                _set_module(model, prefix, quantized_linear(quantization, blocks(name, shard, shape), shape,
-                                                            group_size))
+                model.set_submodule(prefix, quantized_linear(quantization, blocks(name, shard, shape), shape,
+                                                             group_size))
                 replaced.add(name)
                 release_memory()
                 continue
@@ -289,7 +289,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
                                                            f"{where[next(iter(names.values()))][0]}: {prefix}")
             except ValueError as e:
                 raise CheckpointError(str(e)) from None
-            _set_module(model, prefix, quantized)
+            model.set_submodule(prefix, quantized)
             replaced.add(f"{prefix}.weight")
             del tensors
             release_memory()
@@ -353,11 +353,6 @@ def release_memory() -> None:
 
 
 _TRIM = None
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
 def save_model(model: Phi3ForCausalLM, path: str | os.PathLike, max_shard_bytes: int = 2 * 1024**3,

@@ -21,7 +21,7 @@ amax(|row|) / 127 (phi4r.kernels.w8a8.quantize_rows). The product of int8 activa
 exact in int32, then y = acc * row_scale * channel_scale (fp32) in the activation dtype. Buffers:
 `weight` (int8 in the kernel's layout [ceil(out / 64), ceil(in / 4), 64, 4], phi4r.kernels.w8a8.pack),
 `comp` (int32, 128 * each channel's weight sum, which the kernel's unsigned activations need) and
-`scales`. For CPU activations in bf16 or fp32 (any number of rows: W8A8_KERNEL_MAX_ROWS), made with
+`scales`. For CPU activations in bf16 or fp32 (any number of rows, see forward), made with
 kernel=True (quantize_w8a8's default), it runs phi4r's AVX-512 VNNI kernel (vpdpbusd: int8 products at
 twice vdpbf16ps' rate, so batched decode, which is compute-bound, runs up to ~2x faster than
 Int8Linear; PHI4R_W8A8_KERNEL=0 turns it off); otherwise
@@ -49,12 +49,6 @@ PACKED_MAX_ROWS = 8
 KERNEL_MAX_ROWS = 64
 _KERNEL_DTYPES = (torch.bfloat16, torch.float32)
 _KERNEL = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
-# Rows up to which W8A8Linear uses phi4r's W8A8 kernel (None: any; more: w8a8_reference). The kernel
-# beat w8a8_reference (torch._int_mm, which also needs the weights unpacked: +unpack) at every row count
-# measured, one thread, ms, gate_up 7168x1024: rows 32: 1.45 vs 2.69 (+unpack 9.46), 64: 2.40 vs 3.55
-# (11.39), 128: 4.76 vs 6.62 (13.95), 512: 21.4 vs 31.0 (37.4); down 1024x3584, 512 rows: 11.6 vs 14.4
-# (16.9). So prefills (a whole prompt's rows) take it too.
-W8A8_KERNEL_MAX_ROWS: int | None = None
 
 
 def per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,8 +111,9 @@ class W8A8Linear(nn.Module):
         return w8a8_kernel.unpack(self.weight, self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.kernel and not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu  # no backward
-                and (W8A8_KERNEL_MAX_ROWS is None or x.numel() <= W8A8_KERNEL_MAX_ROWS * self.in_features)):
+        # At any number of rows, prefills too: the kernel beats w8a8_reference (torch._int_mm, after
+        # unpacking the weights) at every row count measured, 1 to 512.
+        if self.kernel and not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu:  # no backward
             # torch.compile's graphs call the kernel through the dispatcher (an opaque op in the graph).
             kernel = w8a8_kernel.op() if torch.compiler.is_compiling() else w8a8_kernel.ready()
             if kernel is not None:
@@ -146,27 +141,25 @@ def w8a8_reference(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> to
 
 
 def quantize_int8(model: nn.Module, kernel: bool = True) -> nn.Module:
-    """Replace every nn.Linear of `model` in place by an Int8Linear(kernel=kernel); returns the model."""
-    _replace(model, Int8Linear, kernel)
-    if kernel and any(isinstance(m, Int8Linear) and m.weight.device.type == "cpu" for m in model.modules()):
-        int8_kernel.prepare()  # load it, or build it in a child process (the torch path until it is ready)
-    return model
+    """Replace every bias-free nn.Linear of `model` in place by an Int8Linear(kernel=kernel); returns the model."""
+    return replace_linears(model, lambda w: Int8Linear(w, kernel), prepare=kernel)
 
 
 def quantize_w8a8(model: nn.Module, kernel: bool = True) -> nn.Module:
     """Replace every bias-free nn.Linear of `model` in place by a W8A8Linear(kernel=kernel); returns the model."""
-    _replace(model, W8A8Linear, kernel)
-    if kernel and any(isinstance(m, W8A8Linear) and m.weight.device.type == "cpu" for m in model.modules()):
-        w8a8_kernel.prepare()  # load it, or build it in a child process (the torch path until it is ready)
+    return replace_linears(model, lambda w: W8A8Linear(w, kernel), prepare=kernel)
+
+
+def replace_linears(model: nn.Module, make, prepare: bool = True, exclude: tuple[str, ...] = ()) -> nn.Module:
+    """Replace every bias-free nn.Linear of `model` in place by make(its weight), except the modules named
+    in `exclude` (qualified names); then, if `prepare`, load the kernels of the new CPU layers, or build
+    them in a child process (the torch path until they are ready). Returns the model."""
+    for name, child in list(model.named_modules()):
+        if isinstance(child, nn.Linear) and child.bias is None and name not in exclude:
+            model.set_submodule(name, make(child.weight))
+    if prepare:
+        prepare_kernels(model)
     return model
-
-
-def _replace(model: nn.Module, cls: type[nn.Module], kernel: bool) -> None:
-    for name, child in list(model.named_children()):
-        if isinstance(child, nn.Linear) and child.bias is None:
-            setattr(model, name, cls(child.weight, kernel))
-        else:
-            _replace(child, cls, kernel)
 
 
 # ---- building the quantized modules from int8 weights already made (quantize while loading, saved checkpoints)

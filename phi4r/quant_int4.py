@@ -178,17 +178,6 @@ def quantize_int4(model: nn.Module, group_size: int = 128, symmetric: bool = Tru
                   exclude: tuple[str, ...] = ()) -> nn.Module:
     """Replace every bias-free nn.Linear of `model` in place by an Int4Linear, except the modules named
     in `exclude` (qualified names, e.g. "lm_head"); returns the model."""
-    def replace(module: nn.Module, prefix: str) -> None:
-        for name, child in list(module.named_children()):
-            full = prefix + name
-            if full in exclude:
-                continue
-            if isinstance(child, nn.Linear) and child.bias is None:
-                setattr(module, name, Int4Linear(child.weight, group_size, symmetric))
-            else:
-                replace(child, full + ".")
+    from .quant import replace_linears  # (quant imports this module)
 
-    replace(model, "")
-    if any(isinstance(m, Int4Linear) and m.weight_packed.device.type == "cpu" for m in model.modules()):
-        int4_kernel.prepare()  # load it, or build it in a child process (the torch path until it is ready)
-    return model
+    return replace_linears(model, lambda w: Int4Linear(w, group_size, symmetric), exclude=exclude)
