@@ -447,12 +447,12 @@ def table_row(r: dict) -> str:
 
 
 def _write_json(out: Path, args, rows: list[dict]) -> None:
+    from .checkpoint import _atomic_write
+
     data = {"dir": str(args.dir), "config": describe(args.dir), "machine": {"cpus": os.cpu_count(),
             "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB},
             "memory_limit_gib": args.memory_limit_gb, "cold_cache": not args.warm, "rows": rows}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, out)
+    _atomic_write(out, data)
 
 
 if __name__ == "__main__":  # the child of one run

@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, _atomic_save, _atomic_write
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -221,12 +220,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
         state[f"{_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().contiguous()
     if not state:
         raise ValueError("the model has no LoRA adapters to save")
-    tmp = path / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path / WEIGHTS_NAME)
-    tmp = path / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(model.lora_config.to_peft(), indent=2) + "\n")
-    os.replace(tmp, path / CONFIG_NAME)
+    _atomic_save(state, path / WEIGHTS_NAME)
+    _atomic_write(path / CONFIG_NAME, model.lora_config.to_peft())
 
 
 def save(model: nn.Module, tokenizer, path: str | os.PathLike) -> None:
