@@ -12,11 +12,9 @@ bits 4i, stored q + 8; phi4r.kernels.int4.pack), `weight_scale` bf16 [out, ceil(
 a checkpoint's are fp16), `weight_zero_point` int8 [out, groups] or None.
 
 The matmul, for CPU activations in bf16 or fp32 and up to KERNEL_MAX_ROWS rows (decode), is phi4r's
-AVX-512 kernel, which reads that packed layout directly (phi4r/kernels/int4_linear.cpp: compiled once per
-machine in a child process while the torch path runs; checked against the float reference;
-PHI4R_INT4_KERNEL=0 turns it off); zero points add one small product of per-group sums of x. Otherwise
-(no kernel, more rows, autograd, another device or group size) the weights are dequantized to the
-activation dtype (bf16 for bf16/fp16) for one F.linear.
+AVX-512 kernel (phi4r/kernels/int4.py), which reads that packed layout directly; zero points add one
+small product of per-group sums of x. Otherwise (no kernel, more rows, autograd, another device or
+group size) the weights are dequantized to the activation dtype (bf16 for bf16/fp16) for one F.linear.
 """
 from __future__ import annotations
 
