@@ -109,17 +109,12 @@ class EndpointJudge:
         body = {"model": self.model, "messages": chat, "temperature": 0.0, "max_tokens": max_tokens}
         try:
             reply = request_json(self.client, "POST", self.url, body, self.retries, self._delay)
-        except Unavailable as e:
+            return reply["choices"][0]["message"]["content"] or ""
+        except (BackendError, Refused, Unavailable) as e:
             print(f"phi4r eval: judge {e}", file=sys.stderr)
             raise JudgeError(f"judge {e}") from None
-        except (BackendError, Refused) as e:
-            raise JudgeError(f"judge {e}") from None
-        except ValueError:  # a body that is not JSON
-            reply = None
-        try:
-            return reply["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"judge {self.url}: not a chat completion: {str(reply)[:200]}") from None
+        except (ValueError, KeyError, IndexError, TypeError):  # a reply that is not JSON, or not a completion
+            raise JudgeError(f"judge {self.url}: not a chat completion") from None
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         return random.uniform(0, min(self.backoff * 2 ** attempt, 30.0))
