@@ -4,21 +4,17 @@
     phi4r bench --against llama.cpp --quick         # fewer positions and steps, one round (~6 min)
     phi4r bench --against llama.cpp --precisions int8,int4 --out llama.json
 
-The same checkpoint (default: "anchor", a Phi-4-shaped 258M random checkpoint made by phi4r on first
-use: hidden 768, 12 layers, 12 query / 4 KV heads, intermediate 3072, vocabulary 100352) is exported
-by phi4r (phi4r/gguf_io.py) to GGUF, and each precision pair is measured:
-
-    phi4r fp32 / llama.cpp F32, phi4r bf16 / BF16, phi4r int8 (weight-only) / Q8_0, phi4r int4 / Q4_0
-
-Every measurement runs in its own child process with the same thread count (2 by default), the
-contenders interleaved (phi4r, llama.cpp, llama.cpp, phi4r, ... in the next round), so both see the
-same machine. Each child measures, at every position P (short = 64, 1K, 4K): prefill tok/s of a P-token
-random prompt (after one untimed prefill of that length: first calls set up kernels for new shapes),
-then batch-1 greedy decode tok/s of the next steps (1 / the median step time). The best of the rounds
-counts.
-llama.cpp runs through llama-cpp-python's `Llama.eval` with the next token picked by argmax over its
-logits (no sampler chain), flash attention on (llama.cpp's own default on CPU) and its default F16 KV
-cache; phi4r through its engine as `phi4r bench` measures it.
+The same checkpoint (default: "anchor", bench.ANCHOR_SHAPE with random weights, made by phi4r on first
+use) is exported by phi4r (phi4r/gguf_io.py) to GGUF at each pair's type (PAIRS: fp32 / F32, bf16 /
+BF16, int8 weight-only / Q8_0, int4 / Q4_0). Every measurement runs in its own child process with the
+same thread count (2 by default), the contenders interleaved (phi4r, llama.cpp, llama.cpp, phi4r, ...
+in the next round), so both see the same machine. Each child measures, at every position P
+(POSITIONS): prefill tok/s of a P-token random prompt (after one untimed prefill of that length: first
+calls set up kernels for new shapes), then batch-1 greedy decode tok/s of the next steps (1 / the
+median step time). The best of the rounds counts. llama.cpp runs through llama-cpp-python's
+`Llama.eval` with the next token picked by argmax over its logits (no sampler chain), flash attention
+on (llama.cpp's own default on CPU) and its default F16 KV cache; phi4r through its engine as
+`phi4r bench` measures it.
 
 "Busy machine": the short-position decode again, with one CPU-bound background process (a busy
 loop) running for the whole scenario.
@@ -29,8 +25,8 @@ precision against llama.cpp (int8 and Q8_0 quantize differently, so agreement th
 not required). Where the tokens differ, the top-2 logit margin at the first difference tells a
 near-tie from a real disagreement.
 
-Targets (ratio phi4r / llama.cpp, short-position batch-1 decode): >= 0.95 at fp32 and bf16, >= 1.2 at
-8 bits, >= 1.0 at 4 bits; busy machine >= 0.8 at every precision.
+Targets: DECODE_TARGETS per precision and BUSY_TARGET, ratios phi4r / llama.cpp of the short-position
+batch-1 decode.
 """
 from __future__ import annotations
 
