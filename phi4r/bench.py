@@ -6,13 +6,13 @@
     phi4r bench --model nano --batches 1 --no-transformers                      # another checkpoint
 
 On a Phi-4-shaped checkpoint of about 250M parameters (head_dim 128, 4 query heads per KV head,
-SwiGLU, untied lm_head; made once and cached, see `make_bench_checkpoint`; or --model), for each dtype (fp32,
-bf16, int8 weight-only, w8a8: int8 weights and per-token int8 activations) and batch size, it
+SwiGLU, untied lm_head; made once and cached, see `make_bench_checkpoint`; or --model), for each dtype
+(fp32, bf16, int8 weight-only, w8a8: int8 weights and per-token int8 activations) and batch size, it
 measures prefill and decode tokens/s and peak memory of phi4r's engine and of transformers (fp32 and
-bf16; int8 and w8a8 are compared with transformers bf16). Both
-decode greedily and exactly --new-tokens tokens (`ignore_eos` / `min_new_tokens`) from the same
-random prompts of --prompt-len tokens. Every measurement runs in its own subprocess, so peak memory
-is its own and the two libraries never share a process.
+bf16; int8 and w8a8 are compared with transformers bf16). Both decode greedily and exactly
+--new-tokens tokens (`ignore_eos` / `min_new_tokens`) from the same random prompts of --prompt-len
+tokens. Every measurement runs in its own subprocess, so peak memory is its own and the two libraries
+never share a process.
 
 Decode tokens/s = batch / the median time of a decode step (robust to a busy machine's hiccups);
 prefill tokens/s = prompt tokens / the time to the first token of every sequence.
