@@ -122,13 +122,11 @@ def matches(name: str, targets: list[str] | str) -> bool:
 
 
 def _wrap(model: nn.Module, name: str, config: LoraConfig) -> LoraLinear:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    base = getattr(parent, child)
+    base = model.get_submodule(name)
     if type(base) is not nn.Linear or base.bias is not None:
         raise ValueError(f"LoRA target {name} is a {type(base).__name__}, not a bias-free nn.Linear")
     layer = LoraLinear(base, config.r, config.scaling, config.lora_dropout).train(base.training)  # no dropout in eval
-    setattr(parent, child, layer)
+    model.set_submodule(name, layer)
     return layer
 
 
@@ -263,8 +261,7 @@ def merge(model: nn.Module) -> nn.Module:
     for name, layer in lora_modules(model).items():
         base = layer.base_layer
         base.weight.copy_((base.weight.float() + layer.delta_weight().to(base.weight.device)).to(base.weight.dtype))
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, base)
+        model.set_submodule(name, base)
     if hasattr(model, "lora_config"):
         del model.lora_config
     return model
