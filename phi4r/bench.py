@@ -6,13 +6,13 @@
     phi4r bench --model nano --batches 1 --no-transformers                      # another checkpoint
 
 On a Phi-4-shaped checkpoint of about 250M parameters (head_dim 128, 4 query heads per KV head,
-SwiGLU, untied lm_head; made once and cached, see `make_bench_checkpoint`; or --model), for each dtype (fp32,
-bf16, int8 weight-only, w8a8: int8 weights and per-token int8 activations) and batch size, it
+SwiGLU, untied lm_head; made once and cached, see `make_bench_checkpoint`; or --model), for each dtype
+(fp32, bf16, int8 weight-only, w8a8: int8 weights and per-token int8 activations) and batch size, it
 measures prefill and decode tokens/s and peak memory of phi4r's engine and of transformers (fp32 and
-bf16; int8 and w8a8 are compared with transformers bf16). Both
-decode greedily and exactly --new-tokens tokens (`ignore_eos` / `min_new_tokens`) from the same
-random prompts of --prompt-len tokens. Every measurement runs in its own subprocess, so peak memory
-is its own and the two libraries never share a process.
+bf16; int8 and w8a8 are compared with transformers bf16). Both decode greedily and exactly
+--new-tokens tokens (`ignore_eos` / `min_new_tokens`) from the same random prompts of --prompt-len
+tokens. Every measurement runs in its own subprocess, so peak memory is its own and the two libraries
+never share a process.
 
 Decode tokens/s = batch / the median time of a decode step (robust to a busy machine's hiccups);
 prefill tokens/s = prompt tokens / the time to the first token of every sequence.
@@ -93,8 +93,8 @@ def run(args) -> int:
     machine["loadavg_end"] = os.getloadavg()
     verdicts = check_targets(rows)
     print(markdown_table(rows) + "\n\n" + "\n".join(verdicts))
-    print(f"\nLoad average (1, 5, 15 min) {_loadavg(machine['loadavg_start'])} at the start, "
-          f"{_loadavg(machine['loadavg_end'])} at the end.")
+    print(f"\nLoad average (1, 5, 15 min) {loadavg(machine['loadavg_start'])} at the start, "
+          f"{loadavg(machine['loadavg_end'])} at the end.")
     if args.out:
         results = {"model": model, "machine": machine, "rows": rows, "targets": verdicts}
         args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -156,7 +156,7 @@ def machine_facts(threads: int | None) -> dict:
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "loadavg_start": loadavg}
 
 
-def _loadavg(values) -> str:
+def loadavg(values) -> str:
     return " ".join(f"{x:.2f}" for x in values)
 
 
@@ -185,12 +185,16 @@ def roofline(model: dict, machine: dict, row: dict) -> float:
 
 # ---- one measurement (in its own process)
 
-def _child(spec: dict) -> dict:
-    # The child imports the same phi4r as this process, installed or a source tree on PYTHONPATH.
+def child_env() -> dict[str, str]:
+    """The environment of a measurement's child: it imports the same phi4r as this process, installed
+    or a source tree on PYTHONPATH."""
     package_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+
+
+def _child(spec: dict) -> dict:
     cmd = [sys.executable, "-m", "phi4r.bench", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=child_env())
     if proc.returncode != 0:
         raise SystemExit(f"measurement {spec['engine']} {spec['dtype']} batch {spec['batch']} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -203,19 +207,40 @@ def measure(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     measure_fn = _measure_phi4r if spec["engine"] == "phi4r" else _measure_transformers
-    base = _rss("VmRSS")
+    base = proc_status(os.getpid())["VmRSS"]
     run_once = measure_fn(spec)  # loads the model, warms up, returns the timed run
-    load_peak = _rss("VmHWM") - base
+    load_peak = proc_status(os.getpid())["VmHWM"] - base
     Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) count: the run's own peak
     best = max((run_once() for _ in range(spec["repeats"])), key=lambda r: r["decode_tok_s"])
-    return {**best, "peak_mb": (_rss("VmHWM") - base) / 2**20, "load_peak_mb": load_peak / 2**20}
+    return {**best, "peak_mb": (proc_status(os.getpid())["VmHWM"] - base) / 2**20, "load_peak_mb": load_peak / 2**20}
 
 
-def _rss(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS, RssAnon, RssFile, RssShmem and VmHWM of a process in bytes (empty once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def step_times(engine, prompts: list[list[int]], params) -> list[float]:
+    """Seconds of every engine step until the requests of `prompts` finish. Step 1 prefills every
+    prompt, samples each first token and runs one decode step; every later step is one decode step
+    of the whole batch."""
+    for ids in prompts:
+        engine.add_request(None, ids, params)
+    steps = []
+    while engine.has_unfinished():
+        start = time.perf_counter()
+        engine.step()
+        steps.append(time.perf_counter() - start)
+    return steps
 
 
 def _prompts(spec: dict, vocab_size: int):
@@ -239,17 +264,8 @@ def _measure_phi4r(spec: dict):
     engine, B, N = llm.engine, spec["batch"], spec["new_tokens"]
 
     def generate(prompts, new_tokens: int) -> list[float]:
-        """Seconds of every engine step. Step 1 prefills every prompt, samples each first token and
-        runs one decode step; every later step is one decode step of the whole batch."""
-        params = SamplingParams(temperature=0, max_tokens=new_tokens + 2, ignore_eos=True)
-        for ids in prompts.tolist():
-            engine.add_request(None, ids, params)
-        steps = []
-        while engine.has_unfinished():
-            start = time.perf_counter()
-            engine.step()
-            steps.append(time.perf_counter() - start)
-        return steps
+        return step_times(engine, prompts.tolist(), SamplingParams(temperature=0, max_tokens=new_tokens + 2,
+                                                                   ignore_eos=True))
 
     start = time.perf_counter()
     # One-time setup (the KV cache, kernels' first calls; with --compile, compiling: 3 decode steps, so

@@ -4,21 +4,17 @@
     phi4r bench --against llama.cpp --quick         # fewer positions and steps, one round (~6 min)
     phi4r bench --against llama.cpp --precisions int8,int4 --out llama.json
 
-The same checkpoint (default: "anchor", a Phi-4-shaped 258M random checkpoint made by phi4r on first
-use: hidden 768, 12 layers, 12 query / 4 KV heads, intermediate 3072, vocabulary 100352) is exported
-by phi4r (phi4r/gguf_io.py) to GGUF, and each precision pair is measured:
-
-    phi4r fp32 / llama.cpp F32, phi4r bf16 / BF16, phi4r int8 (weight-only) / Q8_0, phi4r int4 / Q4_0
-
-Every measurement runs in its own child process with the same thread count (2 by default), the
-contenders interleaved (phi4r, llama.cpp, llama.cpp, phi4r, ... in the next round), so both see the
-same machine. Each child measures, at every position P (short = 64, 1K, 4K): prefill tok/s of a P-token
-random prompt (after one untimed prefill of that length: first calls set up kernels for new shapes),
-then batch-1 greedy decode tok/s of the next steps (1 / the median step time). The best of the rounds
-counts.
-llama.cpp runs through llama-cpp-python's `Llama.eval` with the next token picked by argmax over its
-logits (no sampler chain), flash attention on (llama.cpp's own default on CPU) and its default F16 KV
-cache; phi4r through its engine as `phi4r bench` measures it.
+The same checkpoint (default: "anchor", bench.ANCHOR_SHAPE with random weights, made by phi4r on first
+use) is exported by phi4r (phi4r/gguf_io.py) to GGUF at each pair's type (PAIRS: fp32 / F32, bf16 /
+BF16, int8 weight-only / Q8_0, int4 / Q4_0). Every measurement runs in its own child process with the
+same thread count (2 by default), the contenders interleaved (phi4r, llama.cpp, llama.cpp, phi4r, ...
+in the next round), so both see the same machine. Each child measures, at every position P
+(POSITIONS): prefill tok/s of a P-token random prompt (after one untimed prefill of that length: first
+calls set up kernels for new shapes), then batch-1 greedy decode tok/s of the next steps (1 / the
+median step time). The best of the rounds counts. llama.cpp runs through llama-cpp-python's
+`Llama.eval` with the next token picked by argmax over its logits (no sampler chain), flash attention
+on (llama.cpp's own default on CPU) and its default F16 KV cache; phi4r through its engine as
+`phi4r bench` measures it.
 
 "Busy machine": the short-position decode again, with one CPU-bound background process (a busy
 loop) running for the whole scenario.
@@ -29,8 +25,8 @@ precision against llama.cpp (int8 and Q8_0 quantize differently, so agreement th
 not required). Where the tokens differ, the top-2 logit margin at the first difference tells a
 near-tie from a real disagreement.
 
-Targets (ratio phi4r / llama.cpp, short-position batch-1 decode): >= 0.95 at fp32 and bf16, >= 1.2 at
-8 bits, >= 1.0 at 4 bits; busy machine >= 0.8 at every precision.
+Targets: DECODE_TARGETS per precision and BUSY_TARGET, ratios phi4r / llama.cpp of the short-position
+batch-1 decode.
 """
 from __future__ import annotations
 
@@ -125,7 +121,7 @@ def run(args) -> int:
     print(markdown_table(rows))
     print("\nGreedy agreement (5 prompts, " f"{GREEDY_TOKENS} tokens each):")
     print("\n".join(greedy["lines"]))
-    print(f"\nLoad average (1, 5, 15 min) {_loadavg(loadavg_start)} at the start, {_loadavg(os.getloadavg())} at the end.")
+    print(f"\nLoad average (1, 5, 15 min) {bench.loadavg(loadavg_start)} at the start, {bench.loadavg(os.getloadavg())} at the end.")
     if args.out:
         args.out.write_text(json.dumps({"checkpoint": str(path), "llama_cpp_python": llama_cpp.__version__,
                                         "settings": {**settings, "threads": threads, "compile": compile_}, "rows": rows,
@@ -186,15 +182,15 @@ class busy_process:
 
 
 def _child(spec: dict) -> dict:
+    from phi4r import bench
+
     # The child imports the same phi4r as this process, installed or a source tree on PYTHONPATH.
-    package_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     what = f"{spec['engine']} {spec['precision']}" + (" (reading the GGUF)" if spec["path"].endswith(".gguf")
                                                      and spec["engine"] == "phi4r" else "")
     print(f"  {what} ...", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run([sys.executable, "-m", "phi4r.bench_llamacpp", json.dumps(spec)], capture_output=True,
-                              text=True, check=False, env=env, timeout=CHILD_TIMEOUT_S)
+                              text=True, check=False, env=bench.child_env(), timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise SystemExit(f"measurement {what} took more than {CHILD_TIMEOUT_S} s; stopped") from None
     if proc.returncode != 0:
@@ -267,10 +263,6 @@ def greedy_report(runs: list[dict], export_check: list[dict], precisions: list[s
     return {"lines": lines, "pairs": pairs}
 
 
-def _loadavg(values) -> str:
-    return " ".join(f"{x:.2f}" for x in values)
-
-
 # ---- one contender at one precision (in its own process)
 
 def random_prompt(length: int, vocab_size: int) -> list[int]:
@@ -320,15 +312,11 @@ class _Phi4r:
     def generate(self, ids: list[int], new_tokens: int) -> tuple[float, list[float]]:
         """(prefill seconds, seconds of each decode step). The engine's first step prefills, samples the
         first token and runs one decode step: prefill = that step minus the median decode step."""
+        from phi4r.bench import step_times
         from phi4r.sampling import SamplingParams
 
-        engine = self.llm.engine
-        engine.add_request(None, ids, SamplingParams(temperature=0, max_tokens=new_tokens + 2, ignore_eos=True))
-        steps = []
-        while engine.has_unfinished():
-            start = time.perf_counter()
-            engine.step()
-            steps.append(time.perf_counter() - start)
+        steps = step_times(self.llm.engine, [ids], SamplingParams(temperature=0, max_tokens=new_tokens + 2,
+                                                                  ignore_eos=True))
         decode = steps[1:]
         return steps[0] - statistics.median(decode), decode
 

@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from .bench import child_env, proc_status, step_times
+
 GiB = 2**30
 # Phi-4-reasoning's config.json (microsoft/Phi-4-reasoning), less the token ids, which come from the
 # small tokenizer written with the random weights.
@@ -58,16 +60,18 @@ _BLOCK_BYTES = 64 * 2**20  # fp32 bytes of random values made at a time while wr
 
 
 def add_arguments(p) -> None:
-    from .commands._options import number, positive_int
+    from .commands._options import names_from, number, positive_int
+
+    runs = names_from(RUNS, "run")
 
     p.add_argument("--dir", type=Path, required=True,
                    help="where the random checkpoint is (written there when missing; saved quantized copies "
                         "go in DIR/quantized/<kind>)")
     p.add_argument("--config", default="phi4-reasoning",
                    help="'phi4-reasoning' or a config.json to make the checkpoint of [phi4-reasoning]")
-    p.add_argument("--runs", type=_runs, default=list(DEFAULT_RUNS),
+    p.add_argument("--runs", type=runs, default=list(DEFAULT_RUNS),
                    help=f"comma-separated, in order, from {','.join(RUNS)} [{','.join(DEFAULT_RUNS)}]")
-    p.add_argument("--quantization", dest="runs", type=_runs, help="the same as --runs")
+    p.add_argument("--quantization", dest="runs", type=runs, help="the same as --runs")
     p.add_argument("--shard-gb", type=number(float, 1e-6, "a size > 0"), default=5.0, help="size of the bf16 shards written [5]")
     p.add_argument("--prompt-len", type=positive_int, default=16, help="prompt tokens [16]")
     p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens decoded greedily per run [8]")
@@ -95,16 +99,6 @@ def _too_late(args) -> bool:
     import datetime
 
     return args.start_before is not None and datetime.datetime.now(datetime.timezone.utc).time() >= args.start_before
-
-
-def _runs(text: str) -> list[str]:
-    import argparse
-
-    names = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [n for n in names if n not in RUNS]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown run {(bad or [text])[0]!r}; choose from {','.join(RUNS)}")
-    return names
 
 
 def run(args) -> int:
@@ -326,20 +320,6 @@ def drop_page_cache(path: Path) -> None:
 
 # ---- the watched child
 
-def _status(pid: int) -> dict[str, int]:
-    """VmRSS, RssAnon, RssFile, VmHWM of a process in bytes (empty once it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
-
-
 def _die_with_parent() -> None:
     """In the child, before exec: a SIGKILL when this process dies (Linux's PR_SET_PDEATHSIG), so a
     measurement never outlives the benchmark, however it ends."""
@@ -355,16 +335,14 @@ def run_child(cmd: list[str], memory_limit: float, timeout: float) -> dict:
     """Run `cmd` (its stderr shown) in its own process group, sampling its memory every 0.2 s; killed past
     memory_limit bytes of anonymous RSS (a memory-mapped bf16 model's file pages may exceed it) or `timeout`
     seconds. The child's last stdout line, if JSON, is merged in."""
-    package_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=child_env(), start_new_session=True,
                             preexec_fn=_die_with_parent)
     peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
     hwm, outcome = 0, None
     try:
         while proc.poll() is None:
-            s = _status(proc.pid)
+            s = proc_status(proc.pid)
             hwm = max(hwm, s.get("VmHWM", 0))
             if s.get("VmRSS", 0) > peak["VmRSS"]:
                 peak = {k: s.get(k, 0) for k in peak}
@@ -408,7 +386,7 @@ def measure(spec: dict) -> dict:
     from .kernels import build
     from .sampling import SamplingParams
 
-    base = _status(os.getpid())
+    base = proc_status(os.getpid())
     start = time.perf_counter()
     llm = LLM(spec["path"], quantization=spec["quantization"], max_num_seqs=1,
               max_model_len=spec["prompt_len"] + spec["new_tokens"] + 8)
@@ -417,19 +395,13 @@ def measure(spec: dict) -> dict:
     kernels = {loader.what: loader.state.get("fn") is not None for loader in build.LOADERS if loader.state}
     model, cfg = llm.model, llm.model.config
     weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    loaded = _status(os.getpid())
+    loaded = proc_status(os.getpid())
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, cfg.vocab_size, (spec["prompt_len"],), generator=generator).tolist()
     params = SamplingParams(temperature=0, max_tokens=spec["new_tokens"], ignore_eos=True)
-    engine = llm.engine
-    engine.add_request(None, prompt, params)
-    steps = []
-    while engine.has_unfinished():
-        t = time.perf_counter()
-        engine.step()
-        steps.append(time.perf_counter() - t)
+    steps = step_times(llm.engine, [prompt], params)
     step_s = statistics.median(steps[1:]) if len(steps) > 1 else steps[0]
-    end = _status(os.getpid())
+    end = proc_status(os.getpid())
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * model.dtype.itemsize
     return {"load_s": load_s, "first_step_s": steps[0], "decode_tok_s": 1 / step_s, "decode_steps": len(steps),
             "weight_bytes": weight_bytes, "kv_bytes": kv_per_token * llm.engine.max_model_len,
@@ -475,12 +447,12 @@ def table_row(r: dict) -> str:
 
 
 def _write_json(out: Path, args, rows: list[dict]) -> None:
+    from .checkpoint import _atomic_write
+
     data = {"dir": str(args.dir), "config": describe(args.dir), "machine": {"cpus": os.cpu_count(),
             "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB},
             "memory_limit_gib": args.memory_limit_gb, "cold_cache": not args.warm, "rows": rows}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, out)
+    _atomic_write(out, data)
 
 
 if __name__ == "__main__":  # the child of one run

@@ -166,6 +166,25 @@ def read_blocks(shard: _Shard, name: str, shape, dtype: torch.dtype, on_read=Non
         yield block.to(dtype)
 
 
+def read_converted(shard: _Shard, name: str, shape, dtype: torch.dtype, on_read=None) -> torch.Tensor:
+    """A whole tensor of `shard` in `dtype`, converted block by block: no whole copy in the file's dtype."""
+    if not shape:
+        return shard.read(name).to(dtype)
+    out = torch.empty(shape, dtype=dtype)
+    for start, block in zip(range(0, shape[0], _block_rows(shape)), read_blocks(shard, name, shape, dtype, on_read)):
+        out[start:start + len(block)] = block
+    return out
+
+
+def check_tensor(file: Path, name: str, shape: tuple, expected: dict[str, tuple]) -> None:
+    """Refuse a stored tensor the model has no place for, or of another shape than its config gives."""
+    if name not in expected:
+        raise CheckpointError(f"{file}: unexpected tensor {name!r} for Phi3ForCausalLM")
+    if shape != expected[name]:
+        raise CheckpointError(f"{file}: tensor {name!r} has shape {list(shape)}, "
+                              f"expected {list(expected[name])} from config.json")
+
+
 QUANTIZATIONS = ("int8", "w8a8", "int4")
 
 
@@ -209,7 +228,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
     dtype = resolve_dtype(dtype, config)
     with torch.device("meta"):
         model = Phi3ForCausalLM(config)
-    expected = dict(model.state_dict())
+    expected = {n: tuple(t.shape) for n, t in model.state_dict().items()}
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     # Linears stored quantized: their tensors by local name (weight, weight_scale, ...), gathered across shards.
     stored = {n: {} for n, m in linears.items() if layout and layout.scheme(n, m)}
@@ -237,23 +256,17 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
             if prefix in stored:
                 stored[prefix][leaf] = name
                 continue
-            if name not in expected:
-                raise CheckpointError(f"{file}: unexpected tensor {name!r} for Phi3ForCausalLM")
             shape = tuple(handle.get_slice(name).get_shape())
-            if shape != tuple(expected[name].shape):
-                raise CheckpointError(f"{file}: tensor {name!r} has shape {list(shape)}, "
-                                      f"expected {list(expected[name].shape)} from config.json")
+            check_tensor(file, name, shape, expected)
             if (quantization and leaf == "weight" and prefix in linears
                     and (quantize_lm_head if prefix == "lm_head" else layout is None)):
-                _set_module(model, prefix, quantized_linear(quantization, blocks(name, shard, shape), shape,
-                                                            group_size))
+                model.set_submodule(prefix, quantized_linear(quantization, blocks(name, shard, shape), shape,
+                                                             group_size))
                 replaced.add(name)
                 release_memory()
                 continue
-            if shard is not None and shape:  # converted block by block: no whole copy in the file's dtype
-                loaded[name] = torch.empty(shape, dtype=dtype)
-                for start, block in zip(range(0, shape[0], _block_rows(shape)), blocks(name, shard, shape)):
-                    loaded[name][start:start + len(block)] = block
+            if shard is not None:
+                loaded[name] = read_converted(shard, name, shape, dtype, bar.update)
                 continue
             try:
                 tensor = handle.get_tensor(name)
@@ -276,7 +289,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None, 
                                                            f"{where[next(iter(names.values()))][0]}: {prefix}")
             except ValueError as e:
                 raise CheckpointError(str(e)) from None
-            _set_module(model, prefix, quantized)
+            model.set_submodule(prefix, quantized)
             replaced.add(f"{prefix}.weight")
             del tensors
             release_memory()
@@ -340,11 +353,6 @@ def release_memory() -> None:
 
 
 _TRIM = None
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
 def save_model(model: Phi3ForCausalLM, path: str | os.PathLike, max_shard_bytes: int = 2 * 1024**3,

@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"phi4r {importlib.import_module('phi4r').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")  # subparsers are Parsers too
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"phi4r.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"phi4r.commands.{name}":
-                raise
-            continue  # command not built yet
-        module.register(sub)
+        importlib.import_module(f"phi4r.commands.{name}").register(sub)
     return parser
 
 

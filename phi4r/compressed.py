@@ -159,12 +159,8 @@ def module_from_tensors(scheme: Scheme, tensors: dict[str, torch.Tensor], shape:
 
 
 def _int4_module(scheme: Scheme, tensors: dict, shape: tuple[int, int], where: str) -> nn.Module:
-    try:
-        from .quant_int4 import Int4Linear
-    except ModuleNotFoundError as e:
-        if e.name != "phi4r.quant_int4":
-            raise
-        raise ValueError(f"{where}: int4 checkpoints need phi4r's int4 support (phi4r.quant_int4)") from None
+    from .quant_int4 import Int4Linear
+
     for need in ("weight_packed", "weight_scale"):
         if need not in tensors:
             raise ValueError(f"{where}: {need} missing")
@@ -174,21 +170,10 @@ def _int4_module(scheme: Scheme, tensors: dict, shape: tuple[int, int], where: s
 
 
 # ---- writing
-def _quantized_types() -> tuple[type, ...]:
-    from .quant import Int8Linear, W8A8Linear
-
-    try:
-        from .quant_int4 import Int4Linear
-    except ModuleNotFoundError as e:
-        if e.name != "phi4r.quant_int4":
-            raise
-        return Int8Linear, W8A8Linear
-    return Int8Linear, W8A8Linear, Int4Linear
-
-
 def module_tensors(module: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
     """(phi4r kind, compressed-tensors tensors with local names) of one quantized phi4r module."""
     from .quant import Int8Linear, W8A8Linear
+    from .quant_int4 import Int4Linear, to_compressed
 
     shape = (module.out_features, module.in_features)
     if isinstance(module, W8A8Linear):
@@ -196,14 +181,8 @@ def module_tensors(module: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
     if isinstance(module, Int8Linear):
         return "int8", {"weight_packed": pack_int8(module.weight), "weight_scale": module.scales.reshape(-1, 1),
                         "weight_shape": torch.tensor(shape)}
-    try:
-        from .quant_int4 import Int4Linear, to_compressed
-    except ModuleNotFoundError as e:
-        if e.name != "phi4r.quant_int4":
-            raise
-    else:
-        if isinstance(module, Int4Linear):
-            return "int4", dict(to_compressed(module))
+    if isinstance(module, Int4Linear):
+        return "int4", dict(to_compressed(module))
     raise TypeError(f"not a quantized phi4r module: {type(module).__name__}")
 
 
@@ -223,15 +202,18 @@ def quantize_checkpoint(src, dst, kind: str, group_size: int = 128, max_shard_by
     from tqdm.auto import tqdm
 
     from .checkpoint import (
+        _IGNORED_SUFFIXES,
         INDEX_NAME,
         SINGLE_NAME,
         CheckpointError,
         _atomic_write,
         _Shard,
         _weight_files,
+        check_tensor,
         quantized_linear,
         read_blocks,
         read_config,
+        read_converted,
         release_memory,
     )
     from .model import Phi3ForCausalLM
@@ -279,14 +261,10 @@ def quantize_checkpoint(src, dst, kind: str, group_size: int = 128, max_shard_by
         for file in files:
             with _Shard(file) as shard:
                 for name, info in shard.header.items():
-                    if name == "__metadata__" or name.endswith(("rotary_emb.inv_freq",)):
+                    if name == "__metadata__" or name.endswith(_IGNORED_SUFFIXES):
                         continue
-                    if name not in expected:
-                        raise CheckpointError(f"{file}: unexpected tensor {name!r} for Phi3ForCausalLM")
                     shape = tuple(info["shape"])
-                    if shape != expected[name]:
-                        raise CheckpointError(f"{file}: tensor {name!r} has shape {list(shape)}, "
-                                              f"expected {list(expected[name])} from config.json")
+                    check_tensor(file, name, shape, expected)
                     seen.add(name)
                     prefix, _, leaf = name.rpartition(".")
                     if prefix in linears and leaf == "weight":
@@ -296,15 +274,8 @@ def quantize_checkpoint(src, dst, kind: str, group_size: int = 128, max_shard_by
                             add(f"{prefix}.{local}", t)
                         del tensors
                         release_memory()
-                    elif shape:
-                        out = torch.empty(shape, dtype=dtype)
-                        row = 0
-                        for block in read_blocks(shard, name, shape, dtype, bar.update):
-                            out[row:row + len(block)] = block
-                            row += len(block)
-                        add(name, out)
                     else:
-                        add(name, shard.read(name).to(dtype))
+                        add(name, read_converted(shard, name, shape, dtype, bar.update))
     missing = [n for n in expected if n not in seen and n != f"{LM_HEAD}.weight"]
     if missing:
         raise CheckpointError(f"{src}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 
@@ -33,14 +34,6 @@ _LAYER_NAMES = {"input_layernorm.weight": "attn_norm", "self_attn.qkv_proj.weigh
 _SPLIT_QKV = ("attn_q.weight", "attn_k.weight", "attn_v.weight")
 _TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
               "lm_head.weight": "output.weight"}
-
-
-def _gguf():
-    try:
-        import gguf
-    except ImportError as e:
-        raise CheckpointError("reading or writing GGUF files needs the `gguf` package (pip install gguf)") from e
-    return gguf
 
 
 def hf_name(gguf_name: str) -> str | None:
@@ -82,7 +75,6 @@ class _Meta:
 
 
 def open_gguf(path: str | os.PathLike):
-    gguf = _gguf()
     path = Path(path).expanduser()
     try:
         reader = gguf.GGUFReader(str(path))
@@ -142,7 +134,6 @@ def _lossy(kind: str, dtype: torch.dtype) -> bool:
 
 
 def _tensor(t, dtype: torch.dtype) -> torch.Tensor:
-    gguf = _gguf()
     shape = tuple(int(n) for n in reversed(t.shape.tolist()))
     if t.tensor_type.name in ("F32", "F16"):
         array = np.asarray(t.data)
@@ -210,7 +201,6 @@ def read_tokenizer(path: str | os.PathLike):
     from .chat import system_prompt_from_template
     from .tokenizer import Tokenizer, _byte_level
 
-    gguf = _gguf()
     _, meta = open_gguf(path)
     kind = meta.need("tokenizer.ggml.model")
     if kind != "gpt2":
@@ -268,7 +258,6 @@ def llama_cpp_pre(pattern: str | None) -> str | None:
 
 
 def _vocab(tokenizer, n_vocab: int):
-    gguf = _gguf()
     spec = json.loads(tokenizer._full.to_str())
     model = spec["model"]
     if model.get("type") != "BPE":
@@ -289,7 +278,6 @@ def write_gguf(model, tokenizer, out: str | os.PathLike, type_: str = "bf16", fo
     """Write `model` + `tokenizer` as llama.cpp's converter would; returns notes for the user."""
     from .chat import chat_template
 
-    gguf = _gguf()
     Q = gguf.GGMLQuantizationType
     if type_ not in EXPORT_TYPES:
         raise ValueError(f"--type must be one of {', '.join(EXPORT_TYPES)}, got {type_!r}")

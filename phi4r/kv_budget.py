@@ -63,8 +63,6 @@ def bytes_per_token(config: Phi3Config, dtype: torch.dtype) -> int:
 class Plan:
     num_blocks: int
     max_model_len: int
-    budget_bytes: int
-    why: str  # how the budget was decided, for logs
 
 
 def plan(config: Phi3Config, dtype: torch.dtype, device: torch.device, block_size: int,
@@ -97,4 +95,4 @@ def plan(config: Phi3Config, dtype: torch.dtype, device: torch.device, block_siz
         log.warning("phi4r: the KV cache budget (%s) holds %d tokens, fewer than the model's context of %d: "
                     "max_model_len lowered to %d", why, tokens, max_model_len, tokens)
         max_model_len = tokens
-    return Plan(num_blocks, max_model_len, num_blocks * per_block, why)
+    return Plan(num_blocks, max_model_len)

@@ -97,9 +97,6 @@ class PagedKVCache:
         """The whole pool (the budget)."""
         return self.bytes_per_block() * self.num_blocks
 
-    def used_bytes(self) -> int:
-        return self.bytes_per_block() * self.allocator.num_used()
-
     def num_free(self) -> int:
         return self.allocator.num_free()
 

@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, _atomic_save, _atomic_write
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -123,13 +122,11 @@ def matches(name: str, targets: list[str] | str) -> bool:
 
 
 def _wrap(model: nn.Module, name: str, config: LoraConfig) -> LoraLinear:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    base = getattr(parent, child)
+    base = model.get_submodule(name)
     if type(base) is not nn.Linear or base.bias is not None:
         raise ValueError(f"LoRA target {name} is a {type(base).__name__}, not a bias-free nn.Linear")
     layer = LoraLinear(base, config.r, config.scaling, config.lora_dropout).train(base.training)  # no dropout in eval
-    setattr(parent, child, layer)
+    model.set_submodule(name, layer)
     return layer
 
 
@@ -221,12 +218,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> None:
         state[f"{_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().contiguous()
     if not state:
         raise ValueError("the model has no LoRA adapters to save")
-    tmp = path / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path / WEIGHTS_NAME)
-    tmp = path / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(model.lora_config.to_peft(), indent=2) + "\n")
-    os.replace(tmp, path / CONFIG_NAME)
+    _atomic_save(state, path / WEIGHTS_NAME)
+    _atomic_write(path / CONFIG_NAME, model.lora_config.to_peft())
 
 
 def save(model: nn.Module, tokenizer, path: str | os.PathLike) -> None:
@@ -268,8 +261,7 @@ def merge(model: nn.Module) -> nn.Module:
     for name, layer in lora_modules(model).items():
         base = layer.base_layer
         base.weight.copy_((base.weight.float() + layer.delta_weight().to(base.weight.device)).to(base.weight.dtype))
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, base)
+        model.set_submodule(name, base)
     if hasattr(model, "lora_config"):
         del model.lora_config
     return model

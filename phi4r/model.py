@@ -2,7 +2,7 @@
 
 Parameter names match Hugging Face's exactly, so a checkpoint's state dict loads as it is.
 One forward serves training (plain causal attention over the whole sequence) and the engine
-(incremental decoding into a preallocated `KVCache`, many sequences at different positions).
+(incremental decoding into a paged or per-sequence KV cache, many sequences at different positions).
 """
 from __future__ import annotations
 
@@ -117,9 +117,6 @@ class KVCache:
         for k, v in zip(self.k, self.v):
             k[dst, :, :length] = k[src, :, :length]
             v[dst, :, :length] = v[src, :, :length]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
 class CacheStep:

@@ -1,33 +1,27 @@
 """int8 quantization for CPU decoding: weight-only (gpt-fast's scheme) or W8A8 (vLLM's int8 scheme).
 
-Each nn.Linear (lm_head included; embeddings stay as they are: a lookup reads one row) becomes an
-`Int8Linear` (`quantize_int8`) or a `W8A8Linear` (`quantize_w8a8`). Both quantize the weights the same
-way: int8 plus one scale per output channel, w ~= q * scale, q in [-127, 127], scales bf16 [out].
+Each bias-free nn.Linear (lm_head included; embeddings stay as they are: a lookup reads one row) becomes
+an `Int8Linear` (`quantize_int8`) or a `W8A8Linear` (`quantize_w8a8`). Both quantize the weights the
+same way: int8 plus one scale per output channel, w ~= q * scale, q in [-127, 127], scales bf16 [out].
 Decoding reads a quarter of the fp32 bytes.
 
-Int8Linear (weight-only): buffers `weight` (int8, [out, in], row-major as before: no repacking) and
-`scales`. Activations are not quantized. The matmul, for CPU activations in bf16 or fp32 and up to
-KERNEL_MAX_ROWS rows (decode), is phi4r's own AVX-512 kernel if the layer was made with kernel=True
-(quantize_int8's default; phi4r/kernels: compiled once per machine, ~30 s, in a child process while the
-torch path runs; checked against the float reference; PHI4R_INT8_KERNEL=0 turns it off). It
-converts the int8 weights exactly and accumulates in fp32 (bf16 activations: vdpbf16ps; fp32: FMA),
-returns x's dtype, and streams the weights at the memory bandwidth at batch 1 (~3x
-`_weight_int8pack_mm`). Otherwise (no kernel on this CPU, more rows, autograd) it is PyTorch's
+Int8Linear (weight-only): buffers `weight` (int8, [out, in], row-major: no repacking) and `scales`;
+activations are not quantized. For CPU activations in bf16 or fp32 and up to KERNEL_MAX_ROWS rows
+(decode), a layer made with kernel=True runs phi4r's AVX-512 kernel (phi4r/kernels/int8.py), which
+converts the int8 weights exactly, accumulates in fp32 and streams the weights at the memory bandwidth
+at batch 1. Otherwise (no kernel on this CPU, more rows, autograd) it is PyTorch's
 `aten._weight_int8pack_mm` for bf16 and few rows, or dequantize to bf16 + one GEMM; these compute in
 bf16 and return the activation dtype.
 
 W8A8Linear: the activations are quantized too, dynamically, per row (per token), symmetric: row scale
 amax(|row|) / 127 (phi4r.kernels.w8a8.quantize_rows). The product of int8 activations and weights is
 exact in int32, then y = acc * row_scale * channel_scale (fp32) in the activation dtype. Buffers:
-`weight` (int8 in the kernel's layout [ceil(out / 64), ceil(in / 4), 64, 4], phi4r.kernels.w8a8.pack),
-`comp` (int32, 128 * each channel's weight sum, which the kernel's unsigned activations need) and
-`scales`. For CPU activations in bf16 or fp32 (any number of rows: W8A8_KERNEL_MAX_ROWS), made with
-kernel=True (quantize_w8a8's default), it runs phi4r's AVX-512 VNNI kernel (vpdpbusd: int8 products at
-twice vdpbf16ps' rate, so batched decode, which is compute-bound, runs up to ~2x faster than
-Int8Linear; PHI4R_W8A8_KERNEL=0 turns it off); otherwise
-the same numbers in torch (`w8a8_reference`: the rows quantized alike, `torch._int_mm`, or float64
-products where that is missing: exact either way, then the same fp32 scaling). The activation
-quantization costs accuracy that weight-only int8 does not lose, most with outlier features.
+`weight` (int8 in the kernel's layout, phi4r.kernels.w8a8.pack), `comp` (int32, 128 * each channel's
+weight sum, which the kernel's unsigned activations need) and `scales`. A layer made with kernel=True
+runs phi4r's AVX-512 VNNI kernel for CPU activations in bf16 or fp32 (int8 products at twice the bf16
+rate, so batched decode, which is compute-bound, runs up to ~2x faster than Int8Linear); otherwise
+`w8a8_reference` computes the same numbers in torch. The activation quantization costs accuracy that
+weight-only int8 does not lose, most with outlier features.
 """
 from __future__ import annotations
 
@@ -35,24 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import int4 as int4_kernel
 from .kernels import int8 as int8_kernel
 from .kernels import w8a8 as w8a8_kernel
+from .quant_int4 import Int4Linear
 
-# Rows (tokens in the batch) up to which torch's int8 kernel beats dequantize + GEMM on this CPU. Measured on
-# the benchmark checkpoint's linears, one thread, ms per step: rows 1: 29.9 vs 81.9, 4: 39.1 vs 84.8,
-# 8: 73.8 vs 89.4, 16: 142.5 vs 115.2, 64: 482.5 vs 208.6 (the int8 kernel scales badly with rows).
+# Rows (tokens in the batch) up to which torch's int8 kernel beats dequantize + GEMM: it scales badly with
+# rows (on the benchmark checkpoint's linears, 2.7x faster at 1 row, 1.2x at 8, slower from 16).
 PACKED_MAX_ROWS = 8
-# Rows up to which phi4r's kernel is used: one decode step's linears of the benchmark checkpoint,
-# one thread, ms: rows 16: 55 vs 111 for dequantize + GEMM, 32: 103 vs 145, 64: 207 vs 220.
+# Rows up to which phi4r's kernel beats dequantize + GEMM (the benchmark checkpoint's linears: 2x at 16
+# rows, 1.06x at 64).
 KERNEL_MAX_ROWS = 64
 _KERNEL_DTYPES = (torch.bfloat16, torch.float32)
 _KERNEL = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
-# Rows up to which W8A8Linear uses phi4r's W8A8 kernel (None: any; more: w8a8_reference). The kernel
-# beat w8a8_reference (torch._int_mm, which also needs the weights unpacked: +unpack) at every row count
-# measured, one thread, ms, gate_up 7168x1024: rows 32: 1.45 vs 2.69 (+unpack 9.46), 64: 2.40 vs 3.55
-# (11.39), 128: 4.76 vs 6.62 (13.95), 512: 21.4 vs 31.0 (37.4); down 1024x3584, 512 rows: 11.6 vs 14.4
-# (16.9). So prefills (a whole prompt's rows) take it too.
-W8A8_KERNEL_MAX_ROWS: int | None = None
 
 
 def per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +104,9 @@ class W8A8Linear(nn.Module):
         return w8a8_kernel.unpack(self.weight, self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.kernel and not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu  # no backward
-                and (W8A8_KERNEL_MAX_ROWS is None or x.numel() <= W8A8_KERNEL_MAX_ROWS * self.in_features)):
+        # At any number of rows, prefills too: the kernel beats w8a8_reference (torch._int_mm, after
+        # unpacking the weights) at every row count measured, 1 to 512.
+        if self.kernel and not x.requires_grad and x.dtype in _KERNEL_DTYPES and x.is_cpu:  # no backward
             # torch.compile's graphs call the kernel through the dispatcher (an opaque op in the graph).
             kernel = w8a8_kernel.op() if torch.compiler.is_compiling() else w8a8_kernel.ready()
             if kernel is not None:
@@ -144,27 +134,25 @@ def w8a8_reference(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> to
 
 
 def quantize_int8(model: nn.Module, kernel: bool = True) -> nn.Module:
-    """Replace every nn.Linear of `model` in place by an Int8Linear(kernel=kernel); returns the model."""
-    _replace(model, Int8Linear, kernel)
-    if kernel and any(isinstance(m, Int8Linear) and m.weight.device.type == "cpu" for m in model.modules()):
-        int8_kernel.prepare()  # load it, or build it in a child process (the torch path until it is ready)
-    return model
+    """Replace every bias-free nn.Linear of `model` in place by an Int8Linear(kernel=kernel); returns the model."""
+    return replace_linears(model, lambda w: Int8Linear(w, kernel), prepare=kernel)
 
 
 def quantize_w8a8(model: nn.Module, kernel: bool = True) -> nn.Module:
     """Replace every bias-free nn.Linear of `model` in place by a W8A8Linear(kernel=kernel); returns the model."""
-    _replace(model, W8A8Linear, kernel)
-    if kernel and any(isinstance(m, W8A8Linear) and m.weight.device.type == "cpu" for m in model.modules()):
-        w8a8_kernel.prepare()  # load it, or build it in a child process (the torch path until it is ready)
+    return replace_linears(model, lambda w: W8A8Linear(w, kernel), prepare=kernel)
+
+
+def replace_linears(model: nn.Module, make, prepare: bool = True, exclude: tuple[str, ...] = ()) -> nn.Module:
+    """Replace every bias-free nn.Linear of `model` in place by make(its weight), except the modules named
+    in `exclude` (qualified names); then, if `prepare`, load the kernels of the new CPU layers, or build
+    them in a child process (the torch path until they are ready). Returns the model."""
+    for name, child in list(model.named_modules()):
+        if isinstance(child, nn.Linear) and child.bias is None and name not in exclude:
+            model.set_submodule(name, make(child.weight))
+    if prepare:
+        prepare_kernels(model)
     return model
-
-
-def _replace(model: nn.Module, cls: type[nn.Module], kernel: bool) -> None:
-    for name, child in list(model.named_children()):
-        if isinstance(child, nn.Linear) and child.bias is None:
-            setattr(model, name, cls(child.weight, kernel))
-        else:
-            _replace(child, cls, kernel)
 
 
 # ---- building the quantized modules from int8 weights already made (quantize while loading, saved checkpoints)
@@ -277,10 +265,5 @@ def prepare_kernels(model: nn.Module) -> None:
         int8_kernel.prepare()
     if W8A8Linear in kinds:
         w8a8_kernel.prepare()
-    try:
-        from .kernels import int4 as int4_kernel
-        from .quant_int4 import Int4Linear
-    except ModuleNotFoundError:  # a tree without int4 support
-        return
     if any(isinstance(m, Int4Linear) and m.weight_packed.is_cpu for m in model.modules()):
         int4_kernel.prepare()  # (a saved int4 checkpoint's layers come from from_compressed, which does not)

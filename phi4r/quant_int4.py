@@ -12,11 +12,9 @@ bits 4i, stored q + 8; phi4r.kernels.int4.pack), `weight_scale` bf16 [out, ceil(
 a checkpoint's are fp16), `weight_zero_point` int8 [out, groups] or None.
 
 The matmul, for CPU activations in bf16 or fp32 and up to KERNEL_MAX_ROWS rows (decode), is phi4r's
-AVX-512 kernel, which reads that packed layout directly (phi4r/kernels/int4_linear.cpp: compiled once per
-machine in a child process while the torch path runs; checked against the float reference;
-PHI4R_INT4_KERNEL=0 turns it off); zero points add one small product of per-group sums of x. Otherwise
-(no kernel, more rows, autograd, another device or group size) the weights are dequantized to the
-activation dtype (bf16 for bf16/fp16) for one F.linear.
+AVX-512 kernel (phi4r/kernels/int4.py), which reads that packed layout directly; zero points add one
+small product of per-group sums of x. Otherwise (no kernel, more rows, autograd, another device or
+group size) the weights are dequantized to the activation dtype (bf16 for bf16/fp16) for one F.linear.
 """
 from __future__ import annotations
 
@@ -178,17 +176,6 @@ def quantize_int4(model: nn.Module, group_size: int = 128, symmetric: bool = Tru
                   exclude: tuple[str, ...] = ()) -> nn.Module:
     """Replace every bias-free nn.Linear of `model` in place by an Int4Linear, except the modules named
     in `exclude` (qualified names, e.g. "lm_head"); returns the model."""
-    def replace(module: nn.Module, prefix: str) -> None:
-        for name, child in list(module.named_children()):
-            full = prefix + name
-            if full in exclude:
-                continue
-            if isinstance(child, nn.Linear) and child.bias is None:
-                setattr(module, name, Int4Linear(child.weight, group_size, symmetric))
-            else:
-                replace(child, full + ".")
+    from .quant import replace_linears  # (quant imports this module)
 
-    replace(model, "")
-    if any(isinstance(m, Int4Linear) and m.weight_packed.device.type == "cpu" for m in model.modules()):
-        int4_kernel.prepare()  # load it, or build it in a child process (the torch path until it is ready)
-    return model
+    return replace_linears(model, lambda w: Int4Linear(w, group_size, symmetric), exclude=exclude)

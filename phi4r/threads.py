@@ -2,19 +2,16 @@
 
 A decode step is ~100 parallel calls, each ending when its slowest thread does. With as many threads as
 cores, another busy program puts one of them on a shared core, and every call then waits for it (the
-kernels' dynamic chunks, phi4r/kernels/parallel.h, shorten that wait but cannot remove it): decoding
-ran 5-17x slower with one busy process on two cores. With one thread fewer per core the others take,
-each thread has a core to itself again.
+kernels' dynamic chunks, phi4r/kernels/parallel.h, shorten that wait but cannot remove it). With one
+thread fewer per core the others take, each thread has a core to itself again.
 
-`adapt()` is meant to be called once per engine step. At most every INTERVAL seconds it measures how
-many cores other processes used since the last measurement (/proc/stat's busy time of all CPUs, minus
-this process's own CPU time: its spinning threads count as its own, not as others'), and sets torch's
-intra-op threads to the CPUs this process may run on minus those cores (rounded down to whole cores
-only from OTHERS_MARGIN of a core on, so background noise changes nothing), never more than the count
-it found set at its first call or that someone else set since (the user's choice, e.g.
-`LLM(threads=...)`) and never fewer than 1. Between measurements it is a clock read and a comparison.
-The engine calls it before every step on CPU. PHI4R_ADAPT_THREADS=0 turns it off (it then changes
-nothing). On a system without /proc/stat it changes nothing either.
+`adapt()`, which the engine calls before every step on CPU, measures at most every INTERVAL seconds how
+many cores other processes used (/proc/stat's busy time of all CPUs minus this process's own CPU time:
+its spinning threads are its own) and sets torch's intra-op threads to the CPUs this process may run on
+minus those cores, whole cores only from OTHERS_MARGIN on (background noise changes nothing); never more
+than the count it found set at its first call or that someone set since (the user's choice, e.g.
+`LLM(threads=...)`), never fewer than 1. Between measurements it is a clock read and a comparison.
+PHI4R_ADAPT_THREADS=0 turns it off; without /proc/stat it changes nothing.
 """
 from __future__ import annotations
 

@@ -33,6 +33,18 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def names_from(known, what: str):
+    """An argparse type: a comma-separated list of names from `known` (in the order given), else an
+    error naming the first unknown one and the choices."""
+    def parse(text: str) -> list[str]:
+        names = [x.strip() for x in text.split(",") if x.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {(unknown or [text])[0]!r}; choose from {','.join(known)}")
+        return names
+    return parse
+
+
 def kv_memory(text: str):
     """An argparse type: a KV cache budget, bytes or a fraction (phi4r.kv_budget.parse_memory)."""
     from phi4r.kv_budget import parse_memory

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._options import add_model_args, int_list, positive_int
+from ._options import add_model_args, int_list, names_from, positive_int
 
 
 def register(subparsers) -> None:
-    from phi4r import bench
+    from phi4r import bench, bench_llamacpp
 
     p = subparsers.add_parser("bench", help="benchmark the engine: prefill/decode tokens/s and memory vs transformers "
                                             "and the roofline", description=bench.__doc__.split("\n")[0],
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
                         f"'nano' or a checkpoint directory [{bench.BENCH_MODEL}; {bench.ANCHOR_MODEL} with --against]")
     p.add_argument("--checkpoint", dest="model", help=argparse.SUPPRESS)  # the flag's former name
     p.add_argument("--batches", type=int_list, default=[1, 4, 16, 64], help="batch sizes [1,4,16,64]")
-    p.add_argument("--dtypes", type=_dtypes, default=list(bench.DTYPES),
+    p.add_argument("--dtypes", type=names_from(bench.DTYPES, "dtype"), default=list(bench.DTYPES),
                    help=f"{','.join(bench.DTYPES)}: weights and activations of each row (int8: weight-only int8, "
                         "w8a8: int8 weights and activations) [all]")
     p.add_argument("--prompt-len", type=positive_int, default=128, help="prompt tokens per sequence [128]")
@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     g = p.add_argument_group("against llama.cpp (llama-cpp-python: pip install 'phi4r[bench]')")
     g.add_argument("--against", choices=["llama.cpp"], help="measure phi4r against llama.cpp on the same checkpoint, "
                    "exported by phi4r to GGUF, at each precision pair, interleaved (--threads defaults to 2)")
-    g.add_argument("--precisions", type=_precisions, default=["fp32", "bf16", "int8", "int4"],
+    g.add_argument("--precisions", type=names_from(bench_llamacpp.PAIRS, "precision"),
+                   default=list(bench_llamacpp.PAIRS),
                    help="phi4r side of the pairs fp32/f32, bf16/bf16, int8/q8_0, int4/q4_0 [all]")
     g.add_argument("--quick", action="store_true", help="short and 1K positions only, 16 decode steps, one round")
     g.add_argument("--rounds", type=positive_int, help="interleaved rounds; the best counts [2; 1 with --quick]")
@@ -50,25 +51,6 @@ def register(subparsers) -> None:
                                  description=bench_scale.__doc__.split("\n")[0])
     bench_scale.add_arguments(scale)
     scale.set_defaults(func=bench_scale.run)
-
-
-def _dtypes(text: str) -> list[str]:
-    from phi4r.bench import DTYPES
-
-    names = [x.strip() for x in text.split(",") if x.strip()]
-    unknown = [n for n in names if n not in DTYPES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown dtype {(unknown or [text])[0]!r}; choose from {','.join(DTYPES)}")
-    return names
-
-
-def _precisions(text: str) -> list[str]:
-    names = [x.strip() for x in text.split(",") if x.strip()]
-    known = ("fp32", "bf16", "int8", "int4")
-    unknown = [n for n in names if n not in known]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown precision {(unknown or [text])[0]!r}; choose from {','.join(known)}")
-    return names
 
 
 def _run(args) -> int:

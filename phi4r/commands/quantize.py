@@ -36,11 +36,6 @@ def _run(args) -> int:
     src = resolve_model_path(str(args.src))
     if args.dst.exists() and any(args.dst.iterdir()):
         raise CheckpointError(f"{args.dst}: exists and is not empty; name a new directory")
-    if args.quantization == "int4":
-        try:
-            import phi4r.quant_int4  # noqa: F401
-        except ModuleNotFoundError:
-            raise ValueError("int4 needs phi4r's int4 support (phi4r.quant_int4), which this install lacks") from None
     start = time.perf_counter()
     quantize_checkpoint(src, args.dst, args.quantization, group_size=args.group_size, progress=True)
     print(f"phi4r quantize: wrote {args.dst} ({args.quantization}) in {time.perf_counter() - start:.0f} s",

@@ -23,6 +23,7 @@ from ..tasks.base import Judge
 from ..tasks.external import FORMATS
 from .backends import Backend
 from .log import SampleLog
+from .report import markdown_table
 from .runner import SAMPLES_FILE, run_eval
 
 CARD_FILE, CARD_JSON = "card.md", "card.json"
@@ -201,15 +202,15 @@ def table(card: dict) -> str:
     other = "strict" if headline == "eureka" else "eureka"
     runs = f"mean ± std over {s['runs']} runs" if s["runs"] > 1 else "1 run"
     header = ["benchmark", f"this run ({headline} scoring, {runs})", f"this run ({other} scoring)", *models]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for row in card["rows"]:
         if row["status"] == "ran":
             this, m = _pm(row["mean"], row["std"]), row["modes"].get(other, {})
             alt = _pm(m.get("mean"), m.get("std"))
         else:
             this = alt = "skipped"
-        lines.append("| " + " | ".join([row["benchmark"], this, alt, *(_cell(row["published"][m]) for m in models)]) + " |")
-    return "\n".join(lines)
+        rows.append([row["benchmark"], this, alt, *(_cell(row["published"][m]) for m in models)])
+    return markdown_table(header, rows)
 
 
 def render(card: dict) -> str:

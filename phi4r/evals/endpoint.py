@@ -70,6 +70,32 @@ def error_message(text: str) -> str:
     return message if isinstance(message, str) else text
 
 
+def request_json(client: httpx.Client, method: str, url: str, body: dict | None, retries: int, delay) -> dict:
+    """The JSON reply to one request, asked up to `retries` more times after a transient failure
+    (a transport error, a RETRYABLE status), `delay(attempt, Retry-After header or None)` seconds
+    apart. Raises BackendError for a FATAL status (every request would get the same), Refused for
+    another error status, Unavailable when the retries are used up."""
+    for attempt in range(retries + 1):
+        retry_after = None
+        try:
+            r = client.request(method, url, json=body)
+        except httpx.TransportError as e:  # connection refused/reset, timeouts
+            error = f"{type(e).__name__}: {e}"
+        else:
+            if r.status_code == 200:
+                return r.json()
+            error = f"HTTP {r.status_code}: {error_message(r.text)[:500]}"
+            if r.status_code in FATAL:
+                raise BackendError(f"{url} rejected the request ({error})")
+            if r.status_code not in RETRYABLE:
+                raise Refused(f"{url} refused the request ({error})", r.text)
+            retry_after = r.headers.get("retry-after")
+        if attempt == retries:
+            raise Unavailable(f"{url} failed {attempt + 1} times; last error: {error}")
+        time.sleep(delay(attempt, retry_after))
+    raise AssertionError("unreachable")
+
+
 def _first_int(patterns, text: str) -> int | None:
     return next((int(m.group(1)) for p in patterns if (m := p.search(text))), None)
 
@@ -136,25 +162,7 @@ class EndpointBackend:
         return dict(CARD_SAMPLING)
 
     def _request(self, method: str, url: str, body: dict | None = None) -> dict:
-        for attempt in range(self.retries + 1):
-            retry_after = None
-            try:
-                r = self.client.request(method, url, json=body)
-            except httpx.TransportError as e:  # connection refused/reset, timeouts
-                error = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code == 200:
-                    return r.json()
-                error = f"HTTP {r.status_code}: {error_message(r.text)[:500]}"
-                if r.status_code in FATAL:
-                    raise BackendError(f"{url} rejected the request ({error})")
-                if r.status_code not in RETRYABLE:
-                    raise Refused(f"{url} refused the request ({error})", r.text)
-                retry_after = r.headers.get("retry-after")
-            if attempt == self.retries:
-                raise Unavailable(f"{url} failed {attempt + 1} times; last error: {error}")
-            time.sleep(self._delay(attempt, retry_after))
-        raise AssertionError("unreachable")
+        return request_json(self.client, method, url, body, self.retries, self._delay)
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after is not None:

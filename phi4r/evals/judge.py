@@ -18,14 +18,14 @@ import random
 import re
 import sys
 import threading
-import time
 from importlib import resources
 from pathlib import Path
 
 import httpx
 
 from ..reasoning import final_text
-from .endpoint import chat_url, error_message
+from .backends import BackendError
+from .endpoint import Refused, Unavailable, chat_url, request_json
 
 # Where each ArenaHard step puts the model's answer: arena-hard-auto judges every question twice,
 # the baseline as assistant A and then as assistant B.
@@ -107,24 +107,17 @@ class EndpointJudge:
 
     def _ask(self, chat: list[dict], max_tokens: int) -> str:
         body = {"model": self.model, "messages": chat, "temperature": 0.0, "max_tokens": max_tokens}
-        for attempt in range(self.retries + 1):
-            try:
-                r = self.client.post(self.url, json=body)
-            except httpx.TransportError as e:
-                failure = f"judge {self.url}: {type(e).__name__}: {e}"
-            else:
-                if r.status_code == 200:
-                    try:
-                        return r.json()["choices"][0]["message"]["content"] or ""
-                    except (ValueError, KeyError, IndexError, TypeError):
-                        raise JudgeError(f"judge {self.url}: not a chat completion: {r.text[:200]}") from None
-                failure = f"judge {self.url}: HTTP {r.status_code}: {error_message(r.text)}"
-                if r.status_code not in (408, 409, 425, 429) and r.status_code < 500:
-                    raise JudgeError(failure)
-            if attempt < self.retries:
-                time.sleep(random.uniform(0, min(self.backoff * 2 ** attempt, 30.0)))
-        print(f"phi4r eval: {failure}", file=sys.stderr)
-        raise JudgeError(failure)
+        try:
+            reply = request_json(self.client, "POST", self.url, body, self.retries, self._delay)
+            return reply["choices"][0]["message"]["content"] or ""
+        except (BackendError, Refused, Unavailable) as e:
+            print(f"phi4r eval: judge {e}", file=sys.stderr)
+            raise JudgeError(f"judge {e}") from None
+        except (ValueError, KeyError, IndexError, TypeError):  # a reply that is not JSON, or not a completion
+            raise JudgeError(f"judge {self.url}: not a chat completion") from None
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        return random.uniform(0, min(self.backoff * 2 ** attempt, 30.0))
 
     def close(self) -> None:
         self.client.close()

@@ -107,12 +107,9 @@ def breakdown(samples: list[dict], runs: int) -> dict:
         return {t: {k: summarize(v, runs) for k, v in sorted(g.items(), key=lambda kv: _order(kv[0]))}
                 for t, g in groups.items()}
 
-    tasks: dict[str, list[dict]] = defaultdict(list)
-    for s in samples:
-        tasks[s["task"]].append(s)
     return {
         "overall": summarize(samples, runs),
-        "by_task": {t: summarize(v, runs) for t, v in tasks.items()},
+        "by_task": {t: summarize(v, runs) for t, v in _by_task(samples).items()},
         "by_category": grouped("category"),
         "by_difficulty": grouped("difficulty"),
     }
@@ -121,16 +118,20 @@ def breakdown(samples: list[dict], runs: int) -> dict:
 def compare_modes(samples: list[dict], runs: int) -> dict:
     """Per task, the metrics of every scoring mode a sample was graded in (its `modes`), how many
     samples the modes score differently, and how many verdicts skipped a judge (`needs_judge`)."""
-    tasks: dict[str, list[dict]] = defaultdict(list)
-    for s in samples:
-        tasks[s["task"]].append(s)
     out = {}
-    for task, group in tasks.items():
+    for task, group in _by_task(samples).items():
         modes = list(group[0]["modes"])
         out[task] = {"differ": sum(len({m["score"] for m in s["modes"].values()}) > 1 for s in group),
                      "needs_judge": sum(bool(m["details"].get("needs_judge")) for s in group for m in s["modes"].values()),
                      "by_mode": {mode: summarize([{**s, **s["modes"][mode]} for s in group], runs) for mode in modes}}
     return out
+
+
+def _by_task(samples: list[dict]) -> dict[str, list[dict]]:
+    tasks: dict[str, list[dict]] = defaultdict(list)
+    for s in samples:
+        tasks[s["task"]].append(s)
+    return tasks
 
 
 def _order(key: str):

@@ -37,7 +37,7 @@ def _rows(runs: int, pass_ks: list[str]) -> list[tuple[str, Callable[[dict], str
     ]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
@@ -49,7 +49,7 @@ def main_table(summary: dict) -> str:
     if len(groups) > 1:
         groups["all"] = metrics["overall"]
     rows = _rows(runs, list(metrics["overall"]["pass_at_k"]))
-    return _table(["metric", *groups], [[label, *(cell(m) for m in groups.values())] for label, cell in rows])
+    return markdown_table(["metric", *groups], [[label, *(cell(m) for m in groups.values())] for label, cell in rows])
 
 
 def breakdown_table(task: str, summary: dict, key: str) -> str:
@@ -57,7 +57,8 @@ def breakdown_table(task: str, summary: dict, key: str) -> str:
     metrics, runs = summary["metrics"], summary["settings"]["runs"]
     rows = _rows(runs, list(metrics["overall"]["pass_at_k"]))
     groups = metrics[f"by_{key}"][task]
-    return _table([key, *(label for label, _ in rows)], [[g, *(cell(m) for _, cell in rows)] for g, m in groups.items()])
+    return markdown_table([key, *(label for label, _ in rows)],
+                          [[g, *(cell(m) for _, cell in rows)] for g, m in groups.items()])
 
 
 def modes_table(summary: dict) -> str:
@@ -73,7 +74,7 @@ def modes_table(summary: dict) -> str:
     header = ["task", *(f"{n} (headline)" if n == headline else n for n in names),
               "samples scored differently", "verdicts without a judge"]
     return ("## Scoring modes\n\nstrict: phi4r's exact verifiers; eureka: Eureka's extraction and metrics "
-            "rule for rule (its LLM steps only with a judge).\n\n" + _table(header, rows))
+            "rule for rule (its LLM steps only with a judge).\n\n" + markdown_table(header, rows))
 
 
 def render_markdown(summary: dict, plot_files: list[str]) -> str:

@@ -62,6 +62,8 @@ class Metrics:
             lines = []
 
             def metric(name, kind, help_, samples):
+                """`samples`: the metric's lines, or its one unlabelled value."""
+                samples = samples if isinstance(samples, list) else [f"{name} {samples}"]
                 lines.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *samples])
 
             metric("phi4r_requests_total", "counter", "HTTP requests by endpoint and status code.",
@@ -69,16 +71,13 @@ class Metrics:
                     for (e, s), n in sorted(self.requests.items())])
             metric("phi4r_request_finish_total", "counter", "Finished sequences by finish reason.",
                    [f'phi4r_request_finish_total{{reason="{r}"}} {n}' for r, n in sorted(self.finish_reasons.items())])
-            metric("phi4r_prompt_tokens_total", "counter", "Prompt tokens processed.",
-                   [f"phi4r_prompt_tokens_total {self.prompt_tokens}"])
+            metric("phi4r_prompt_tokens_total", "counter", "Prompt tokens processed.", self.prompt_tokens)
             metric("phi4r_generation_tokens_total", "counter", "Completion tokens generated (reasoning included).",
-                   [f"phi4r_generation_tokens_total {self.completion_tokens}"])
+                   self.completion_tokens)
             metric("phi4r_reasoning_tokens_total", "counter", "Completion tokens inside the thinking.",
-                   [f"phi4r_reasoning_tokens_total {self.reasoning_tokens}"])
-            metric("phi4r_num_requests_running", "gauge", "Sequences the engine is generating.",
-                   [f"phi4r_num_requests_running {running}"])
-            metric("phi4r_num_requests_waiting", "gauge", "Sequences accepted but waiting for an engine slot.",
-                   [f"phi4r_num_requests_waiting {waiting}"])
+                   self.reasoning_tokens)
+            metric("phi4r_num_requests_running", "gauge", "Sequences the engine is generating.", running)
+            metric("phi4r_num_requests_waiting", "gauge", "Sequences accepted but waiting for an engine slot.", waiting)
             metric("phi4r_request_latency_seconds", "histogram", "Time from request to its last byte.",
                    self.latency.lines("phi4r_request_latency_seconds"))
             metric("phi4r_time_to_first_token_seconds", "histogram", "Time from request to its first token.",

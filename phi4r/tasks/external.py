@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import gzip
 import json
 import re
 import sys
@@ -56,9 +57,10 @@ def read_records(path, limit: int | None = None) -> list[dict]:
 
 
 def _read(path: Path, limit: int | None) -> list[dict]:
-    suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise ValueError(f"{path}: expected one of {', '.join(FORMATS)}")
+    gzipped = path.suffix.lower() == ".gz"  # EvalPlus ships HumanEvalPlus.jsonl.gz
+    suffix = (path.with_suffix("") if gzipped else path).suffix.lower()
+    if suffix not in FORMATS or (gzipped and suffix not in (".jsonl", ".json")):
+        raise ValueError(f"{path}: expected one of {', '.join(FORMATS)} (.jsonl and .json also gzipped)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if suffix == ".parquet":
@@ -74,7 +76,8 @@ def _read(path: Path, limit: int | None) -> list[dict]:
     elif suffix in (".csv", ".tsv"):
         records = _csv(path, "\t" if suffix == ".tsv" else ",")
     else:
-        text = path.read_bytes().decode("utf-8-sig")
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if gzipped else raw).decode("utf-8-sig")
         try:  # one JSON document (a list, or an object holding one), else JSON Lines
             data = json.loads(text)
         except json.JSONDecodeError:

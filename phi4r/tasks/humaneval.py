@@ -14,11 +14,9 @@ prompt; either is run after the prompt, so the prompt's imports and helper funct
 """
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import secrets
-from pathlib import Path
 
 from ..sandbox import Limits, preflight, run_python
 from .base import Instance, trace
@@ -78,15 +76,6 @@ def program(prompt: str, entry_point: str, code: str) -> str:
     return prompt + code
 
 
-def _read(path, limit):
-    path = Path(path)
-    if path.suffix != ".gz":
-        return read_records(path, limit)
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return records[:limit] if limit is not None else records
-
-
 class HumanEval(CodeTask):
     name = "humaneval"
     limits = Limits(cpu_seconds=10, wall_seconds=30)
@@ -101,7 +90,7 @@ class HumanEval(CodeTask):
             path = HUMAN_EVAL
         preflight()
         out = []
-        for record in _read(path, limit):
+        for record in read_records(path, limit):
             inst = self.from_record(record)
             inst.id, inst.task = f"{self.name}-{field(record, 'task_id')}", self.name
             out.append(inst)

@@ -291,10 +291,6 @@ class _Lines:
             self.fail(f"expected {what} {want!r}, got {got!r}")
 
 
-def _number(text: str) -> int:
-    return int(text) if text else 0
-
-
 def _check_state(lines: _Lines, op: str, left: str, right: str, flag: str, c: int, answer: str) -> None:
     got = lines.next("a state line")
     m = _STATE.fullmatch(got)
