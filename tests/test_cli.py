@@ -128,6 +128,18 @@ def test_generate_refuses_bad_input_naming_the_line(tmp_path, capsys):
     assert "line 2" in capsys.readouterr().err and not (tmp_path / "o.jsonl").exists()
 
 
+def test_generate_reads_a_raw_line_separator_inside_a_json_string(tmp_path):
+    """JSON allows U+2028/U+2029 unescaped in strings (json.dumps(ensure_ascii=False) writes them so):
+    a record with one is one line, and its id stays the line's number."""
+    from phi4r.commands.generate import read_prompts
+
+    prompts = tmp_path / "in.jsonl"
+    records = [{"prompt": "first\u2028half"}, {"prompt": "para\u2029graph"}, {"prompt": "plain"}]
+    prompts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert "\u2028" in prompts.read_text(encoding="utf-8")
+    assert [(r["id"], r["prompt"]) for r in read_prompts(prompts)] == [(i, r["prompt"]) for i, r in enumerate(records)]
+
+
 @pytest.mark.slow
 def test_bench_smoke_prints_the_table(ck, tmp_path):
     run = phi4r("bench", "--model", ck, "--batches", "1", "--dtypes", "fp32,int8", "--prompt-len", "8",

@@ -47,7 +47,8 @@ def read_prompts(path: Path) -> list[dict]:
         text = path.read_text()
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    for number, line in enumerate(text.splitlines()):
+    # JSONL lines end at \n only (str.splitlines would also cut at a raw U+2028 inside a JSON string).
+    for number, line in enumerate(text.split("\n")):
         if not line.strip():
             continue
         where = f"{path}, line {number + 1}"
@@ -73,7 +74,7 @@ def finished_ids(path: Path) -> set:
         return set()
     data = path.read_bytes()
     complete, ids = data[:data.rfind(b"\n") + 1], set()
-    for number, line in enumerate(complete.decode(errors="replace").splitlines()):
+    for number, line in enumerate(complete.decode(errors="replace").split("\n")[:-1]):
         try:
             record = json.loads(line) if line.strip() else {"id": None, "outputs": None}
             if not isinstance(record, dict) or not {"id", "outputs"} <= record.keys():

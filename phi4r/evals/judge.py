@@ -82,7 +82,7 @@ class EndpointJudge:
         self.verdicts: dict[tuple, str] = {}
         self.lock = threading.Lock()
         if self.cache_path is not None and self.cache_path.exists():
-            for line in self.cache_path.read_text().splitlines():
+            for line in self.cache_path.read_text().split("\n"):
                 try:
                     row = json.loads(line)
                     self.verdicts[row["step"], row["id"], row["sha256"]] = row["reply"]
