@@ -84,23 +84,6 @@ inline __m512 group_reduce(__m512 x) {
   return x;
 }
 
-// exp(x) for x <= 0 (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial, times 2^n).
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-110.f));  // -> 2^-159 or less: 0 (also for -inf)
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts: n * hi is exact
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, n);
-}
-
 // Rows per tile (16 measured faster than 32 and 64): a tile's K and V rows (4 KB each at head dim 128,
 // bf16) stay in L1 from the scores to the values, and the next tile's are prefetched meanwhile.
 constexpr int64_t Tile = 16;
@@ -246,11 +229,11 @@ void attend(const Item& it, float* acc) {
       tmax = _mm512_max_ps(tmax, _mm512_load_ps(p + 16 * i));
     }
     const __m512 mnew = _mm512_max_ps(m, group_reduce<R, true>(tmax));
-    const __m512 rescale = exp16(_mm512_sub_ps(m, mnew));  // first tile: exp(-inf) = 0
+    const __m512 rescale = phi4r::exp16(_mm512_sub_ps(m, mnew));  // first tile: exp(-inf) = 0
     sum = _mm512_mul_ps(sum, rescale);
     m = mnew;
     for (int64_t i = 0; i < blocks; ++i) {  // rows past len: exp(-inf - m) = 0
-      const __m512 e = exp16(_mm512_sub_ps(_mm512_load_ps(p + 16 * i), m));
+      const __m512 e = phi4r::exp16(_mm512_sub_ps(_mm512_load_ps(p + 16 * i), m));
       _mm512_store_ps(p + 16 * i, e);
       sum = _mm512_add_ps(sum, e);
     }

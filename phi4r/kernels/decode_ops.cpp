@@ -21,6 +21,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include "simd.h"
 
 #include <cmath>
 #include <tuple>
@@ -49,23 +50,6 @@ inline __m512 rounded(__m512 v) {
 }
 inline __m512 mul(__m512 a, __m512 b) { return _mm512_mul_round_ps(a, b, RN); }
 inline __m512 add(__m512 a, __m512 b) { return _mm512_add_round_ps(a, b, RN); }
-
-// e^x for fp32 lanes: x = n ln2 + r, |r| <= ln2 / 2, e^r by Cephes' expf polynomial (about 1 ulp),
-// times 2^n by vscalefps (which also gives inf and 0 beyond fp32's range).
-inline __m512 exp512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), RN);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
 
 // Rows [r0, r1) of `rows` x `len` elements: f(row) on the calling thread for a decode step's few rows,
 // split over torch's threads from about 64K elements on.
@@ -144,7 +128,7 @@ void swiglu_rows(const T* gu, T* y, int64_t rows, int64_t I) {
     for (int64_t i = 0; i < I; i += 16) {
       const __m512 x = load(g + i, I - i);
       // silu(x) = x / (1 + e^-x), rounded as torch's silu op, then the product with "up".
-      const __m512 silu = rounded<T>(_mm512_div_ps(x, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)))));
+      const __m512 silu = rounded<T>(_mm512_div_ps(x, _mm512_add_ps(one, phi4r::exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)))));
       store(yr + i, mul(load(u + i, I - i), silu), I - i);
     }
   });

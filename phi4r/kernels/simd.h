@@ -1,4 +1,4 @@
-// AVX-512 helpers shared by phi4r's kernels (int8_linear.cpp, decode_attention.cpp).
+// AVX-512 helpers shared by phi4r's kernels (int8_linear.cpp, decode_attention.cpp, decode_ops.cpp).
 #pragma once
 #include <immintrin.h>
 
@@ -18,6 +18,24 @@ __attribute__((always_inline)) inline __m512 reduce16(const __m512 (&a)[16]) {
   for (int i = 0; i < 2; ++i)  // 128-bit lanes: c[2i] lanes 0+1, 2+3, c[2i+1] lanes 0+1, 2+3
     d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88), _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
   return _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], 0x88), _mm512_shuffle_f32x4(d[0], d[1], 0xDD));
+}
+
+// e^x for fp32 lanes: x = n ln2 + r, |r| <= ln2 / 2, e^r by Cephes' expf polynomial (about 1 ulp), times
+// 2^n by vscalefps (inf beyond fp32's range; below -110, 2^-159 or less: 0, also for -inf).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-110.f));  // -> 2^-159 or less: 0 (also for -inf)
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts: n * hi is exact
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
 }
 
 }  // namespace phi4r
