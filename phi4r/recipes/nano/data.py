@@ -14,7 +14,7 @@ import random
 from functools import lru_cache
 from pathlib import Path
 
-from ...tasks import get_task
+from ...tasks import Instance, get_task
 from . import arithmetic, calendar, spatialmap
 
 # The fine split (every digit and punctuation mark its own piece) with one exception: a clock time
@@ -39,7 +39,9 @@ PLAIN_ARITHMETIC = ["What is {}?", "Compute {}.", "Calculate {}.", "{} = ?", "Wh
 # numbers; nothing has three-digit ones), in column traces; every other one asked as a plain
 # question (`arithmetic.PLAIN_QUESTIONS`, cycled), the others in the task's prompt.
 COLUMNS = "columns"
-NOT_TASKS = ("copy", COLUMNS)
+# "drill": kind -> n conversations of `arithmetic.DRILL_LINES` column steps each (`.arithmetic` DRILLS).
+DRILL = "drill"
+NOT_TASKS = ("copy", COLUMNS, DRILL)
 # The benchmark's held-out arithmetic (the recipe's evaluation and test seeds) is kept out of training
 # for the multi-digit levels, this many instances per level; levels 1-2 have 100 and ~250 distinct
 # problems, all of which training sees.
@@ -79,19 +81,38 @@ def instances(mix: dict, seed: int) -> list:
             if not (inst.task == "arithmetic" and inst.answer["expression"] in excluded)]
 
 
-def column_conversations(kinds: dict, seed: int) -> list[list[dict]]:
-    """kind -> n: n problems of each kind (none held out), alternately in the task's prompt and as
-    plain questions, answered by column traces."""
-    excluded, convs, k = held_out_expressions(), [], 0
+def column_instances(kinds: dict, seed: int) -> list[Instance]:
+    """kind -> n: n problems of each kind (none held out) as the arithmetic task's instances (its
+    verifier grades them), alternately in the task's prompt and as plain questions."""
+    excluded, out, k = held_out_expressions(), [], 0
     for kind, n in kinds.items():
         for i in range(n):
             rng = random.Random(f"columns-{kind}-{seed}-{i}")
-            while (expr := arithmetic.expression(*arithmetic.draw(rng, kind))) in excluded:
+            while (expr := arithmetic.expression(*(problem := arithmetic.draw(rng, kind)))) in excluded:
                 pass
-            ask = arithmetic.question(expr, None if k % 2 == 0 else k // 2)
-            convs.append([{"role": "user", "content": ask},
-                          {"role": "assistant", "content": arithmetic.solve(arithmetic.parse_expression(expr))}])
+            a, op, b = problem
+            out.append(Instance(id=f"columns-{kind}-{seed}-{i}", task="arithmetic",
+                                prompt=arithmetic.question(expr, None if k % 2 == 0 else k // 2),
+                                answer={"value": arithmetic.value((op, a, b)), "expression": expr, "tree": [op, a, b]},
+                                category=kind))
             k += 1
+    return out
+
+
+def column_conversations(kinds: dict, seed: int) -> list[list[dict]]:
+    """column_instances answered by column traces."""
+    return [[{"role": "user", "content": i.prompt},
+             {"role": "assistant", "content": arithmetic.solve(arithmetic.parse_expression(i.answer["expression"]))}]
+            for i in column_instances(kinds, seed)]
+
+
+def drill_conversations(kinds: dict, seed: int) -> list[list[dict]]:
+    """kind -> n: n drills of each kind (`arithmetic.drill`)."""
+    convs = []
+    for kind, n in kinds.items():
+        for i in range(n):
+            ask, answer = arithmetic.drill(kind, random.Random(f"drill-{kind}-{seed}-{i}"))
+            convs.append([{"role": "user", "content": ask}, {"role": "assistant", "content": answer}])
     return convs
 
 
@@ -110,11 +131,12 @@ def user_prompt(inst, k: int) -> str:
 
 
 def sft_conversations(mix: dict, seed: int) -> list[list[dict]]:
-    """The taught conversations of `mix` at `seed`, its column conversations, then its copy
+    """The taught conversations of `mix` at `seed`, its column conversations and drills, then its copy
     conversations (other instances of the same tasks: seed + 500)."""
     return ([[{"role": "user", "content": user_prompt(i, k)}, {"role": "assistant", "content": teach(i)}]
              for k, i in enumerate(instances(mix, seed))]
             + column_conversations(mix.get(COLUMNS, {}), seed)
+            + drill_conversations(mix.get(DRILL, {}), seed)
             + copy_conversations(mix.get("copy", {}), seed + 500))
 
 
