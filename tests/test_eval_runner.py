@@ -130,6 +130,18 @@ def test_instance_selection_per_difficulty_and_external_files(tmp_path):
         run_eval(Oracle(), ["aime"], tmp_path / "o2", progress=False, plots=False)
 
 
+def test_given_instances_are_asked_as_written(tmp_path):
+    """`instances=`: exactly these, their prompts as written (a recipe's own wording), scored by the task."""
+    from dataclasses import replace
+
+    insts = [replace(i, prompt="Reworded: " + i.prompt) for i in get_task("sat3").generate(3, 5, difficulty=1)]
+    summary = run_eval(TeacherBackend(), ["sat3"], tmp_path / "out", instances=insts, progress=False, plots=False)
+    assert summary["metrics"]["by_task"]["sat3"]["instances"] == 3
+    assert [s["prompt"] for s in logged(tmp_path / "out")] == [i.prompt for i in insts]
+    with pytest.raises(ValueError, match="not evaluated: sat3"):
+        run_eval(TeacherBackend(), ["tsp"], tmp_path / "o2", instances=insts, progress=False, plots=False)
+
+
 def test_report_files(tmp_path):
     run_eval(CountingTeacher(), ["sat3", "maze"], tmp_path, runs=2, limit=4, difficulty=[1, 2], progress=False)
     report = (tmp_path / "report.md").read_text()

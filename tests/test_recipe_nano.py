@@ -196,13 +196,30 @@ def test_eval_runs_are_the_documented_commands():
     seeds = evaluation.EVAL_SEEDS
     assert len(seeds) >= 3 and evaluation.DEV_SEED not in seeds and evaluation.TEST_SEED not in seeds
     runs = evaluation.eval_runs(Path("E"))
-    assert len(runs) == 2 * len(evaluation.EVAL) * len(seeds)
+    assert len(runs) == 2 * (len(evaluation.EVAL) + len(evaluation.RECIPE_WORDING)) * len(seeds)
     task, out, args = runs[1]
     assert (task, str(out)) == ("arithmetic", f"E/arithmetic/greedy/seed-{seeds[0]}")
     assert args["sampling"]["temperature"] == 0.0
     assert evaluation.eval_command("M", task, str(out), args) == (
         f"phi4r eval --model M --tasks arithmetic --difficulty 1,2,3,4 --limit 50 --seed {seeds[0]} --max-tokens 768 "
         f"--max-num-seqs 64 --greedy --runs 1 --out E/arithmetic/greedy/seed-{seeds[0]}")
+
+
+def test_recipe_wording_runs_ask_the_benchmark_instances_in_the_recipes_prompt():
+    """spatialmap-recipe: the benchmark's instances of each seed and level (same ids, answers), each
+    asked in the recipe's wording, evaluated by run_eval as given."""
+    from phi4r.tasks import get_task
+
+    seed = evaluation.EVAL_SEEDS[0]
+    runs = [r for r in evaluation.eval_runs(Path("E"), tasks=["spatialmap"], seeds=[seed])]
+    assert [str(out) for _, out, _ in runs] == [f"E/{label}/{kind}/seed-{seed}" for label in ("spatialmap", "spatialmap-recipe")
+                                                 for kind in ("sampled", "greedy")]
+    plain, worded = runs[0][2], runs[2][2]
+    assert "instances" not in plain and evaluation.eval_command("M", "spatialmap", "o", worded).startswith("# o:")
+    bench = [i for level in (1, 2) for i in get_task("spatialmap").generate(50, seed, difficulty=level)]
+    assert [(i.id, i.answer) for i in worded["instances"]] == [(i.id, i.answer) for i in bench]
+    assert [i.prompt for i in worded["instances"]] == [data.prompt(i) for i in bench]
+    assert all(a.prompt != b.prompt for a, b in zip(worded["instances"], bench))
 
 
 def test_eval_stage_runs_run_eval_and_the_report_reads_it(tmp_path, monkeypatch):

@@ -100,8 +100,11 @@ def run_eval(backend: Backend, tasks: list[str], out_dir, *, runs: int = 1, limi
              seed: int = 0, difficulty: list[int] | None = None, data: dict[str, str] | None = None,
              sampling: dict | None = None, system_prompt: str | None = None, progress: bool = True,
              on_sample: Callable[[dict], None] | None = None, plots: bool = True,
-             scoring: str = "strict", judge: Judge | None = None) -> dict:
+             scoring: str = "strict", judge: Judge | None = None, instances: list | None = None) -> dict:
     """Evaluate `backend` on `tasks`, `runs` samples per instance; returns the summary (report.py).
+
+    `instances` (of `tasks`) are evaluated as given, prompts as written, instead of being selected
+    by limit/seed/difficulty/data (a recipe asking the tasks in its own wording).
 
     `scoring` is the headline mode ("strict" or "eureka"); both are logged and reported. `judge`
     answers Eureka's LLM steps (tasks/base.py Judge); without one they are skipped.
@@ -115,7 +118,10 @@ def run_eval(backend: Backend, tasks: list[str], out_dir, *, runs: int = 1, limi
     if scoring not in MODES:
         raise ValueError(f"unknown scoring mode {scoring!r}; known: {', '.join(MODES)}")
     out = Path(out_dir)
-    instances = select_instances(tasks, limit=limit, seed=seed, difficulty=difficulty, data=data)
+    if instances is None:
+        instances = select_instances(tasks, limit=limit, seed=seed, difficulty=difficulty, data=data)
+    elif stray := {i.task for i in instances} - set(tasks):
+        raise ValueError(f"instances of tasks not evaluated: {', '.join(sorted(stray))}")
     sampling = {**backend.sampling_defaults(), **{k: v for k, v in (sampling or {}).items() if v is not None}}
     system_prompt = backend.system_prompt if system_prompt is None else system_prompt
     # What decides a sample's text: a resumed run must match it exactly.
