@@ -158,6 +158,7 @@ class CacheStep:
         self.mask = _visible(span, positions) if T > 1 else None
         self.lengths = positions[:, 0] + 1 if T == 1 else None
         self.index = _cache_rows(ks[0], tables, positions)
+        self.ops = _fused_ops(ks[0])  # decided once for all layers (see rotate_and_write)
         # Decode reads a paged cache through its block table: the keys it may see span the table's blocks.
         keys = tables.shape[1] * ks[0].shape[2] if self.paged else span
         # The reference's mask, once for all layers (none when every sequence sees every key).
@@ -173,12 +174,30 @@ class CacheStep:
         return self.attention(q, keys, values, self.lengths, scale, **self.extra)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v [B, T, kv_heads, head_dim]; return what to attend to: the keys/values [B, kv_heads,
-        span, head_dim], or for a decode step in a paged cache the pools themselves (read through the table)."""
+        """Write k/v [B, T, kv_heads, head_dim]; return what to attend to (`read`)."""
         ck, cv = self.ks[layer], self.vs[layer]
         D = ck.shape[-1]
         ck.view(-1, D).index_put_((self.index,), k.to(ck.dtype))
         cv.view(-1, D).index_put_((self.index,), v.to(cv.dtype))
+        return self.read(layer)
+
+    def rotate_and_write(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         heads: int) -> bool:
+        """In inference, the fused op (kernels.decode_ops.rope_kv_) for Rotary.apply of the query and key
+        heads of qkv [B, T, heads + 2 kv_heads, head_dim] in place plus `update`'s write of its keys and
+        values: one call per layer. False (nothing done) where it does not apply; then the caller does both."""
+        ops, ck, cv = self.ops, self.ks[layer], self.vs[layer]
+        if (ops is None or qkv.dtype != ck.dtype or cv.dtype != ck.dtype or cos.dtype != ck.dtype
+                or sin.dtype != ck.dtype or qkv.stride(-1) != 1 or cos.stride(-1) != 1 or sin.stride(-1) != 1
+                or not ck.is_contiguous() or not cv.is_contiguous()):
+            return False
+        ops.rope_kv_(qkv, cos, sin, heads, ck, cv, self.index)
+        return True
+
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What to attend to after a write: the keys/values [B, kv_heads, span, head_dim], or for a decode
+        step in a paged cache the pools themselves (read through the table)."""
+        ck, cv = self.ks[layer], self.vs[layer]
         if self.paged:
             if self.lengths is not None:
                 return ck, cv
@@ -225,15 +244,19 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV = self.n_heads, self.n_kv
         qkv = self.qkv_proj(x).view(B, T, H + 2 * KV, self.head_dim)
-        # Queries and keys are rotated together, in [B, T, heads, head_dim] layout (one op chain).
-        qk = rotary.apply(qkv[:, :, :H + KV], cos, sin)
-        q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]
+        if step is not None and step.rotate_and_write(self.layer_idx, qkv, cos, sin, H):
+            q, keys, values = qkv[:, :, :H], *step.read(self.layer_idx)
+        else:
+            # Queries and keys are rotated together, in [B, T, heads, head_dim] layout (one op chain).
+            qk = rotary.apply(qkv[:, :, :H + KV], cos, sin)
+            q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]
+            if step is not None:
+                keys, values = step.update(self.layer_idx, k, v)
 
         if step is None:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  is_causal=T > 1, enable_gqa=KV != H).transpose(1, 2)
         else:
-            keys, values = step.update(self.layer_idx, k, v)
             if T == 1:  # decode: SDPA's CPU kernel is slow for a single query
                 out = step.attend(q[:, 0], keys, values, self.head_dim ** -0.5)
             else:
@@ -270,6 +293,14 @@ class DecoderLayer(nn.Module):
         # The attention's residual add and the second norm are one op (fused at decode).
         x, normed = self.post_attention_layernorm(x, self.self_attn(self.input_layernorm(x), rotary, cos, sin, step))
         return x + self.mlp(normed)
+
+    def forward_split(self, delta, x, rotary, cos, sin, step=None):
+        """forward(x + delta) as (its MLP output, x + delta + its attention output): the layer's input and
+        output both split in two, so that every residual add is fused into the norm after it (the next
+        layer's input norm, or the final one). delta None: the input is x. The same values as forward."""
+        x, normed = (x, self.input_layernorm(x)) if delta is None else self.input_layernorm(delta, x)
+        x, normed = self.post_attention_layernorm(self.self_attn(normed, rotary, cos, sin, step), x)
+        return self.mlp(normed), x
 
 
 class Phi3Model(nn.Module):
@@ -317,9 +348,19 @@ class Phi3ForCausalLM(nn.Module):
         cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
         cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
         step = CacheStep(ks, vs, positions, span=span, attention=attention, tables=tables)
+        return self.lm_head(self._cached_layers(x, cos, sin, step, False))[:, -1]
+
+    def _cached_layers(self, x, cos, sin, step: CacheStep, last_only: bool) -> torch.Tensor:
+        """The layers and the final norm in inference with a cache, residual adds fused into the norms
+        (DecoderLayer.forward_split)."""
+        delta = None
         for layer in self.model.layers:
-            x = layer(x, self.rotary, cos, sin, step)
-        return self.lm_head(self.model.norm(x))[:, -1]
+            delta, x = layer.forward_split(delta, x, self.rotary, cos, sin, step)
+        if last_only:
+            x = x[:, -1:]
+        if delta is None:  # no layers
+            return self.model.norm(x)
+        return self.model.norm(delta[:, -1:] if last_only else delta, x)[1]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 cache=None, slots: torch.Tensor | None = None,
@@ -346,6 +387,9 @@ class Phi3ForCausalLM(nn.Module):
         cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
         step = (CacheStep(cache.k, cache.v, positions, slots, attention=attention, tables=tables)
                 if cache is not None else None)
+        if step is not None and not torch.is_grad_enabled():
+            x = self._cached_layers(x, cos, sin, step, last_only)
+            return head(x, self.lm_head) if head is not None else self.lm_head(x)
         recompute = self.gradient_checkpointing and step is None and torch.is_grad_enabled()
         for layer in self.model.layers:
             if recompute:
