@@ -310,9 +310,34 @@ class DecoderLayer(nn.Module):
         output both split in two, so that every residual add is fused into the norm after it (the next
         layer's input norm, or the final one). delta None: the input is x. The same values as forward."""
         attn, mlp, norm1, norm2 = _submodules(self, "self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
+        if step is not None and step.lengths is not None and step.ops is not None:
+            w1, w2 = norm1._parameters["weight"], norm2._parameters["weight"]
+            if x.dtype == w1.dtype == w2.dtype == cos.dtype == sin.dtype == step.ks[0].dtype:
+                return self._fused_decode(step.ops, delta, x, rotary, cos, sin, step, attn, mlp, norm1, norm2, w1, w2)
         x, normed = (x, norm1(x)) if delta is None else norm1(delta, x)
         x, normed = norm2(attn(normed, rotary, cos, sin, step), x)
         return mlp(normed), x
+
+    def _fused_decode(self, ops, delta, x, rotary, cos, sin, step, attn, mlp, norm1, norm2, w1, w2):
+        """forward_split of a decode step (one new token per sequence) in inference, calling the fused
+        ops (kernels.decode_ops) directly: exactly what RMSNorm, Attention and MLP do there, without their
+        module calls and per-op checks, which were a tenth of a decode step outside the linear kernels.
+        (Hooks on those three modules are not run here; the linear layers are called as modules.)"""
+        B, H, KV, D = x.shape[0], attn.n_heads, attn.n_kv, attn.head_dim
+        qkv_proj, o_proj = _submodules(attn, "qkv_proj", "o_proj")
+        gate_up_proj, down_proj = _submodules(mlp, "gate_up_proj", "down_proj")
+        x, normed = ops.rms_norm(x.contiguous(), None, w1, norm1.eps) if delta is None else \
+            ops.rms_norm(delta.contiguous(), x.contiguous(), w1, norm1.eps)
+        qkv = qkv_proj(normed).view(B, 1, H + 2 * KV, D)
+        layer = attn.layer_idx
+        if step.rotate_and_write(layer, qkv, cos, sin, H):
+            q, keys, values = qkv[:, 0, :H], *step.read(layer)
+        else:  # e.g. a cache of another layout: as Attention.forward
+            qk = rotary.apply(qkv[:, :, :H + KV], cos, sin)
+            q, (keys, values) = qk[:, 0, :H], step.update(layer, qk[:, :, H:], qkv[:, :, H + KV:])
+        out = step.attend(q, keys, values, D ** -0.5)
+        x, normed = ops.rms_norm(o_proj(out.reshape(B, 1, H * D)).contiguous(), x, w2, norm2.eps)
+        return down_proj(ops.swiglu(gate_up_proj(normed).contiguous())), x
 
 
 class Phi3Model(nn.Module):

@@ -235,12 +235,19 @@ def test_cached_forward_bit_identical_to_the_layer_by_layer_path(kernel, monkeyp
                 out.append(model(nxt, positions=torch.tensor([[pos], [pos - 2]]), cache=cache, last_only=True, **kw))
         return torch.cat(out, 1), cache
 
+    fused_layer, calls = model_module.DecoderLayer._fused_decode, []
+    monkeypatch.setattr(model_module.DecoderLayer, "_fused_decode", lambda *args: calls.append(1) or fused_layer(*args))
     for paged in (False, True):
+        calls.clear()
         fused, fused_cache = run(paged)
+        assert len(calls) == 5 * 3  # every decode step's layers took the fused path
         with monkeypatch.context() as m:
             m.setattr(model_module.Phi3ForCausalLM, "_cached_layers", layer_by_layer)
             plain, plain_cache = run(paged)
-        assert torch.equal(fused, plain)
+        with monkeypatch.context() as m:  # the fused layer's fallback when rope_kv_ does not apply
+            m.setattr(model_module.CacheStep, "rotate_and_write", lambda *args: False)
+            fallback, _ = run(paged)
+        assert torch.equal(fused, plain) and torch.equal(fallback, plain)
         assert all(torch.equal(a, b) for a, b in zip(fused_cache.k + fused_cache.v, plain_cache.k + plain_cache.v))
 
 
