@@ -510,10 +510,10 @@ class Engine:
     def _forward(self, batch: list[_Sample], compiled: bool) -> torch.Tensor:
         """Logits [B, V] after feeding each sample's last token at its position (in the model's dtype:
         `sample` converts what it needs, greedy decoding nothing)."""
-        device = self.model.device
         span = max(s.position for s in batch) + 1
-        ids = torch.tensor([[s.tokens[-1]] for s in batch], device=device)
-        positions = torch.tensor([[s.position] for s in batch], device=device)
+        # One tensor for the token ids and positions (columns 0 and 1): each small tensor costs microseconds.
+        fed = torch.tensor([[s.tokens[-1], s.position] for s in batch], device=self.cache.k[0].device)
+        ids, positions = fed[:, :1], fed[:, 1:]
         tables = self.cache.tables_tensor([s.blocks for s in batch])
         logits = None
         if compiled and self._compiled is not None:

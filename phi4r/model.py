@@ -91,6 +91,13 @@ class Rotary:
             self._tables[key] = (emb.cos().to(dtype), sin.to(dtype))
         return self._tables[key]
 
+    def at(self, positions: torch.Tensor, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin [B, T, 1, rotary_dim] of `positions` [B, T] (rows of `tables`; index_select
+        is a fraction of advanced indexing's cost, a decode step's per-call overhead)."""
+        cos_t, sin_t = self.tables(device, dtype)
+        rows, shape = positions.reshape(-1), (*positions.shape, 1, cos_t.shape[-1])
+        return cos_t.index_select(0, rows).view(shape), sin_t.index_select(0, rows).view(shape)
+
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: [B, T, heads, head_dim]; cos/signed sin: [B, T, 1, rotary_dim]. Bit-identical to
         x * cos + cat(-x2, x1) * sin (negation is exact). In inference the fused op rotates x in place
@@ -165,8 +172,14 @@ class CacheStep:
         # Each query sees keys of its own sequence at positions up to its own: a mask for several new
         # tokens per sequence (SDPA), the number of leading keys for one.
         self.mask = _visible(span, positions) if T > 1 else None
-        self.lengths = positions[:, 0] + 1 if T == 1 else None
-        self.index = _cache_rows(ks[0], tables, positions)
+        if T == 1 and pos is not None:
+            # A decode step with its positions read already: the lengths and cache rows from Python ints,
+            # one tensor each (the torch formulas below take ~8 small ops, each costing more than its work).
+            self.lengths = torch.tensor([p[0] + 1 for p in pos], device=positions.device)
+            self.index = _cache_rows_of(ks[0], tables.tolist(), pos, positions.device)
+        else:
+            self.lengths = positions[:, 0] + 1 if T == 1 else None
+            self.index = _cache_rows(ks[0], tables, positions)
         self.ops = _fused_ops(ks[0])  # decided once for all layers (see rotate_and_write)
         # Decode reads a paged cache through its block table: the keys it may see span the table's blocks.
         keys = tables.shape[1] * ks[0].shape[2] if self.paged else span
@@ -238,6 +251,15 @@ def _cache_rows(cache_layer: torch.Tensor, tables: torch.Tensor, positions: torc
     else:
         blocks, offsets = tables.gather(1, positions // block_size), positions % block_size
     return (blocks[:, :, None] * kv_heads + heads) * block_size + offsets[:, :, None]
+
+
+def _cache_rows_of(cache_layer: torch.Tensor, tables: list[list[int]], positions: list[list[int]],
+                   device: torch.device) -> torch.Tensor:
+    """_cache_rows from Python lists of the tables and positions (for a few new tokens)."""
+    _, kv_heads, block_size, _ = cache_layer.shape
+    rows = [[[(table[p // block_size] * kv_heads + h) * block_size + p % block_size for h in range(kv_heads)]
+             for p in ps] for table, ps in zip(tables, positions)]
+    return torch.tensor(rows, dtype=torch.int64, device=device)
 
 
 class Attention(nn.Module):
@@ -382,8 +404,7 @@ class Phi3ForCausalLM(nn.Module):
         or without tables slots 0..B-1 of a KVCache's tensors; `span` = max(positions) + 1, `attention`
         as in forward. The same maths as forward(..., last_only=True)."""
         x = self.model.embed_tokens(input_ids)
-        cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
-        cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
+        cos, sin = self.rotary.at(positions, x.device, x.dtype)
         step = CacheStep(ks, vs, positions, span=span, attention=attention, tables=tables)
         return self.lm_head(self._cached_layers(x, cos, sin, step, False))[:, -1]
 
@@ -420,8 +441,7 @@ class Phi3ForCausalLM(nn.Module):
         if cache is not None and slots is None and tables is None:
             slots = torch.arange(B, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)
-        cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
-        cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
+        cos, sin = self.rotary.at(positions, x.device, x.dtype)
         step = (CacheStep(cache.k, cache.v, positions, slots, attention=attention, tables=tables)
                 if cache is not None else None)
         if step is not None and not torch.is_grad_enabled():
