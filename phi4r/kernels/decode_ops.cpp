@@ -143,28 +143,51 @@ void swiglu_rows(const T* gu, T* y, int64_t rows, int64_t I) {
   });
 }
 
-// First index of the largest of x[0..V) and whether NaN or +inf occurs: per lane the first strictly
-// larger value wins, then the lowest index among the lanes holding the maximum.
+// First index of the largest of x[0..V) and whether NaN or +inf occurs. Four independent (max, index)
+// accumulators, each over every fourth vector (one alone waits on its compare-and-blend chain): per lane
+// the first strictly larger value wins, then the lowest index among the lanes holding the maximum.
 template <typename T>
 int64_t argmax_row(const T* x, int64_t V, bool& bad) {
-  __m512 best = _mm512_set1_ps(-INFINITY);
-  __m512i at = _mm512_set1_epi32(0), idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i step = _mm512_set1_epi32(16);
+  constexpr int A = 4;
+  __m512 best[A];
+  __m512i at[A];
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 inf = _mm512_set1_ps(INFINITY);
+  for (int a = 0; a < A; ++a) {
+    best[a] = _mm512_set1_ps(-INFINITY);
+    at[a] = _mm512_setzero_si512();
+  }
   __mmask16 odd = 0;
-  for (int64_t i = 0; i < V; i += 16) {
+  int64_t i = 0;
+  for (; i + 16 * A <= V; i += 16 * A) {
+#pragma GCC unroll 4
+    for (int a = 0; a < A; ++a) {
+      const __m512 v = load(x + i + 16 * a, 16);
+      odd |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v, inf, _CMP_EQ_OQ);
+      const __mmask16 gt = _mm512_cmp_ps_mask(v, best[a], _CMP_GT_OQ);
+      best[a] = _mm512_mask_blend_ps(gt, best[a], v);
+      at[a] = _mm512_mask_blend_epi32(gt, at[a], _mm512_add_epi32(iota, _mm512_set1_epi32(int(i + 16 * a))));
+    }
+  }
+  for (; i < V; i += 16) {  // the last vectors, into accumulator 0 (their indices exceed all before)
     const __mmask16 m = lanes(V - i);
     const __m512 v = load(x + i, V - i);
     odd |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q) | _mm512_mask_cmp_ps_mask(m, v, inf, _CMP_EQ_OQ);
-    const __mmask16 gt = _mm512_mask_cmp_ps_mask(m, v, best, _CMP_GT_OQ);
-    best = _mm512_mask_blend_ps(gt, best, v);
-    at = _mm512_mask_blend_epi32(gt, at, idx);
-    idx = _mm512_add_epi32(idx, step);
+    const __mmask16 gt = _mm512_mask_cmp_ps_mask(m, v, best[0], _CMP_GT_OQ);
+    best[0] = _mm512_mask_blend_ps(gt, best[0], v);
+    at[0] = _mm512_mask_blend_epi32(gt, at[0], _mm512_add_epi32(iota, _mm512_set1_epi32(int(i))));
   }
   bad = bad || odd != 0;
-  const float top = _mm512_reduce_max_ps(best);
+  __m512 top = best[0];
+  for (int a = 1; a < A; ++a) top = _mm512_max_ps(top, best[a]);
+  const __m512 all = _mm512_set1_ps(_mm512_reduce_max_ps(top));
   // Lanes that never saw a value above -inf hold index 0 (a row of -inf: torch.argmax's 0 as well).
-  return _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(best, _mm512_set1_ps(top), _CMP_EQ_OQ), at);
+  int64_t first = V;
+  for (int a = 0; a < A; ++a) {
+    const __mmask16 eq = _mm512_cmp_ps_mask(best[a], all, _CMP_EQ_OQ);
+    if (eq) first = std::min<int64_t>(first, _mm512_mask_reduce_min_epi32(eq, at[a]));
+  }
+  return first;
 }
 
 void check_float(const torch::Tensor& t, const char* what) {
