@@ -113,13 +113,14 @@ def test_argmax_is_torch_argmax_and_flags_nan_and_inf(kernel, dtype):
         logits = torch.randn(3, V, generator=gen).to(dtype)
         assert kernel.argmax(logits) == (logits.argmax(-1).tolist(), True)
     # ties: the first index, also across vector lanes and in the tail
-    logits = torch.zeros(4, 1000, dtype=dtype)
+    logits = torch.zeros(5, 1000, dtype=dtype)
     logits[0, [3, 19, 999]] = 7
     logits[1, [998, 999]] = 7
     logits[2] = float("-inf")  # a fully masked row: 0, as torch
     logits[3, [40, 24]] = -1  # all others 0: the first 0 wins
-    assert kernel.argmax(logits) == ([3, 998, 0, 0], True)
-    assert logits.argmax(-1).tolist() == [3, 998, 0, 0]
+    logits[4, [40, 64, 130]] = 7  # a later vector's lane 0 holds an equal value: still the first
+    assert kernel.argmax(logits) == ([3, 998, 0, 0, 40], True)
+    assert logits.argmax(-1).tolist() == [3, 998, 0, 0, 40]
     for bad in (float("nan"), float("inf")):
         for where in (0, 500, 999):
             odd = torch.randn(2, 1000, generator=gen).to(dtype)
