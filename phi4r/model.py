@@ -181,6 +181,9 @@ class CacheStep:
             self.lengths = positions[:, 0] + 1 if T == 1 else None
             self.index = _cache_rows(ks[0], tables, positions)
         self.ops = _fused_ops(ks[0])  # decided once for all layers (see rotate_and_write)
+        dtype = ks[0].dtype
+        self.fused_dtype = dtype if self.ops is not None and all(
+            t.dtype == dtype and t.is_contiguous() for t in (*ks, *vs)) else None
         # Decode reads a paged cache through its block table: the keys it may see span the table's blocks.
         keys = tables.shape[1] * ks[0].shape[2] if self.paged else span
         # The reference's mask, once for all layers (none when every sequence sees every key).
@@ -208,12 +211,11 @@ class CacheStep:
         """In inference, the fused op (kernels.decode_ops.rope_kv_) for Rotary.apply of the query and key
         heads of qkv [B, T, heads + 2 kv_heads, head_dim] in place plus `update`'s write of its keys and
         values: one call per layer. False (nothing done) where it does not apply; then the caller does both."""
-        ops, ck, cv = self.ops, self.ks[layer], self.vs[layer]
-        if (ops is None or qkv.dtype != ck.dtype or cv.dtype != ck.dtype or cos.dtype != ck.dtype
-                or sin.dtype != ck.dtype or qkv.stride(-1) != 1 or cos.stride(-1) != 1 or sin.stride(-1) != 1
-                or not ck.is_contiguous() or not cv.is_contiguous()):
+        dtype = self.fused_dtype  # the pools' (checked once for all layers), None: not applicable
+        if (dtype is None or qkv.dtype != dtype or cos.dtype != dtype or sin.dtype != dtype or qkv.stride(-1) != 1
+                or cos.stride(-1) != 1 or sin.stride(-1) != 1):
             return False
-        ops.rope_kv_(qkv, cos, sin, heads, ck, cv, self.index)
+        self.ops.rope_kv_(qkv, cos, sin, heads, self.ks[layer], self.vs[layer], self.index)
         return True
 
     def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,11 +348,10 @@ class DecoderLayer(nn.Module):
         module calls and per-op checks, which were a tenth of a decode step outside the linear kernels.
         (Hooks on those three modules are not run here; the linear layers are called as modules.)"""
         B, H, KV, D = x.shape[0], attn.n_heads, attn.n_kv, attn.head_dim
-        qkv_proj, o_proj = _submodules(attn, "qkv_proj", "o_proj")
-        gate_up_proj, down_proj = _submodules(mlp, "gate_up_proj", "down_proj")
+        linears, mlp_linears = attn._modules, mlp._modules  # (see _submodules)
         x, normed = ops.rms_norm(x.contiguous(), None, w1, norm1.eps) if delta is None else \
             ops.rms_norm(delta.contiguous(), x.contiguous(), w1, norm1.eps)
-        qkv = qkv_proj(normed).view(B, 1, H + 2 * KV, D)
+        qkv = linears["qkv_proj"](normed).view(B, 1, H + 2 * KV, D)
         layer = attn.layer_idx
         if step.rotate_and_write(layer, qkv, cos, sin, H):
             q, keys, values = qkv[:, 0, :H], *step.read(layer)
@@ -358,8 +359,8 @@ class DecoderLayer(nn.Module):
             qk = rotary.apply(qkv[:, :, :H + KV], cos, sin)
             q, (keys, values) = qk[:, 0, :H], step.update(layer, qk[:, :, H:], qkv[:, :, H + KV:])
         out = step.attend(q, keys, values, D ** -0.5)
-        x, normed = ops.rms_norm(o_proj(out.reshape(B, 1, H * D)).contiguous(), x, w2, norm2.eps)
-        return down_proj(ops.swiglu(gate_up_proj(normed).contiguous())), x
+        x, normed = ops.rms_norm(linears["o_proj"](out.reshape(B, 1, H * D)).contiguous(), x, w2, norm2.eps)
+        return mlp_linears["down_proj"](ops.swiglu(mlp_linears["gate_up_proj"](normed).contiguous())), x
 
 
 class Phi3Model(nn.Module):

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .kernels import decode_ops
+
 
 @dataclass(frozen=True)
 class LoopGuard:
@@ -164,8 +166,6 @@ def _argmax_kernel(logits: torch.Tensor):
     """kernels.decode_ops (its `argmax`) for CPU fp32/bf16 logits [B, V] where it is built, else None."""
     if logits.dim() != 2 or not logits.is_cpu or logits.dtype not in (torch.float32, torch.bfloat16) or not logits.shape[1]:
         return None
-    from .kernels import decode_ops
-
     return decode_ops.ops()
 
 
