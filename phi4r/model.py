@@ -334,28 +334,31 @@ class DecoderLayer(nn.Module):
         output both split in two, so that every residual add is fused into the norm after it (the next
         layer's input norm, or the final one). delta None: the input is x. The same values as forward."""
         attn, mlp, norm1, norm2 = _submodules(self, "self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
-        if step is not None and step.lengths is not None and step.ops is not None:
-            w1, w2 = norm1._parameters["weight"], norm2._parameters["weight"]
-            if x.dtype == w1.dtype == w2.dtype == cos.dtype == sin.dtype == step.ks[0].dtype:
-                return self._fused_decode(step.ops, delta, x, rotary, cos, sin, step, attn, mlp, norm1, norm2, w1, w2)
         x, normed = (x, norm1(x)) if delta is None else norm1(delta, x)
         x, normed = norm2(attn(normed, rotary, cos, sin, step), x)
         return mlp(normed), x
 
-    def _fused_decode(self, ops, delta, x, rotary, cos, sin, step, attn, mlp, norm1, norm2, w1, w2):
-        """forward_split of a decode step (one new token per sequence) in inference, calling the fused
-        ops (kernels.decode_ops) directly: exactly what RMSNorm, Attention and MLP do there, without their
-        module calls and per-op checks, which were a tenth of a decode step outside the linear kernels.
-        (Hooks on those three modules are not run here; the linear layers are called as modules.)"""
+    def fused_decode(self, delta, x, rotary, cos, sin, step: CacheStep):
+        """forward_split for a decode step (one new token per sequence) in inference whose step has the
+        fused ops (`step.ops`) and pools of x's dtype (`step.fused_dtype`), calling the ops directly: exactly
+        what RMSNorm, Attention and MLP do there, without their module calls and per-op checks, which were
+        a tenth of a decode step outside the linear kernels. (Hooks on those three modules are not run
+        here; the linear layers are called as modules.)"""
+        modules = self._modules  # (see _submodules)
+        attn, mlp, norm1, norm2 = (modules["self_attn"], modules["mlp"], modules["input_layernorm"],
+                                   modules["post_attention_layernorm"])
+        w1, w2 = norm1._parameters["weight"], norm2._parameters["weight"]
+        if w1.dtype != x.dtype or w2.dtype != x.dtype:
+            return self.forward_split(delta, x, rotary, cos, sin, step)
+        ops, linears, mlp_linears = step.ops, attn._modules, mlp._modules
         B, H, KV, D = x.shape[0], attn.n_heads, attn.n_kv, attn.head_dim
-        linears, mlp_linears = attn._modules, mlp._modules  # (see _submodules)
         x, normed = ops.rms_norm(x.contiguous(), None, w1, norm1.eps) if delta is None else \
             ops.rms_norm(delta.contiguous(), x.contiguous(), w1, norm1.eps)
         qkv = linears["qkv_proj"](normed).view(B, 1, H + 2 * KV, D)
         layer = attn.layer_idx
         if step.rotate_and_write(layer, qkv, cos, sin, H):
             q, keys, values = qkv[:, 0, :H], *step.read(layer)
-        else:  # e.g. a cache of another layout: as Attention.forward
+        else:  # e.g. a projection of another dtype: as Attention.forward
             qk = rotary.apply(qkv[:, :, :H + KV], cos, sin)
             q, (keys, values) = qk[:, 0, :H], step.update(layer, qk[:, :, H:], qkv[:, :, H + KV:])
         out = step.attend(q, keys, values, D ** -0.5)
@@ -411,10 +414,16 @@ class Phi3ForCausalLM(nn.Module):
 
     def _cached_layers(self, x, cos, sin, step: CacheStep, last_only: bool) -> torch.Tensor:
         """The layers and the final norm in inference with a cache, residual adds fused into the norms
-        (DecoderLayer.forward_split)."""
+        (DecoderLayer.forward_split, or fused_decode)."""
         delta = None
+        # A decode step with the fused ops and pools of the activations' dtype: DecoderLayer.fused_decode.
+        fused = step.lengths is not None and step.fused_dtype is not None and x.dtype == step.fused_dtype \
+            and cos.dtype == x.dtype and sin.dtype == x.dtype
         for layer in self.model.layers:
-            delta, x = layer.forward_split(delta, x, self.rotary, cos, sin, step)
+            if fused:
+                delta, x = layer.fused_decode(delta, x, self.rotary, cos, sin, step)
+            else:
+                delta, x = layer.forward_split(delta, x, self.rotary, cos, sin, step)
         if last_only:
             x = x[:, -1:]
         if delta is None:  # no layers

@@ -236,8 +236,8 @@ def test_cached_forward_bit_identical_to_the_layer_by_layer_path(kernel, monkeyp
                 out.append(model(nxt, positions=torch.tensor([[pos], [pos - 2]]), cache=cache, last_only=True, **kw))
         return torch.cat(out, 1), cache
 
-    fused_layer, calls = model_module.DecoderLayer._fused_decode, []
-    monkeypatch.setattr(model_module.DecoderLayer, "_fused_decode", lambda *args: calls.append(1) or fused_layer(*args))
+    fused_layer, calls = model_module.DecoderLayer.fused_decode, []
+    monkeypatch.setattr(model_module.DecoderLayer, "fused_decode", lambda *args: calls.append(1) or fused_layer(*args))
     for paged in (False, True):
         calls.clear()
         fused, fused_cache = run(paged)
