@@ -172,9 +172,10 @@ class CacheStep:
         # Each query sees keys of its own sequence at positions up to its own: a mask for several new
         # tokens per sequence (SDPA), the number of leading keys for one.
         self.mask = _visible(span, positions) if T > 1 else None
-        if T == 1 and pos is not None:
+        if T == 1 and pos is not None and tables.numel() <= 4096:
             # A decode step with its positions read already: the lengths and cache rows from Python ints,
-            # one tensor each (the torch formulas below take ~8 small ops, each costing more than its work).
+            # one tensor each (the torch formulas below take ~8 small ops, each costing more than its work;
+            # reading a large batch's long block tables into Python would cost more than those).
             self.lengths = torch.tensor([p[0] + 1 for p in pos], device=positions.device)
             self.index = _cache_rows_of(ks[0], tables.tolist(), pos, positions.device)
         else:
