@@ -443,13 +443,14 @@ class Engine:
             reserved = sum(self.cache.needed(s.blocks, s.position) for s in self.running)
 
     def _prefill(self, ids: list[int], table: list[int]) -> torch.Tensor:
-        """Logits [1, V] after `ids`, whose keys/values are written at positions 0.. into the blocks of `table`."""
+        """Logits [1, V] (the model's dtype) after `ids`, whose keys/values are written at positions 0.. into
+        the blocks of `table`."""
         n = len(ids)
         device = self.model.device
         positions = torch.arange(n, device=device)[None]
         return self.model(torch.tensor([ids], device=device), positions=positions, cache=self.cache,
                           tables=self.cache.tables_tensor([table]), last_only=True,
-                          attention=attention_kernel.choose(*self._kernel_args))[:, -1].float()
+                          attention=attention_kernel.choose(*self._kernel_args))[:, -1]
 
     def _make_room(self) -> None:
         """Give every running sample an owned block for the position it writes next, oldest first; when
@@ -507,23 +508,24 @@ class Engine:
                     deltas.append(self._append(s, s.forced.popleft() if s.forced else token))
 
     def _forward(self, batch: list[_Sample], compiled: bool) -> torch.Tensor:
-        """Logits [B, V] after feeding each sample's last token at its position."""
-        device = self.model.device
+        """Logits [B, V] after feeding each sample's last token at its position (in the model's dtype:
+        `sample` converts what it needs, greedy decoding nothing)."""
         span = max(s.position for s in batch) + 1
-        ids = torch.tensor([[s.tokens[-1]] for s in batch], device=device)
-        positions = torch.tensor([[s.position] for s in batch], device=device)
+        # One tensor for the token ids and positions (columns 0 and 1): each small tensor costs microseconds.
+        fed = torch.tensor([[s.tokens[-1], s.position] for s in batch], device=self.cache.k[0].device)
+        ids, positions = fed[:, :1], fed[:, 1:]
         tables = self.cache.tables_tensor([s.blocks for s in batch])
         logits = None
         if compiled and self._compiled is not None:
             try:
-                logits = self._compiled(ids, positions, self.cache.k, self.cache.v, span, tables).float()
+                logits = self._compiled(ids, positions, self.cache.k, self.cache.v, span, tables)
             except Exception as e:  # noqa: BLE001 - a compiler problem must not end the requests
                 log.warning("phi4r: the compiled decode step failed (%s: %s); decoding eagerly from now on",
                             type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
                 self._compiled = None  # the eager forward below rewrites the same cache positions
         if logits is None:
             logits = self.model(ids, positions=positions, cache=self.cache, tables=tables, last_only=True,
-                                attention=attention_kernel.choose(*self._kernel_args))[:, -1].float()
+                                attention=attention_kernel.choose(*self._kernel_args))[:, -1]
         return logits
 
     def _per_sample(self, batch: list[_Sample], fn, join, deltas: list[Delta]):

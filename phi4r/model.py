@@ -31,6 +31,14 @@ def _fused_ops(x: torch.Tensor, *same_dtype: torch.Tensor):
     return None if torch.is_autocast_enabled("cpu") else decode_ops.ops()
 
 
+def _submodules(module: nn.Module, *names: str) -> list[nn.Module]:
+    """module.<name> for each name, read from the module's dict of submodules: each attribute lookup of a
+    submodule, parameter or buffer goes through nn.Module.__getattr__ (~0.5 us), and a decode step made
+    ~150 of them, a tenth of its time outside the linear kernels."""
+    modules = module._modules
+    return [modules[name] for name in names]
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -39,9 +47,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """RMSNorm(x), or with `residual`: (h, RMSNorm(h)) for h = x + residual, in one fused op at decode."""
-        ops = _fused_ops(x, self.weight)
+        weight = self._parameters["weight"]  # (see _submodules)
+        ops = _fused_ops(x, weight)
         if ops is not None:
-            h, y = ops.rms_norm(x.contiguous(), None if residual is None else residual.contiguous(), self.weight, self.eps)
+            h, y = ops.rms_norm(x.contiguous(), None if residual is None else residual.contiguous(), weight, self.eps)
             return y if residual is None else (h, y)
         if residual is None:
             return self._norm(x)
@@ -81,6 +90,13 @@ class Rotary:
             sin[:, : self.dim // 2].neg_()
             self._tables[key] = (emb.cos().to(dtype), sin.to(dtype))
         return self._tables[key]
+
+    def at(self, positions: torch.Tensor, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin [B, T, 1, rotary_dim] of `positions` [B, T] (rows of `tables`; index_select
+        is a fraction of advanced indexing's cost, a decode step's per-call overhead)."""
+        cos_t, sin_t = self.tables(device, dtype)
+        rows, shape = positions.reshape(-1), (*positions.shape, 1, cos_t.shape[-1])
+        return cos_t.index_select(0, rows).view(shape), sin_t.index_select(0, rows).view(shape)
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: [B, T, heads, head_dim]; cos/signed sin: [B, T, 1, rotary_dim]. Bit-identical to
@@ -156,8 +172,19 @@ class CacheStep:
         # Each query sees keys of its own sequence at positions up to its own: a mask for several new
         # tokens per sequence (SDPA), the number of leading keys for one.
         self.mask = _visible(span, positions) if T > 1 else None
-        self.lengths = positions[:, 0] + 1 if T == 1 else None
-        self.index = _cache_rows(ks[0], tables, positions)
+        if T == 1 and pos is not None and tables.numel() <= 4096:
+            # A decode step with its positions read already: the lengths and cache rows from Python ints,
+            # one tensor each (the torch formulas below take ~8 small ops, each costing more than its work;
+            # reading a large batch's long block tables into Python would cost more than those).
+            self.lengths = torch.tensor([p[0] + 1 for p in pos], device=positions.device)
+            self.index = _cache_rows_of(ks[0], tables.tolist(), pos, positions.device)
+        else:
+            self.lengths = positions[:, 0] + 1 if T == 1 else None
+            self.index = _cache_rows(ks[0], tables, positions)
+        self.ops = _fused_ops(ks[0])  # decided once for all layers (see rotate_and_write)
+        dtype = ks[0].dtype
+        self.fused_dtype = dtype if self.ops is not None and all(
+            t.dtype == dtype and t.is_contiguous() for t in (*ks, *vs)) else None
         # Decode reads a paged cache through its block table: the keys it may see span the table's blocks.
         keys = tables.shape[1] * ks[0].shape[2] if self.paged else span
         # The reference's mask, once for all layers (none when every sequence sees every key).
@@ -173,12 +200,29 @@ class CacheStep:
         return self.attention(q, keys, values, self.lengths, scale, **self.extra)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v [B, T, kv_heads, head_dim]; return what to attend to: the keys/values [B, kv_heads,
-        span, head_dim], or for a decode step in a paged cache the pools themselves (read through the table)."""
+        """Write k/v [B, T, kv_heads, head_dim]; return what to attend to (`read`)."""
         ck, cv = self.ks[layer], self.vs[layer]
         D = ck.shape[-1]
         ck.view(-1, D).index_put_((self.index,), k.to(ck.dtype))
         cv.view(-1, D).index_put_((self.index,), v.to(cv.dtype))
+        return self.read(layer)
+
+    def rotate_and_write(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         heads: int) -> bool:
+        """In inference, the fused op (kernels.decode_ops.rope_kv_) for Rotary.apply of the query and key
+        heads of qkv [B, T, heads + 2 kv_heads, head_dim] in place plus `update`'s write of its keys and
+        values: one call per layer. False (nothing done) where it does not apply; then the caller does both."""
+        dtype = self.fused_dtype  # the pools' (checked once for all layers), None: not applicable
+        if (dtype is None or qkv.dtype != dtype or cos.dtype != dtype or sin.dtype != dtype or qkv.stride(-1) != 1
+                or cos.stride(-1) != 1 or sin.stride(-1) != 1):
+            return False
+        self.ops.rope_kv_(qkv, cos, sin, heads, self.ks[layer], self.vs[layer], self.index)
+        return True
+
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What to attend to after a write: the keys/values [B, kv_heads, span, head_dim], or for a decode
+        step in a paged cache the pools themselves (read through the table)."""
+        ck, cv = self.ks[layer], self.vs[layer]
         if self.paged:
             if self.lengths is not None:
                 return ck, cv
@@ -212,6 +256,15 @@ def _cache_rows(cache_layer: torch.Tensor, tables: torch.Tensor, positions: torc
     return (blocks[:, :, None] * kv_heads + heads) * block_size + offsets[:, :, None]
 
 
+def _cache_rows_of(cache_layer: torch.Tensor, tables: list[list[int]], positions: list[list[int]],
+                   device: torch.device) -> torch.Tensor:
+    """_cache_rows from Python lists of the tables and positions (for a few new tokens)."""
+    _, kv_heads, block_size, _ = cache_layer.shape
+    rows = [[[(table[p // block_size] * kv_heads + h) * block_size + p % block_size for h in range(kv_heads)]
+             for p in ps] for table, ps in zip(tables, positions)]
+    return torch.tensor(rows, dtype=torch.int64, device=device)
+
+
 class Attention(nn.Module):
     def __init__(self, config: Phi3Config, layer_idx: int):
         super().__init__()
@@ -224,22 +277,27 @@ class Attention(nn.Module):
     def forward(self, x, rotary, cos, sin, step: CacheStep | None = None):
         B, T, _ = x.shape
         H, KV = self.n_heads, self.n_kv
-        qkv = self.qkv_proj(x).view(B, T, H + 2 * KV, self.head_dim)
-        # Queries and keys are rotated together, in [B, T, heads, head_dim] layout (one op chain).
-        qk = rotary.apply(qkv[:, :, :H + KV], cos, sin)
-        q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]
+        qkv_proj, o_proj = _submodules(self, "qkv_proj", "o_proj")
+        qkv = qkv_proj(x).view(B, T, H + 2 * KV, self.head_dim)
+        if step is not None and step.rotate_and_write(self.layer_idx, qkv, cos, sin, H):
+            q, keys, values = qkv[:, :, :H], *step.read(self.layer_idx)
+        else:
+            # Queries and keys are rotated together, in [B, T, heads, head_dim] layout (one op chain).
+            qk = rotary.apply(qkv[:, :, :H + KV], cos, sin)
+            q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]
+            if step is not None:
+                keys, values = step.update(self.layer_idx, k, v)
 
         if step is None:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  is_causal=T > 1, enable_gqa=KV != H).transpose(1, 2)
         else:
-            keys, values = step.update(self.layer_idx, k, v)
             if T == 1:  # decode: SDPA's CPU kernel is slow for a single query
                 out = step.attend(q[:, 0], keys, values, self.head_dim ** -0.5)
             else:
                 out = F.scaled_dot_product_attention(q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype),
                                                      attn_mask=step.mask, enable_gqa=KV != H).transpose(1, 2)
-        return self.o_proj(out.reshape(B, T, H * self.head_dim))
+        return o_proj(out.reshape(B, T, H * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -250,12 +308,13 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x):
-        gate_up = self.gate_up_proj(x)
+        gate_up_proj, down_proj = _submodules(self, "gate_up_proj", "down_proj")
+        gate_up = gate_up_proj(x)
         ops = _fused_ops(gate_up)
         if ops is not None:
-            return self.down_proj(ops.swiglu(gate_up.contiguous()))
+            return down_proj(ops.swiglu(gate_up.contiguous()))
         gate, up = gate_up.chunk(2, dim=-1)
-        return self.down_proj(up * F.silu(gate))
+        return down_proj(up * F.silu(gate))
 
 
 class DecoderLayer(nn.Module):
@@ -270,6 +329,42 @@ class DecoderLayer(nn.Module):
         # The attention's residual add and the second norm are one op (fused at decode).
         x, normed = self.post_attention_layernorm(x, self.self_attn(self.input_layernorm(x), rotary, cos, sin, step))
         return x + self.mlp(normed)
+
+    def forward_split(self, delta, x, rotary, cos, sin, step=None):
+        """forward(x + delta) as (its MLP output, x + delta + its attention output): the layer's input and
+        output both split in two, so that every residual add is fused into the norm after it (the next
+        layer's input norm, or the final one). delta None: the input is x. The same values as forward."""
+        attn, mlp, norm1, norm2 = _submodules(self, "self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
+        x, normed = (x, norm1(x)) if delta is None else norm1(delta, x)
+        x, normed = norm2(attn(normed, rotary, cos, sin, step), x)
+        return mlp(normed), x
+
+    def fused_decode(self, delta, x, rotary, cos, sin, step: CacheStep):
+        """forward_split for a decode step (one new token per sequence) in inference whose step has the
+        fused ops (`step.ops`) and pools of x's dtype (`step.fused_dtype`), calling the ops directly: exactly
+        what RMSNorm, Attention and MLP do there, without their module calls and per-op checks, which were
+        a tenth of a decode step outside the linear kernels. (Hooks on those three modules are not run
+        here; the linear layers are called as modules.)"""
+        modules = self._modules  # (see _submodules)
+        attn, mlp, norm1, norm2 = (modules["self_attn"], modules["mlp"], modules["input_layernorm"],
+                                   modules["post_attention_layernorm"])
+        w1, w2 = norm1._parameters["weight"], norm2._parameters["weight"]
+        if w1.dtype != x.dtype or w2.dtype != x.dtype:
+            return self.forward_split(delta, x, rotary, cos, sin, step)
+        ops, linears, mlp_linears = step.ops, attn._modules, mlp._modules
+        B, H, KV, D = x.shape[0], attn.n_heads, attn.n_kv, attn.head_dim
+        x, normed = ops.rms_norm(x.contiguous(), None, w1, norm1.eps) if delta is None else \
+            ops.rms_norm(delta.contiguous(), x.contiguous(), w1, norm1.eps)
+        qkv = linears["qkv_proj"](normed).view(B, 1, H + 2 * KV, D)
+        layer = attn.layer_idx
+        if step.rotate_and_write(layer, qkv, cos, sin, H):
+            q, keys, values = qkv[:, 0, :H], *step.read(layer)
+        else:  # e.g. a projection of another dtype: as Attention.forward
+            qk = rotary.apply(qkv[:, :, :H + KV], cos, sin)
+            q, (keys, values) = qk[:, 0, :H], step.update(layer, qk[:, :, H:], qkv[:, :, H + KV:])
+        out = step.attend(q, keys, values, D ** -0.5)
+        x, normed = ops.rms_norm(linears["o_proj"](out.reshape(B, 1, H * D)).contiguous(), x, w2, norm2.eps)
+        return mlp_linears["down_proj"](ops.swiglu(mlp_linears["gate_up_proj"](normed).contiguous())), x
 
 
 class Phi3Model(nn.Module):
@@ -314,12 +409,27 @@ class Phi3ForCausalLM(nn.Module):
         or without tables slots 0..B-1 of a KVCache's tensors; `span` = max(positions) + 1, `attention`
         as in forward. The same maths as forward(..., last_only=True)."""
         x = self.model.embed_tokens(input_ids)
-        cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
-        cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
+        cos, sin = self.rotary.at(positions, x.device, x.dtype)
         step = CacheStep(ks, vs, positions, span=span, attention=attention, tables=tables)
+        return self.lm_head(self._cached_layers(x, cos, sin, step, False))[:, -1]
+
+    def _cached_layers(self, x, cos, sin, step: CacheStep, last_only: bool) -> torch.Tensor:
+        """The layers and the final norm in inference with a cache, residual adds fused into the norms
+        (DecoderLayer.forward_split, or fused_decode)."""
+        delta = None
+        # A decode step with the fused ops and pools of the activations' dtype: DecoderLayer.fused_decode.
+        fused = step.lengths is not None and step.fused_dtype is not None and x.dtype == step.fused_dtype \
+            and cos.dtype == x.dtype and sin.dtype == x.dtype
         for layer in self.model.layers:
-            x = layer(x, self.rotary, cos, sin, step)
-        return self.lm_head(self.model.norm(x))[:, -1]
+            if fused:
+                delta, x = layer.fused_decode(delta, x, self.rotary, cos, sin, step)
+            else:
+                delta, x = layer.forward_split(delta, x, self.rotary, cos, sin, step)
+        if last_only:
+            x = x[:, -1:]
+        if delta is None:  # no layers
+            return self.model.norm(x)
+        return self.model.norm(delta[:, -1:] if last_only else delta, x)[1]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 cache=None, slots: torch.Tensor | None = None,
@@ -342,10 +452,12 @@ class Phi3ForCausalLM(nn.Module):
         if cache is not None and slots is None and tables is None:
             slots = torch.arange(B, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)
-        cos_t, sin_t = self.rotary.tables(x.device, x.dtype)
-        cos, sin = cos_t[positions][:, :, None], sin_t[positions][:, :, None]
+        cos, sin = self.rotary.at(positions, x.device, x.dtype)
         step = (CacheStep(cache.k, cache.v, positions, slots, attention=attention, tables=tables)
                 if cache is not None else None)
+        if step is not None and not torch.is_grad_enabled():
+            x = self._cached_layers(x, cos, sin, step, last_only)
+            return head(x, self.lm_head) if head is not None else self.lm_head(x)
         recompute = self.gradient_checkpointing and step is None and torch.is_grad_enabled()
         for layer in self.model.layers:
             if recompute:

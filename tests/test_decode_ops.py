@@ -73,6 +73,64 @@ def test_swiglu_extremes(kernel):
     assert torch.allclose(got, ref, rtol=1e-6, atol=0, equal_nan=True), (got, ref)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv,D,R", [(12, 4, 64, 64), (8, 2, 128, 128), (4, 2, 96, 48), (3, 1, 40, 20)])
+@pytest.mark.parametrize("B,T", [(1, 1), (3, 1), (2, 5)])
+def test_rope_kv_bit_identical_to_rope_and_index_put(kernel, dtype, heads, kv, D, R, B, T):
+    gen = torch.Generator().manual_seed(D + R + B + T)
+    qkv = torch.randn(B, T, heads + 2 * kv, D, generator=gen).to(dtype)
+    cos, sin = (torch.randn(B, T, 1, R, generator=gen).to(dtype) for _ in range(2))
+    # paged pools [blocks, kv, block_size, D] with old contents, the new rows scattered (as model._cache_rows)
+    k_pool, v_pool = (torch.randn(9, kv, 4, D, generator=gen).to(dtype) for _ in range(2))
+    rows = torch.randperm(9 * kv * 4, generator=gen)[:B * T * kv].view(B, T, kv)
+    ref_qkv, ref_k, ref_v = qkv.clone(), k_pool.clone(), v_pool.clone()
+    decode_ops.reference_rope_kv(ref_qkv, cos, sin, heads, ref_k, ref_v, rows)
+    assert kernel.rope_kv_(qkv, cos, sin, heads, k_pool, v_pool, rows) is None
+    assert torch.equal(qkv, ref_qkv) and torch.equal(k_pool, ref_k) and torch.equal(v_pool, ref_v)
+
+
+def test_rope_kv_refuses_bad_rows_and_pools(kernel):
+    qkv, cos = torch.randn(1, 1, 4, 16), torch.randn(1, 1, 1, 16)
+    pool = torch.zeros(2, 1, 4, 16)
+    with pytest.raises(RuntimeError, match="out of range"):
+        kernel.rope_kv_(qkv, cos, cos, 2, pool, pool.clone(), torch.tensor([[[8]]]))
+    with pytest.raises(RuntimeError, match="out of range"):
+        kernel.rope_kv_(qkv, cos, cos, 2, pool, pool.clone(), torch.tensor([[[-1]]]))
+    with pytest.raises(RuntimeError, match="pools"):
+        kernel.rope_kv_(qkv, cos, cos, 2, pool.bfloat16(), pool.clone(), torch.tensor([[[0]]]))
+    with pytest.raises(RuntimeError, match="rows int64"):
+        kernel.rope_kv_(qkv, cos, cos, 2, pool, pool.clone(), torch.tensor([[[0, 1]]]))
+    before = qkv.clone()
+    with pytest.raises(RuntimeError):
+        kernel.rope_kv_(qkv, cos, cos, 2, pool, pool.clone(), torch.tensor([[[8]]]))
+    assert torch.equal(qkv, before)  # checked before anything is written
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_argmax_is_torch_argmax_and_flags_nan_and_inf(kernel, dtype):
+    gen = torch.Generator().manual_seed(3)
+    for V in (1, 5, 16, 17, 100, 100352):
+        logits = torch.randn(3, V, generator=gen).to(dtype)
+        assert kernel.argmax(logits) == (logits.argmax(-1).tolist(), True)
+    # ties: the first index, also across vector lanes and in the tail
+    logits = torch.zeros(5, 1000, dtype=dtype)
+    logits[0, [3, 19, 999]] = 7
+    logits[1, [998, 999]] = 7
+    logits[2] = float("-inf")  # a fully masked row: 0, as torch
+    logits[3, [40, 24]] = -1  # all others 0: the first 0 wins
+    logits[4, [40, 64, 130]] = 7  # a later vector's lane 0 holds an equal value: still the first
+    assert kernel.argmax(logits) == ([3, 998, 0, 0, 40], True)
+    assert logits.argmax(-1).tolist() == [3, 998, 0, 0, 40]
+    for bad in (float("nan"), float("inf")):
+        for where in (0, 500, 999):
+            odd = torch.randn(2, 1000, generator=gen).to(dtype)
+            odd[1, where] = bad
+            assert kernel.argmax(odd)[1] is False
+    odd = torch.randn(1, 1000, generator=gen).to(dtype)
+    odd[0, 7] = float("-inf")
+    assert kernel.argmax(odd) == (odd.argmax(-1).tolist(), True)
+
+
 def test_clear_errors(kernel):
     x = torch.randn(1, 1, 16)
     with pytest.raises(RuntimeError, match="fp32 or bf16"):
@@ -142,6 +200,56 @@ def test_model_logits_with_and_without_the_kernel(kernel, monkeypatch, dtype):
     else:  # bf16: an occasional rounding step apart in a norm or silu, carried through 3 layers
         assert (fused - plain).abs().max() <= 0.05 * plain.abs().max()
         assert (fused.argmax(-1) == plain.argmax(-1)).float().mean() >= 0.8
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cached_forward_bit_identical_to_the_layer_by_layer_path(kernel, monkeypatch, dtype):
+    """The engine's forward (residual adds fused into the next norm, rope and the cache write in one op)
+    against the same model run through DecoderLayer.forward with a separate rope and index_put_ write:
+    the same bits, prefill and decode, per-sequence and paged caches."""
+    from phi4r import model as model_module
+    from phi4r.kv_cache import PagedKVCache
+
+    model = _model(dtype)
+
+    def layer_by_layer(self, x, cos, sin, step, last_only):
+        monkeypatch.setattr(step, "rotate_and_write", lambda *args: False)
+        for layer in self.model.layers:
+            x = layer(x, self.rotary, cos, sin, step)
+        return self.model.norm(x[:, -1:] if last_only else x)
+
+    def run(paged):
+        gen = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, 300, (2, 7), generator=gen)
+        out = []
+        with torch.inference_mode():
+            if paged:
+                cache = PagedKVCache(model.config, 8, 4, dtype=dtype)
+                tables = torch.tensor([[5, 1, 7, 2], [0, 3, 6, 4]])
+                out.append(model(ids, cache=cache, tables=tables))
+            else:
+                cache, tables = KVCache(model.config, 3, 32, dtype=dtype), None
+                out.append(model(ids, cache=cache, slots=torch.tensor([2, 0])))
+            for pos in range(7, 12):
+                nxt = out[-1][:, -1:].float().argmax(-1)
+                kw = {"tables": tables} if paged else {"slots": torch.tensor([2, 0])}
+                out.append(model(nxt, positions=torch.tensor([[pos], [pos - 2]]), cache=cache, last_only=True, **kw))
+        return torch.cat(out, 1), cache
+
+    fused_layer, calls = model_module.DecoderLayer.fused_decode, []
+    monkeypatch.setattr(model_module.DecoderLayer, "fused_decode", lambda *args: calls.append(1) or fused_layer(*args))
+    for paged in (False, True):
+        calls.clear()
+        fused, fused_cache = run(paged)
+        assert len(calls) == 5 * 3  # every decode step's layers took the fused path
+        with monkeypatch.context() as m:
+            m.setattr(model_module.Phi3ForCausalLM, "_cached_layers", layer_by_layer)
+            plain, plain_cache = run(paged)
+        with monkeypatch.context() as m:  # the fused layer's fallback when rope_kv_ does not apply
+            m.setattr(model_module.CacheStep, "rotate_and_write", lambda *args: False)
+            fallback, _ = run(paged)
+        assert torch.equal(fused, plain) and torch.equal(fallback, plain)
+        assert all(torch.equal(a, b) for a, b in zip(fused_cache.k + fused_cache.v, plain_cache.k + plain_cache.v))
 
 
 def test_not_used_with_autograd(kernel, monkeypatch):

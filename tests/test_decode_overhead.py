@@ -54,6 +54,29 @@ def test_cache_write_lands_where_advanced_indexing_puts_it():
         assert (step.mask is None) == (positions.shape[1] == 1)  # decode attends over `lengths` keys
 
 
+def test_cache_rows_from_python_ints_equal_the_torch_formula():
+    from phi4r.model import _cache_rows, _cache_rows_of
+
+    gen = torch.Generator().manual_seed(0)
+    for blocks, kv, bs, width in ((40, 4, 16, 5), (7, 1, 64, 1), (30, 2, 4, 7)):
+        pool = torch.empty(blocks, kv, bs, 8)
+        tables = torch.stack([torch.randperm(blocks, generator=gen)[:width] for _ in range(3)])
+        positions = torch.randint(0, width * bs, (3, 1), generator=gen)
+        assert torch.equal(_cache_rows_of(pool, tables.tolist(), positions.tolist(), positions.device),
+                           _cache_rows(pool, tables, positions))
+
+
+def test_rotary_rows_equal_advanced_indexing():
+    config = Phi3Config(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, partial_rotary_factor=0.5,
+                        max_position_embeddings=64)
+    rotary = Rotary(config)
+    cos_t, sin_t = rotary.tables(torch.device("cpu"), torch.bfloat16)
+    positions = torch.tensor([[3, 4, 5], [63, 0, 1]])
+    for pos in (positions, positions[:, :1], torch.tensor([[9, 1]])[:, 1:]):  # the engine's strided column
+        cos, sin = rotary.at(pos, torch.device("cpu"), torch.bfloat16)
+        assert torch.equal(cos, cos_t[pos][:, :, None]) and torch.equal(sin, sin_t[pos][:, :, None])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_decode_attention_in_fp32_matches_sdpa(dtype):
     torch.manual_seed(0)

@@ -160,3 +160,25 @@ def test_positive_infinite_logits_are_an_error_negative_ones_are_not():
     for dtype in (torch.bfloat16, torch.float16):
         with pytest.raises(ValueError, match="NaN"):
             sample(torch.full((1, 5), float("nan"), dtype=dtype), [_params(temperature=0)], [0.5])
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_bf16_logits_give_the_tokens_of_their_fp32_copy(kernel, monkeypatch):
+    """The engine hands over logits in the model's dtype: greedy rows (decode_ops.argmax, or torch's)
+    and sampled rows pick what the exact fp32 copy picks, ties included."""
+    from phi4r.kernels import decode_ops
+
+    if not kernel:
+        monkeypatch.setattr(decode_ops, "ops", lambda: None)
+    elif decode_ops.get() is None:
+        pytest.skip("no decode ops kernel on this machine")
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(4, 100352, generator=gen) * 3).bfloat16()
+    logits[1, [70, 5000, 99999]] = 30  # a tie: the first wins
+    greedy = [_params(temperature=0)] * 4
+    assert sample(logits, greedy, [0.0] * 4) == sample(logits.float(), greedy, [0.0] * 4) == logits.float().argmax(-1).tolist()
+    assert sample(logits, greedy, [0.0] * 4)[1] == 70
+    mixed = [_params(temperature=0), _params(temperature=0.8, top_k=50), _params(temperature=1.0, top_p=0.9),
+             _params(temperature=0.7, min_p=0.1)]
+    for u in (0.1, 0.5, 0.97):
+        assert sample(logits, mixed, [u] * 4) == sample(logits.float(), mixed, [u] * 4)

@@ -7,6 +7,13 @@
 //   rope_(x, cos, sin): x [B, T, heads, D] (any strides, last dim contiguous) rotated in place on its
 //       first R dims by cos/signed sin [B, T, 1, R]: x * cos + roll(x, R / 2) * sin (see model.Rotary).
 //   swiglu(gate_up) -> gate_up[..., I:] * silu(gate_up[..., :I]) (the MLP's fused projection).
+//   rope_kv_(qkv, cos, sin, heads, k_pool, v_pool, rows): a projection qkv [B, T, heads + 2 KV, D]
+//       rotated in place on its first `heads` + KV heads (queries and keys, as rope_), then each new
+//       key and value head copied to its row of the cache pools (rows [B, T, KV]), as the index_put_
+//       of model.CacheStep would write it: one call per layer instead of a rotation and two scatters.
+//   argmax(logits) -> (ids, finite): per row of logits [B, V], the index of the first largest value
+//       (torch.argmax's), and whether all of them are free of NaN and +inf (sampling refuses those):
+//       greedy decoding's one pass over the vocabulary, where torch.argmax of fp32 does not vectorise.
 //
 // Rounding follows torch's op chain: each product, sum and silu is rounded to the tensor's dtype as a
 // separate torch op would round it (bf16: computed in fp32, rounded to nearest even), so h and rope_
@@ -24,6 +31,8 @@
 #include "simd.h"
 
 #include <cmath>
+#include <cstring>
+#include <vector>
 #include <tuple>
 #include <type_traits>
 
@@ -134,6 +143,53 @@ void swiglu_rows(const T* gu, T* y, int64_t rows, int64_t I) {
   });
 }
 
+// First index of the largest of x[0..V) and whether NaN or +inf occurs. Four independent (max, index)
+// accumulators, each over every fourth vector (one alone waits on its compare-and-blend chain): per lane
+// the first strictly larger value wins, then the lowest index among the lanes holding the maximum.
+template <typename T>
+int64_t argmax_row(const T* x, int64_t V, bool& bad) {
+  constexpr int A = 4;
+  __m512 best[A];
+  __m512i at[A];
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  for (int a = 0; a < A; ++a) {
+    best[a] = _mm512_set1_ps(-INFINITY);
+    at[a] = _mm512_setzero_si512();
+  }
+  __mmask16 odd = 0;
+  int64_t i = 0;
+  for (; i + 16 * A <= V; i += 16 * A) {
+#pragma GCC unroll 4
+    for (int a = 0; a < A; ++a) {
+      const __m512 v = load(x + i + 16 * a, 16);
+      odd |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v, inf, _CMP_EQ_OQ);
+      const __mmask16 gt = _mm512_cmp_ps_mask(v, best[a], _CMP_GT_OQ);
+      best[a] = _mm512_mask_blend_ps(gt, best[a], v);
+      at[a] = _mm512_mask_blend_epi32(gt, at[a], _mm512_add_epi32(iota, _mm512_set1_epi32(int(i + 16 * a))));
+    }
+  }
+  for (; i < V; i += 16) {  // the last vectors, into accumulator 0 (their indices exceed all before)
+    const __mmask16 m = lanes(V - i);
+    const __m512 v = load(x + i, V - i);
+    odd |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q) | _mm512_mask_cmp_ps_mask(m, v, inf, _CMP_EQ_OQ);
+    const __mmask16 gt = _mm512_mask_cmp_ps_mask(m, v, best[0], _CMP_GT_OQ);
+    best[0] = _mm512_mask_blend_ps(gt, best[0], v);
+    at[0] = _mm512_mask_blend_epi32(gt, at[0], _mm512_add_epi32(iota, _mm512_set1_epi32(int(i))));
+  }
+  bad = bad || odd != 0;
+  __m512 top = best[0];
+  for (int a = 1; a < A; ++a) top = _mm512_max_ps(top, best[a]);
+  const __m512 all = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+  // Lanes that never saw a value above -inf hold index 0 (a row of -inf: torch.argmax's 0 as well).
+  int64_t first = V;
+  for (int a = 0; a < A; ++a) {
+    const __mmask16 eq = _mm512_cmp_ps_mask(best[a], all, _CMP_EQ_OQ);
+    if (eq) first = std::min<int64_t>(first, _mm512_mask_reduce_min_epi32(eq, at[a]));
+  }
+  return first;
+}
+
 void check_float(const torch::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
               what, ": fp32 or bf16 CPU tensors");
@@ -203,12 +259,64 @@ torch::Tensor swiglu(const torch::Tensor& gate_up) {
   return y;
 }
 
+// qkv [B, T, heads + 2 KV, D] (last dim contiguous), cos/sin as for rope_, k_pool/v_pool contiguous of
+// qkv's dtype with rows of D values, rows int64 [B, T, KV] contiguous: rotates the query and key heads in
+// place, then k_pool row rows[b, t, j] = key head j of (b, t), v_pool's likewise the value head j.
+void rope_kv_(torch::Tensor qkv, const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads,
+              const torch::Tensor& k_pool, const torch::Tensor& v_pool, const torch::Tensor& rows) {
+  check_float(qkv, "rope_kv_");
+  TORCH_CHECK(qkv.dim() == 4, "rope_kv_: qkv [B, T, heads + 2 KV, D]");
+  const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(3), KV = (qkv.size(2) - heads) / 2;
+  TORCH_CHECK(heads >= 0 && KV >= 1 && heads + 2 * KV == qkv.size(2), "rope_kv_: qkv [B, T, heads + 2 KV, D]");
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.is_contiguous() && rows.dim() == 3 && rows.size(0) == B &&
+              rows.size(1) == T && rows.size(2) == KV, "rope_kv_: rows int64 [B, T, KV], contiguous");
+  for (const auto* pool : {&k_pool, &v_pool})
+    TORCH_CHECK(pool->is_contiguous() && pool->scalar_type() == qkv.scalar_type() && pool->dim() >= 1 &&
+                pool->size(-1) == D && pool->device().is_cpu(), "rope_kv_: contiguous CPU pools [..., D] of qkv's dtype");
+  const int64_t n_rows = std::min(k_pool.numel(), v_pool.numel()) / std::max<int64_t>(1, D);
+  const int64_t* r = rows.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows.numel(); ++i)
+    TORCH_CHECK(r[i] >= 0 && r[i] < n_rows, "rope_kv_: cache row ", r[i], " out of range [0, ", n_rows, ")");
+  rope_(qkv.narrow(2, 0, heads + KV), cos, sin);
+  const int64_t bytes = D * qkv.element_size();
+  const char* src = static_cast<const char*>(qkv.data_ptr());
+  char* kp = static_cast<char*>(k_pool.data_ptr());
+  char* vp = static_cast<char*>(v_pool.data_ptr());
+  const int64_t e = qkv.element_size(), s0 = qkv.stride(0) * e, s1 = qkv.stride(1) * e, s2 = qkv.stride(2) * e;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < KV; ++j) {
+        const char* head = src + b * s0 + t * s1;
+        const int64_t row = r[(b * T + t) * KV + j];
+        std::memcpy(kp + row * bytes, head + (heads + j) * s2, bytes);
+        std::memcpy(vp + row * bytes, head + (heads + KV + j) * s2, bytes);
+      }
+}
+
+// logits [B, V] contiguous -> (the argmax of each row, no NaN or +inf anywhere).
+std::tuple<std::vector<int64_t>, bool> argmax(const torch::Tensor& logits) {
+  check_float(logits, "argmax");
+  TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous() && logits.size(1) >= 1 && logits.size(1) < (int64_t(1) << 31),
+              "argmax: contiguous logits [B, V], 1 <= V < 2^31");
+  const int64_t B = logits.size(0), V = logits.size(1);
+  std::vector<int64_t> ids(B);
+  bool bad = false;
+  for (int64_t b = 0; b < B; ++b)
+    ids[b] = logits.scalar_type() == at::kFloat ? argmax_row(logits.data_ptr<float>() + b * V, V, bad)
+                                                : argmax_row(logits.data_ptr<at::BFloat16>() + b * V, V, bad);
+  return {ids, !bad};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "(h, y): h = x + residual, y = RMSNorm(h) * weight", py::arg("x"), py::arg("residual"),
         py::arg("weight"), py::arg("eps"));
   m.def("rope_", &rope_, "rotate x [B, T, heads, D] in place by cos/signed sin [B, T, 1, R]");
   m.def("swiglu", &swiglu, "up * silu(gate) of [..., gate | up]");
-  // The loader (build.py) hands out one function: this one, returning the module with all three.
+  m.def("rope_kv_", &rope_kv_, "rotate qkv's query and key heads in place and copy its keys/values to their cache rows",
+        py::arg("qkv"), py::arg("cos"), py::arg("sin"), py::arg("heads"), py::arg("k_pool"), py::arg("v_pool"),
+        py::arg("rows"));
+  m.def("argmax", &argmax, "(first argmax of each row of logits [B, V], no NaN/+inf in them)");
+  // The loader (build.py) hands out one function: this one, returning the module with all of them.
   py::object self = m;
   m.def("ops", [self]() { return self; }, "this module");
 }

@@ -9,9 +9,14 @@ functions, for fp32 or bf16 CPU tensors:
   RMSNorm of h (model.RMSNorm: bf16 rounds the normalised value, then the product with the weight);
 - `rope_(x, cos, sin) -> x`: model.Rotary's rotation of x [B, T, heads, D] in place (cos and signed sin
   [B, T, 1, R]);
-- `swiglu(gate_up) -> up * silu(gate)` of the MLP's fused projection [..., gate | up].
+- `swiglu(gate_up) -> up * silu(gate)` of the MLP's fused projection [..., gate | up];
+- `rope_kv_(qkv, cos, sin, heads, k_pool, v_pool, rows)`: rope_ of the query and key heads of a
+  projection qkv [B, T, heads + 2 KV, D] in place, then its key and value heads copied to rows
+  [B, T, KV] of the cache pools (model.CacheStep's write, `reference_rope_kv`);
+- `argmax(logits) -> (ids, finite)`: the first index of each row's largest logit (torch.argmax) as a
+  list, and False if any logit is NaN or +inf (greedy sampling's one pass, sampling.py).
 
-h and rope_ are bit-identical to the torch formulas; y and swiglu differ by fp32 rounding of the norm's
+h, rope_, rope_kv_ and argmax are bit-identical to the torch formulas; y and swiglu differ by fp32 rounding of the norm's
 statistics and of exp (at most one bf16 rounding step). `phi4r.model` uses them in inference (no
 autograd, no autocast, not inside torch.compile, which fuses these ops itself) and calls `ops()`, which
 starts the build in the background the first time (see build.py) and is a dict lookup afterwards.
@@ -52,6 +57,18 @@ def reference_swiglu(gate_up):
     return up * F.silu(gate)
 
 
+def reference_rope_kv(qkv, cos, sin, heads, k_pool, v_pool, rows):
+    """rope_kv_ by torch ops (qkv rotated in place; the pools viewed as rows of head_dim values)."""
+    KV, D = (qkv.shape[2] - heads) // 2, qkv.shape[-1]
+    qkv[:, :, :heads + KV] = reference_rope(qkv[:, :, :heads + KV], cos, sin)
+    k_pool.view(-1, D).index_put_((rows,), qkv[:, :, heads:heads + KV])
+    v_pool.view(-1, D).index_put_((rows,), qkv[:, :, heads + KV:])
+
+
+def reference_argmax(logits):
+    return logits.argmax(-1).tolist(), bool(logits.amax() < float("inf"))
+
+
 def _probe(fn) -> str | None:
     """Compare with the torch formulas: odd sizes (vector tails), partial rotary, strided q/k views."""
     try:
@@ -85,6 +102,31 @@ def _probe(fn) -> str | None:
             rest = qkv[:, :, heads:].clone()
             if mod.rope_(x, cos, sin) is not x or not torch.equal(x, ref) or not torch.equal(qkv[:, :, heads:], rest):
                 return f"rope_ disagrees with the reference (D={D}, R={R}, {dtype})"
+            qkv = torch.randn(2, 3, heads + 3, D, generator=gen).to(dtype)[:, :, 1:]  # strided
+            pools = [torch.randn(7, 1, 4, D, generator=gen).to(dtype) for _ in range(2)]
+            pools += [p.clone() for p in pools]
+            rows = torch.randperm(28, generator=gen)[:6].view(2, 3, 1)
+            ref = qkv.clone()
+            try:
+                mod.rope_kv_(qkv, cos, sin, heads, pools[0], pools[1], rows)
+            except Exception as e:  # noqa: BLE001
+                return f"the probe raised {e}"
+            reference_rope_kv(ref, cos, sin, heads, pools[2], pools[3], rows)
+            if not (torch.equal(qkv, ref) and torch.equal(pools[0], pools[2]) and torch.equal(pools[1], pools[3])):
+                return f"rope_kv_ disagrees with the reference (D={D}, R={R}, {dtype})"
+        # Ties (the first index wins), a row of -inf, a tail shorter than a vector, NaN and +inf.
+        logits = torch.randn(4, 1000 + 7, generator=gen).to(dtype)
+        logits[0, 5] = logits[0, 900] = logits[0, 1003] = 40
+        logits[1] = float("-inf")
+        logits[2, 1006] = 50
+        for rows in (logits, logits[:1], logits[1:2]):
+            if mod.argmax(rows) != reference_argmax(rows):
+                return f"argmax disagrees with the reference ({dtype})"
+        for bad in (float("nan"), float("inf")):
+            odd = logits.clone()
+            odd[3, 1005] = bad
+            if mod.argmax(odd)[1] is not False:
+                return f"argmax missed {bad} ({dtype})"
     return None
 
 
