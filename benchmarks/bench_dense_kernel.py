@@ -1,0 +1,129 @@
+"""Microbenchmark of the dense fp32/bf16 linear kernel (phi4r/kernels/dense_linear.cpp) on the anchor's shapes.
+
+    python benchmarks/bench_dense_kernel.py --threads 2 [--dtypes fp32,bf16] [--rows 1,2,4,8] [--baseline OLD.cpp]
+
+The 258M anchor checkpoint's linears (hidden 768, 12 layers, 12/4 heads of 64, intermediate 3072, vocab
+100352, untied lm_head): qkv 1280x768, o 768x768, gate_up 6144x768, down 768x3072, lm_head 100352x768.
+Per dtype, distinct copies of each shape's weights, at least --copies-mb of them and the 12 layers of
+a decode step (723 MB in fp32 with the lm_head), so they come from memory, not from the caches, as in
+decoding. Three ways to compute x @ W^T:
+the kernel; oneDNN's prepacked GEMM as phi4r.fastlinear runs it (fp32 packed for --batch-hint rows, the
+engine's max_num_seqs); F.linear. They take turns (each round times every one of them once) so a busy
+machine hurts all alike, and the median over rounds is reported.
+
+- per shape at batch 1: GB/s of weights read (bytes of the weight / median call time);
+- per row count: one decode step's linears (48 + lm_head), ms, and the kernel's GB/s.
+
+--baseline OLD.cpp builds another version of dense_linear.cpp (e.g. `git show HEAD:phi4r/kernels/dense_linear.cpp
+> /tmp/old.cpp`) as a second extension and adds it to both tables, measured in the same rounds.
+Run it under the shared lock on a shared machine (flock /tmp/heavy.lock ...).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = {"qkv": (1280, 768), "o": (768, 768), "gate_up": (6144, 768), "down": (768, 3072), "lm_head": (100352, 768)}
+LAYERS = 12
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def load_baseline(path: str):
+    """The dense_linear function of another version of the kernel's source, built under its own name."""
+    import hashlib
+    from pathlib import Path
+
+    from torch.utils import cpp_extension
+
+    src = Path(path).read_text()
+    name = "phi4r_dense_baseline_" + hashlib.sha256(src.encode()).hexdigest()[:12]
+    return cpp_extension.load(name=name, sources=[path], extra_cflags=["-O3", "-march=native", "-std=c++17", "-fopenmp"],
+                              extra_include_paths=[str(Path(__file__).resolve().parents[1] / "phi4r" / "kernels")],
+                              extra_ldflags=["-fopenmp"], verbose=False).dense_linear
+
+
+def rounds(fns: dict, calls, reps: int) -> dict[str, float]:
+    """Median seconds of `calls(fn)` per fn over `reps` rounds, every fn once per round (after one warm-up)."""
+    times = {name: [] for name in fns}
+    for rep in range(reps + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            calls(fn, rep)
+            if rep:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    from phi4r.kernels import dense
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--rows", default="1,2,3,4,6,8")
+    p.add_argument("--batch-hint", type=int, default=16, help="rows oneDNN's fp32 layout is packed for")
+    p.add_argument("--reps", type=int, default=60, help="rounds per shape (the step table: a fifth of them)")
+    p.add_argument("--copies-mb", type=int, default=128, help="weights per shape, MB (beyond the caches)")
+    p.add_argument("--baseline", help="another dense_linear.cpp to compare with, in the same rounds")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    kernel = dense.linear()
+    assert kernel is not None, "the dense kernel is not available here"
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    big = torch.ones(128 * 2**20)  # the same measure as bench_engine's roofline: sum of 512 MB
+    read = min(rounds({"sum": big.sum}, lambda fn, rep: fn(), 5)["sum"] for _ in range(3))
+    print(f"torch threads {torch.get_num_threads()}; memory read bandwidth {big.nbytes / read / 1e9:.1f} GB/s; "
+          f"oneDNN fp32 packed for {args.batch_hint} rows")
+    del big
+
+    for dname in args.dtypes.split(","):
+        dtype = DTYPES[dname]
+        gen = torch.Generator().manual_seed(0)
+        elem = torch.empty(0, dtype=dtype).element_size()
+        copies = {name: max(1 if name == "lm_head" else LAYERS, -(-args.copies_mb * 2**20 // (n * k * elem)))
+                  for name, (n, k) in SHAPES.items()}
+        weights = {name: [torch.randn(n, k, generator=gen).to(dtype) for _ in range(copies[name])]
+                   for name, (n, k) in SHAPES.items()}
+        hint = args.batch_hint if dtype == torch.float32 else None
+        packed = {name: [torch.ops.mkldnn._reorder_linear_weight(w, *([hint] if hint else [])) for w in ws]
+                  for name, ws in weights.items()}
+
+        def onednn(x, i, name):
+            return torch.ops.mkldnn._linear_pointwise(x, packed[name][i], None, "none", [], "")
+
+        fns = {"kernel": lambda x, i, name: kernel(x, weights[name][i]),
+               **({"baseline": lambda x, i, name: baseline(x, weights[name][i])} if baseline else {}),
+               "oneDNN packed": onednn, "F.linear": lambda x, i, name: F.linear(x, weights[name][i])}
+
+        print(f"\n{dname}: batch 1, GB/s of weights read (median of {args.reps} calls)")
+        print("| shape | N x K | " + " | ".join(fns) + " |")
+        print("|---|---|" + "---:|" * len(fns))
+        for name, (n, k) in SHAPES.items():
+            x = torch.randn(1, k, generator=gen).to(dtype)
+            count = len(weights[name])
+            sec = rounds(fns, lambda fn, rep: fn(x, rep % count, name), args.reps)
+            print(f"| {name} | {n}x{k} | " + " | ".join(f"{n * k * elem / sec[f] / 1e9:.1f}" for f in fns) + " |", flush=True)
+
+        step = [(name, i) for i in range(LAYERS) for name in ("qkv", "o", "gate_up", "down")] + [("lm_head", 0)]
+        total = sum(weights[name][i].nbytes for name, i in step)
+        print(f"\n{dname}: one decode step's linears ({total / 1e6:.0f} MB), ms (median of {max(3, args.reps // 5)} steps)")
+        print("| rows | " + " | ".join(fns) + " | kernel GB/s | kernel / oneDNN |")
+        print("|---:|" + "---:|" * (len(fns) + 2))
+        for rows in (int(r) for r in args.rows.split(",")):
+            xs = {k: torch.randn(rows, k, generator=gen).to(dtype) for k in (768, 3072)}
+
+            def calls(fn, rep):
+                for name, i in step:
+                    fn(xs[SHAPES[name][1]], i, name)
+            ms = {f: 1e3 * s for f, s in rounds(fns, calls, max(3, args.reps // 5)).items()}
+            print(f"| {rows} | " + " | ".join(f"{ms[f]:.2f}" for f in fns)
+                  + f" | {total / ms['kernel'] / 1e6:.1f} | {ms['kernel'] / ms['oneDNN packed']:.2f} |", flush=True)
+        del weights, packed
+
+
+if __name__ == "__main__":
+    main()
