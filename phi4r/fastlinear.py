@@ -16,9 +16,11 @@ plain `F.linear`, so a module that is trained after packing stays correct (just 
 `LLM(path)` packs on CPU; `LLM.from_model` (a training loop's policy) does not.
 
 For up to DENSE_MAX_ROWS rows (decode) the same fast path runs phi4r's dense kernel instead
-(phi4r/kernels/dense.py: AVX-512, reads the plain weight once at the memory bandwidth, fp32 sums, so
-it also differs from F.linear by rounding only), once its build is ready (`prepack` prepares it);
-PHI4R_DENSE_KERNEL=0 turns it off (oneDNN's packed path for every row count).
+(phi4r/kernels/dense.py: AVX-512, streams the plain weight once at the memory bandwidth, where oneDNN's
+packed GEMM reaches only part of it at one row). It sums in fp32 as F.linear does, so its results differ
+from F.linear's by summation order only (for bf16 too, where the packed path is bit-identical). It is
+used once its build is ready (`prepack` prepares it); PHI4R_DENSE_KERNEL=0 turns it off (oneDNN's
+packed path at every row count).
 
 Set PHI4R_PREPACK=0 to turn it off (for comparisons). If this torch build lacks the oneDNN ops or
 they fail, packing is skipped and logged.
