@@ -1,6 +1,6 @@
 """Microbenchmark of the dense fp32/bf16 linear kernel (phi4r/kernels/dense_linear.cpp) on the anchor's shapes.
 
-    python benchmarks/bench_dense_kernel.py --threads 2 [--dtypes fp32,bf16] [--rows 1,2,4,8] [--baseline OLD.cpp]
+    python benchmarks/bench_dense_kernel.py --threads 2 [--dtypes fp32,bf16] [--rows 1,2,4,8] [--baseline OLD.cpp ...]
 
 The 258M anchor checkpoint's linears (hidden 768, 12 layers, 12/4 heads of 64, intermediate 3072, vocab
 100352, untied lm_head): qkv 1280x768, o 768x768, gate_up 6144x768, down 768x3072, lm_head 100352x768.
@@ -14,8 +14,9 @@ machine hurts all alike, and the median over rounds is reported.
 - per shape at batch 1: GB/s of weights read (bytes of the weight / median call time);
 - per row count: one decode step's linears (48 + lm_head), ms, and the kernel's GB/s.
 
---baseline OLD.cpp builds another version of dense_linear.cpp (e.g. `git show HEAD:phi4r/kernels/dense_linear.cpp
-> /tmp/old.cpp`) as a second extension and adds it to both tables, measured in the same rounds.
+--baseline OLD.cpp (repeatable) builds another version of dense_linear.cpp (e.g. `git show
+HEAD:phi4r/kernels/dense_linear.cpp > /tmp/old.cpp`) as an extension of its own and adds it to both
+tables (a column named after the file), measured in the same rounds.
 Run it under the shared lock on a shared machine (flock /tmp/heavy.lock ...).
 """
 from __future__ import annotations
@@ -68,12 +69,15 @@ def main() -> None:
     p.add_argument("--batch-hint", type=int, default=16, help="rows oneDNN's fp32 layout is packed for")
     p.add_argument("--reps", type=int, default=60, help="rounds per shape (the step table: a fifth of them)")
     p.add_argument("--copies-mb", type=int, default=128, help="weights per shape, MB (beyond the caches)")
-    p.add_argument("--baseline", help="another dense_linear.cpp to compare with, in the same rounds")
+    p.add_argument("--baseline", action="append", default=[],
+                   help="another dense_linear.cpp to compare with, in the same rounds (repeatable)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     kernel = dense.linear()
     assert kernel is not None, "the dense kernel is not available here"
-    baseline = load_baseline(args.baseline) if args.baseline else None
+    from pathlib import Path
+
+    baselines = {Path(path).stem: load_baseline(path) for path in args.baseline}
     big = torch.ones(128 * 2**20)  # the same measure as bench_engine's roofline: sum of 512 MB
     read = min(rounds({"sum": big.sum}, lambda fn, rep: fn(), 5)["sum"] for _ in range(3))
     print(f"torch threads {torch.get_num_threads()}; memory read bandwidth {big.nbytes / read / 1e9:.1f} GB/s; "
@@ -96,7 +100,7 @@ def main() -> None:
             return torch.ops.mkldnn._linear_pointwise(x, packed[name][i], None, "none", [], "")
 
         fns = {"kernel": lambda x, i, name: kernel(x, weights[name][i]),
-               **({"baseline": lambda x, i, name: baseline(x, weights[name][i])} if baseline else {}),
+               **{stem: (lambda fn: lambda x, i, name: fn(x, weights[name][i]))(fn) for stem, fn in baselines.items()},
                "oneDNN packed": onednn, "F.linear": lambda x, i, name: F.linear(x, weights[name][i])}
 
         print(f"\n{dname}: batch 1, GB/s of weights read (median of {args.reps} calls)")

@@ -6,15 +6,16 @@
 //   bf16: 32 weights per vector -> vdpbf16ps with 32 x values (bf16 x bf16 products are exact in fp32;
 //         vdpbf16ps adds each adjacent pair into an fp32 lane; it treats bf16 subnormals,
 //         |x| < 1.2e-38, as zero).
-// Both read the same 64 bytes of weights per vector, so one loop serves both. Decoding at batch 1
-// streams every weight once: the speed is the memory bandwidth, which a oneDNN prepacked fp32 GEMM
-// (packed for a batch of rows) reaches only in part at one row. Register blocking as int8_linear.cpp:
-// a tile of NR output channels x MR rows keeps MR * NR accumulators (one vector per dot product,
-// reduced at the end by one shuffle tree for all of them), so each loaded weight vector serves all MR
-// rows and each x vector all NR channels. The NR rows of a tile are NR interleaved streams, too many
-// for the hardware prefetchers: every step also prefetches its share of the next tile (into L2), which
-// makes the sweep over the weights one prefetched sequential stream, a tile ahead. Threads claim
-// chunks of output channels as they go (parallel.h), torch's thread count of them.
+// Both read 64 bytes of weights per vector, so one loop serves both. Decoding at batch 1 streams every
+// weight once: the speed is the memory bandwidth, which oneDNN's prepacked fp32 GEMM (laid out for a
+// batch of rows) reaches only in part at one row. So the weights are read in their order, one output
+// channel after the other: one sequential stream per thread, which the hardware prefetchers follow
+// best (a tile of channels read side by side, NR streams at once, with the next tile prefetched as
+// int8_linear.cpp does, measured half the speed even from L3: the prefetched tile, up to 48 KB,
+// evicted itself from L1). A channel's MR rows are summed in MR x U accumulators (U vectors per step,
+// to hide the multiply-add latency); the NR channels of a tile (MR * NR <= 16) are reduced at the end
+// by one shuffle tree for all of them. Threads claim chunks of output channels as they go
+// (parallel.h: a thread on a busy core takes fewer), torch's thread count of them.
 //
 // Built by phi4r/kernels/dense.py with -O3 -march=native on the machine that runs it (AVX-512F/BW/VL
 // and AVX512-BF16 required; the loader checks the CPU flags before compiling).
@@ -54,33 +55,48 @@ struct Vec<at::BFloat16> {
   static __m512 madd(__m512 acc, V x, V w) { return _mm512_dpbf16_ps(acc, x, w); }
 };
 
-// ---- one tile: MR rows of x (stride ldx) times NR weight rows (stride K) -> y (stride ldy)
+// ---- one tile: MR rows of x (stride ldx) times NR weight rows (stride K) -> y (stride ldy), one
+// channel after the other, with a software prefetch AHEAD bytes in front of the stream.
+constexpr int64_t AHEAD = 4096;
+
 template <typename T, int MR, int NR>
 void tile(const T* x, int64_t ldx, const T* w, int64_t K, T* y, int64_t ldy) {
   using V = Vec<T>;
-  constexpr int STEP = V::N;  // k values per step: 64 bytes of each weight row
-  __m512 acc[MR][NR];
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_ps();
-  // Each step reads NR * 64 bytes of this tile and prefetches as many of the next one, in order.
-  const char* next = reinterpret_cast<const char*>(w + NR * K);
-  auto step = [&](int64_t k, bool tail, typename V::M valid) __attribute__((always_inline)) {
-    const int64_t b0 = k * NR * int64_t(sizeof(T));
-    for (int64_t b = b0; b < b0 + NR * 64; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
-    typename V::V wv[NR];
-    for (int n = 0; n < NR; ++n) wv[n] = tail ? V::load(w + n * K + k, valid) : V::load(w + n * K + k);
-    for (int m = 0; m < MR; ++m) {
-      const typename V::V xv = tail ? V::load(x + m * ldx + k, valid) : V::load(x + m * ldx + k);
-      for (int n = 0; n < NR; ++n) acc[m][n] = V::madd(acc[m][n], xv, wv[n]);
-    }
-  };
-  int64_t k = 0;
-  for (; k + STEP <= K; k += STEP) step(k, false, 0);
-  if (k < K) step(k, true, typename V::M((uint64_t(1) << (K - k)) - 1));
-
-  alignas(64) float sums[16];
+  constexpr int STEP = V::N;           // k values per vector: 64 bytes of a weight row
+  constexpr int U = MR <= 2 ? 4 : 2;   // vectors per step: independent accumulators per row
   __m512 all[16];
-  for (int i = 0; i < 16; ++i) all[i] = i < MR * NR ? acc[i / NR][i % NR] : _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i) all[i] = _mm512_setzero_ps();
+  for (int n = 0; n < NR; ++n) {
+    const T* wn = w + n * K;
+    __m512 acc[MR][U];
+    for (int m = 0; m < MR; ++m)
+      for (int u = 0; u < U; ++u) acc[m][u] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + U * STEP <= K; k += U * STEP) {
+      typename V::V wv[U];
+      for (int u = 0; u < U; ++u) {
+        _mm_prefetch(reinterpret_cast<const char*>(wn + k + u * STEP) + AHEAD, _MM_HINT_T1);
+        wv[u] = V::load(wn + k + u * STEP);
+      }
+      for (int m = 0; m < MR; ++m)
+        for (int u = 0; u < U; ++u) acc[m][u] = V::madd(acc[m][u], V::load(x + m * ldx + k + u * STEP), wv[u]);
+    }
+    for (; k + STEP <= K; k += STEP) {
+      const typename V::V wv = V::load(wn + k);
+      for (int m = 0; m < MR; ++m) acc[m][0] = V::madd(acc[m][0], V::load(x + m * ldx + k), wv);
+    }
+    if (k < K) {
+      const typename V::M valid((uint64_t(1) << (K - k)) - 1);
+      const typename V::V wv = V::load(wn + k, valid);
+      for (int m = 0; m < MR; ++m) acc[m][0] = V::madd(acc[m][0], V::load(x + m * ldx + k, valid), wv);
+    }
+    for (int m = 0; m < MR; ++m) {
+      __m512 s = acc[m][0];
+      for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, acc[m][u]);
+      all[m * NR + n] = s;
+    }
+  }
+  alignas(64) float sums[16];
   _mm512_store_ps(sums, phi4r::reduce16(all));
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NR; ++n) y[m * ldy + n] = T(sums[m * NR + n]);
@@ -88,9 +104,8 @@ void tile(const T* x, int64_t ldx, const T* w, int64_t K, T* y, int64_t ldy) {
 
 constexpr int MAX_MR = 8;  // rows per pass: more would need more than 16 accumulators at NR = 2
 
-// Channels per tile for a call with M rows: enough independent accumulators to hide the multiply-add
-// latency at one row, few enough (<= 16, with the NR weight vectors) to stay in the 32 vector registers.
-inline int channels_per_tile(int64_t M) { return M <= 2 ? 8 : M <= 4 ? 4 : 2; }
+// Channels per tile for a call with M rows: as many as one reduction tree takes (MR * NR <= 16 sums).
+inline int channels_per_tile(int64_t M) { return M == 1 ? 16 : M == 2 ? 8 : M <= 4 ? 4 : 2; }
 
 // Calls f(std::integral_constant<int, mr>) for a run-time row count mr (1..MAX_MR), so that each tile
 // kind is instantiated for every row count whose MR x NR accumulators fit in registers.
@@ -125,7 +140,8 @@ void run(const T* x, int64_t M, int64_t K, const T* w, T* y, int64_t N) {
   const int64_t tiles = (N + nr - 1) / nr, grain = std::max<int64_t>(1, 64 / nr);
   phi4r::dynamic_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     const int64_t n0 = t0 * nr, n1 = std::min(N, t1 * nr);
-    if (nr == 8) channels<T, 8>(n0, n1, x, M, K, w, y, N);
+    if (nr == 16) channels<T, 16>(n0, n1, x, M, K, w, y, N);
+    else if (nr == 8) channels<T, 8>(n0, n1, x, M, K, w, y, N);
     else if (nr == 4) channels<T, 4>(n0, n1, x, M, K, w, y, N);
     else channels<T, 2>(n0, n1, x, M, K, w, y, N);
   });
