@@ -7,8 +7,8 @@ The 258M anchor checkpoint's linears (hidden 768, 12 layers, 12/4 heads of 64, i
 Per dtype, distinct copies of each shape's weights, at least --copies-mb of them and the 12 layers of
 a decode step (723 MB in fp32 with the lm_head), so they come from memory, not from the caches, as in
 decoding. Three ways to compute x @ W^T:
-the kernel; oneDNN's prepacked GEMM as phi4r.fastlinear runs it (fp32 packed for --batch-hint rows, the
-engine's max_num_seqs); F.linear. They take turns (each round times every one of them once) so a busy
+the kernel; oneDNN's prepacked GEMM as phi4r.fastlinear runs it (fp32 packed for each of --batch-hints rows,
+the engine's max_num_seqs: 16 by default in `LLM`, 1 in profile_decode.py); F.linear. They take turns (each round times every one of them once) so a busy
 machine hurts all alike, and the median over rounds is reported.
 
 - per shape at batch 1: GB/s of weights read (bytes of the weight / median call time);
@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--rows", default="1,2,3,4,6,8")
-    p.add_argument("--batch-hint", type=int, default=16, help="rows oneDNN's fp32 layout is packed for")
+    p.add_argument("--batch-hints", default="16,1", help="rows oneDNN's fp32 layout is packed for (each a column)")
     p.add_argument("--reps", type=int, default=60, help="rounds per shape (the step table: a fifth of them)")
     p.add_argument("--copies-mb", type=int, default=128, help="weights per shape, MB (beyond the caches)")
     p.add_argument("--baseline", action="append", default=[],
@@ -80,8 +80,8 @@ def main() -> None:
     baselines = {Path(path).stem: load_baseline(path) for path in args.baseline}
     big = torch.ones(128 * 2**20)  # the same measure as bench_engine's roofline: sum of 512 MB
     read = min(rounds({"sum": big.sum}, lambda fn, rep: fn(), 5)["sum"] for _ in range(3))
-    print(f"torch threads {torch.get_num_threads()}; memory read bandwidth {big.nbytes / read / 1e9:.1f} GB/s; "
-          f"oneDNN fp32 packed for {args.batch_hint} rows")
+    hints = [int(h) for h in args.batch_hints.split(",")]
+    print(f"torch threads {torch.get_num_threads()}; memory read bandwidth {big.nbytes / read / 1e9:.1f} GB/s")
     del big
 
     for dname in args.dtypes.split(","):
@@ -92,16 +92,19 @@ def main() -> None:
                   for name, (n, k) in SHAPES.items()}
         weights = {name: [torch.randn(n, k, generator=gen).to(dtype) for _ in range(copies[name])]
                    for name, (n, k) in SHAPES.items()}
-        hint = args.batch_hint if dtype == torch.float32 else None
-        packed = {name: [torch.ops.mkldnn._reorder_linear_weight(w, *([hint] if hint else [])) for w in ws]
-                  for name, ws in weights.items()}
+        # bf16 packs without a hint (one layout for every row count), fp32 for a number of rows.
+        packs = {f"oneDNN packed/{h}": [h] for h in hints} if dtype == torch.float32 else {"oneDNN packed": []}
+        packed = {col: {name: [torch.ops.mkldnn._reorder_linear_weight(w, *hint) for w in ws]
+                        for name, ws in weights.items()} for col, hint in packs.items()}
 
-        def onednn(x, i, name):
-            return torch.ops.mkldnn._linear_pointwise(x, packed[name][i], None, "none", [], "")
+        def onednn(table):
+            return lambda x, i, name: torch.ops.mkldnn._linear_pointwise(x, table[name][i], None, "none", [], "")
 
         fns = {"kernel": lambda x, i, name: kernel(x, weights[name][i]),
                **{stem: (lambda fn: lambda x, i, name: fn(x, weights[name][i]))(fn) for stem, fn in baselines.items()},
-               "oneDNN packed": onednn, "F.linear": lambda x, i, name: F.linear(x, weights[name][i])}
+               **{col: onednn(table) for col, table in packed.items()},
+               "F.linear": lambda x, i, name: F.linear(x, weights[name][i])}
+        first_pack = next(iter(packed))
 
         print(f"\n{dname}: batch 1, GB/s of weights read (median of {args.reps} calls)")
         print("| shape | N x K | " + " | ".join(fns) + " |")
@@ -115,7 +118,7 @@ def main() -> None:
         step = [(name, i) for i in range(LAYERS) for name in ("qkv", "o", "gate_up", "down")] + [("lm_head", 0)]
         total = sum(weights[name][i].nbytes for name, i in step)
         print(f"\n{dname}: one decode step's linears ({total / 1e6:.0f} MB), ms (median of {max(3, args.reps // 5)} steps)")
-        print("| rows | " + " | ".join(fns) + " | kernel GB/s | kernel / oneDNN |")
+        print("| rows | " + " | ".join(fns) + f" | kernel GB/s | kernel / {first_pack} |")
         print("|---:|" + "---:|" * (len(fns) + 2))
         for rows in (int(r) for r in args.rows.split(",")):
             xs = {k: torch.randn(rows, k, generator=gen).to(dtype) for k in (768, 3072)}
@@ -125,7 +128,7 @@ def main() -> None:
                     fn(xs[SHAPES[name][1]], i, name)
             ms = {f: 1e3 * s for f, s in rounds(fns, calls, max(3, args.reps // 5)).items()}
             print(f"| {rows} | " + " | ".join(f"{ms[f]:.2f}" for f in fns)
-                  + f" | {total / ms['kernel'] / 1e6:.1f} | {ms['kernel'] / ms['oneDNN packed']:.2f} |", flush=True)
+                  + f" | {total / ms['kernel'] / 1e6:.1f} | {ms['kernel'] / ms[first_pack]:.2f} |", flush=True)
         del weights, packed
 
 
