@@ -5,10 +5,10 @@
 The 258M anchor checkpoint's linears (hidden 768, 12 layers, 12/4 heads of 64, intermediate 3072, vocab
 100352, untied lm_head): qkv 1280x768, o 768x768, gate_up 6144x768, down 768x3072, lm_head 100352x768.
 Per dtype, distinct copies of each shape's weights, at least --copies-mb of them and the 12 layers of
-a decode step (723 MB in fp32 with the lm_head), so they come from memory, not from the caches, as in
-decoding. Three ways to compute x @ W^T:
-the kernel; oneDNN's prepacked GEMM as phi4r.fastlinear runs it (fp32 packed for each of --batch-hints rows,
-the engine's max_num_seqs: 16 by default in `LLM`, 1 in profile_decode.py); F.linear. They take turns (each round times every one of them once) so a busy
+a decode step (724 MB in fp32 with the lm_head), so they come from memory, not from the caches, as in
+decoding. Three ways to compute x @ W^T: the kernel; oneDNN's prepacked GEMM as phi4r.fastlinear runs
+it (fp32 packed for each of --batch-hints rows, the engine's max_num_seqs: 16 by default in `LLM`, 1 in
+profile_decode.py); F.linear. They take turns (each round times every one of them once) so a busy
 machine hurts all alike, and the median over rounds is reported.
 
 - per shape at batch 1: GB/s of weights read (bytes of the weight / median call time);
