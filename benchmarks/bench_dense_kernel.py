@@ -48,12 +48,14 @@ def load_baseline(path: str):
 
 
 def rounds(fns: dict, calls, reps: int) -> dict[str, float]:
-    """Median seconds of `calls(fn)` per fn over `reps` rounds, every fn once per round (after one warm-up)."""
+    """Median seconds of `calls(fn, i)` per fn over `reps` rounds, every fn once per round (after one
+    warm-up); i counts the calls, so that each call can take a copy of the weights the previous one did
+    not read (which would still be in the caches)."""
     times = {name: [] for name in fns}
     for rep in range(reps + 1):
-        for name, fn in fns.items():
+        for j, (name, fn) in enumerate(fns.items()):
             start = time.perf_counter()
-            calls(fn, rep)
+            calls(fn, rep * len(fns) + j)
             if rep:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}

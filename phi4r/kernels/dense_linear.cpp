@@ -11,10 +11,9 @@
 // batch of rows) reaches only in part at one row. So the weights are read in their order, one output
 // channel after the other: one sequential stream per thread, which the hardware prefetchers follow
 // best (a tile of channels read side by side, NR streams at once, with the next tile prefetched as
-// int8_linear.cpp does, measured half the speed even from L3: the prefetched tile, up to 48 KB,
-// evicted itself from L1). A channel's MR rows are summed in MR x U accumulators (U vectors per step,
-// to hide the multiply-add latency); the NR channels of a tile (MR * NR <= 16) are reduced at the end
-// by one shuffle tree for all of them. Threads claim chunks of output channels as they go
+// int8_linear.cpp does, measured 12-14% slower on the anchor checkpoint's decode step). A channel's
+// MR rows are summed in MR x U accumulators (U vectors per step, to hide the multiply-add latency);
+// the NR channels of a tile (MR * NR <= 16) are reduced at the end by one shuffle tree for all of them. Threads claim chunks of output channels as they go
 // (parallel.h: a thread on a busy core takes fewer), torch's thread count of them.
 //
 // Built by phi4r/kernels/dense.py with -O3 -march=native on the machine that runs it (AVX-512F/BW/VL
