@@ -123,7 +123,7 @@ def wait_for_kernels() -> list[str]:
     import importlib
 
     names = []
-    for name in ("attention", "int8", "int4", "w8a8", "decode_ops"):
+    for name in ("attention", "int8", "int4", "w8a8", "dense", "decode_ops"):
         try:
             module = importlib.import_module(f"phi4r.kernels.{name}")
         except ImportError:

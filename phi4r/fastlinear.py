@@ -15,6 +15,13 @@ the weight has not been modified in place since packing (`Tensor._version`). Any
 plain `F.linear`, so a module that is trained after packing stays correct (just not faster).
 `LLM(path)` packs on CPU; `LLM.from_model` (a training loop's policy) does not.
 
+For up to DENSE_MAX_ROWS rows (decode) the same fast path runs phi4r's dense kernel instead
+(phi4r/kernels/dense.py: AVX-512, streams the plain weight once at the memory bandwidth, where oneDNN's
+packed GEMM reaches only part of it at one row). It sums in fp32 as F.linear does, so its results differ
+from F.linear's by summation order only (for bf16 too, where the packed path is bit-identical). It is
+used once its build is ready (`prepack` prepares it); PHI4R_DENSE_KERNEL=0 turns it off (oneDNN's
+packed path at every row count).
+
 Set PHI4R_PREPACK=0 to turn it off (for comparisons). If this torch build lacks the oneDNN ops or
 they fail, packing is skipped and logged.
 """
@@ -29,9 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import dense as dense_kernel
+
 log = logging.getLogger(__name__)
 
 _DTYPES = (torch.float32, torch.bfloat16)
+# Rows up to which the dense kernel beats oneDNN's packed GEMM on the anchor checkpoint's linears
+# (benchmarks/bench_dense_kernel.py, 2 threads: a step's linears at 1 / 4 / 8 rows 0.90 / 1.03 / 1.20 of
+# oneDNN's time in fp32, 0.86 / 0.90 / 1.00 in bf16).
+DENSE_MAX_ROWS = 4
 
 
 def available() -> bool:
@@ -65,6 +78,9 @@ class PackedLinear(nn.Linear):
         if (self._packed is not None and not self.training and _version(w) == self._packed_version
                 and x.dtype == w.dtype and x.is_cpu
                 and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+            if (x.numel() <= DENSE_MAX_ROWS * self.in_features and w.is_contiguous()
+                    and (dense := dense_kernel.ready()) is not None):
+                return dense(x.contiguous(), w)
             return torch.ops.mkldnn._linear_pointwise(x, self._packed, None, "none", [], "")
         return F.linear(x, w, self.bias)
 
@@ -80,6 +96,9 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor, handle: int) -> torch.
     module = _MODULES.get(handle)
     if (module is not None and module._packed is not None and _version(weight) == module._packed_version
             and not torch.is_grad_enabled()):
+        if (x.numel() <= DENSE_MAX_ROWS * weight.shape[1] and weight.is_contiguous()
+                and (dense := dense_kernel.ready()) is not None):
+            return dense(x.contiguous(), weight)
         return torch.ops.mkldnn._linear_pointwise(x, module._packed, None, "none", [], "")
     return F.linear(x, weight)
 
@@ -148,6 +167,8 @@ def prepack(model: nn.Module, batch_hint: int = 1) -> int:
         module._packed, module._packed_version = packed, _version(w)
         module._handle = next(_handles)
         _MODULES[module._handle] = module
+        if not count:
+            dense_kernel.prepare()  # loads its build, or starts it (oneDNN's path until it is ready)
         count += 1
     return count
 

@@ -23,11 +23,11 @@ def built_kernels():
     """Build the C++ kernels once, before the first test, as `python -m phi4r.kernels.<name>` would: a
     fresh machine's first CLI or server subprocess would otherwise start the build and wait for it at
     exit (phi4r's rule, so that later runs get the kernels), inside some unrelated test's timeout."""
-    from phi4r.kernels import attention, build, decode_ops, int4, int8, w8a8
+    from phi4r.kernels import attention, build, decode_ops, dense, int4, int8, w8a8
 
-    for module in (attention, int8, w8a8, int4, decode_ops):
+    for module in (attention, int8, w8a8, int4, dense, decode_ops):
         module.loader.prepare()
-    build.wait_for_builds([m.loader for m in (attention, int8, w8a8, int4, decode_ops)])
+    build.wait_for_builds([m.loader for m in (attention, int8, w8a8, int4, dense, decode_ops)])
 
 
 @pytest.fixture(scope="module")

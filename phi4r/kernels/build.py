@@ -1,4 +1,4 @@
-"""Building and loading phi4r's C++ kernels (attention.py, int8.py, int4.py, w8a8.py) without ever blocking a user.
+"""Building and loading phi4r's C++ kernels (attention.py, int8.py, int4.py, w8a8.py, dense.py) without ever blocking a user.
 
 A kernel is compiled from its .cpp with -O3 -march=native (usually ~30 s, once per machine) by
 torch.utils.cpp_extension into torch's extensions directory (~/.cache/torch_extensions, or
