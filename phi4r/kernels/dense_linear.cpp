@@ -22,6 +22,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "linear.h"
 #include "parallel.h"
 #include "simd.h"
 
@@ -108,16 +109,6 @@ inline int channels_per_tile(int64_t M) { return M == 1 ? 16 : M == 2 ? 8 : M <=
 
 // Calls f(std::integral_constant<int, mr>) for a run-time row count mr (1..MAX_MR), so that each tile
 // kind is instantiated for every row count whose MR x NR accumulators fit in registers.
-template <int NR, typename F>
-void for_rows(int mr, F&& f) {
-  switch (mr) {
-#define PHI4R_CASE(R) case R: if constexpr (R * NR <= 16) return f(std::integral_constant<int, R>{}); break;
-    PHI4R_CASE(1) PHI4R_CASE(2) PHI4R_CASE(3) PHI4R_CASE(4) PHI4R_CASE(5) PHI4R_CASE(6) PHI4R_CASE(7) PHI4R_CASE(8)
-#undef PHI4R_CASE
-  }
-  TORCH_CHECK(false, "dense_linear: no tile for ", mr, " rows x ", NR, " channels");
-}
-
 // Channels [n0, n1) for all M rows, in tiles of NR channels (the last ones one channel at a time).
 template <typename T, int NR>
 void channels(int64_t n0, int64_t n1, const T* x, int64_t M, int64_t K, const T* w, T* y, int64_t N) {
@@ -125,8 +116,8 @@ void channels(int64_t n0, int64_t n1, const T* x, int64_t M, int64_t K, const T*
     const bool full = n + NR <= n1;
     for (int64_t m = 0; m < M; m += MAX_MR) {
       const int mr = int(std::min<int64_t>(MAX_MR, M - m));
-      if (full) for_rows<NR>(mr, [&](auto R) { tile<T, decltype(R)::value, NR>(x + m * K, K, w + n * K, K, y + m * N + n, N); });
-      else for_rows<1>(mr, [&](auto R) { tile<T, decltype(R)::value, 1>(x + m * K, K, w + n * K, K, y + m * N + n, N); });
+      if (full) for_rows<NR, 8>(mr, "dense_linear", [&](auto R) { tile<T, decltype(R)::value, NR>(x + m * K, K, w + n * K, K, y + m * N + n, N); });
+      else for_rows<1, 8>(mr, "dense_linear", [&](auto R) { tile<T, decltype(R)::value, 1>(x + m * K, K, w + n * K, K, y + m * N + n, N); });
     }
     n += full ? NR : 1;
   }
@@ -158,11 +149,8 @@ torch::Tensor dense_linear(const torch::Tensor& x, const torch::Tensor& weight) 
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && x.is_contiguous() && weight.is_contiguous(),
               "dense_linear: contiguous CPU tensors");
   const int64_t K = x.size(-1), N = weight.size(0);
-  int64_t M = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
-  auto out_sizes = x.sizes().vec();
-  out_sizes.back() = N;
-  auto y = torch::empty(out_sizes, x.options());
+  int64_t M;
+  auto y = linear_output(x, N, M);
   if (M == 0 || N == 0) return y;
   if (K == 0) return y.zero_();
   if (x.scalar_type() == at::kBFloat16)

@@ -22,6 +22,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "linear.h"
 #include "parallel.h"
 #include "simd.h"
 
@@ -199,16 +200,6 @@ void tile(const T* x, int64_t ldx, const uint8_t* w, int64_t RB, int64_t blocks,
 
 constexpr int MAX_MR = 4;  // rows per pass at 2 channels: 8 unpacked + 4 x + 8 accumulators + scales
 
-template <int NR, typename F>
-void for_rows(int mr, F&& f) {
-  switch (mr) {
-#define PHI4R_CASE(R) case R: if constexpr (R * NR <= 16) return f(std::integral_constant<int, R>{}); break;
-    PHI4R_CASE(1) PHI4R_CASE(2) PHI4R_CASE(3) PHI4R_CASE(4)
-#undef PHI4R_CASE
-  }
-  TORCH_CHECK(false, "int4_linear: no tile for ", mr, " rows x ", NR, " channels");
-}
-
 template <typename T, typename S, int GL>
 void run(const T* x, int64_t M, int64_t blocks, const uint8_t* w, int64_t RB, const S* s, int64_t groups,
          int64_t G, T* y, int64_t N) {
@@ -226,9 +217,9 @@ void run(const T* x, int64_t M, int64_t blocks, const uint8_t* w, int64_t RB, co
           tile<T, S, GL, decltype(R)::value, decltype(C)::value>(x + m * ROW<T>, ldx, w + n * RB, RB, blocks,
                                                                  s + n * groups, groups, groups, G, y + m * N + n, N, table);
         };
-        if (!full) for_rows<1>(mr, [&](auto R) { go(R, std::integral_constant<int, 1>{}); });
+        if (!full) for_rows<1, MAX_MR>(mr, "int4_linear", [&](auto R) { go(R, std::integral_constant<int, 1>{}); });
         else if (nr == 8) go(std::integral_constant<int, 1>{}, std::integral_constant<int, 8>{});
-        else for_rows<2>(mr, [&](auto R) { go(R, std::integral_constant<int, 2>{}); });
+        else for_rows<2, MAX_MR>(mr, "int4_linear", [&](auto R) { go(R, std::integral_constant<int, 2>{}); });
       }
       n += full ? nr : 1;
     }
@@ -265,11 +256,8 @@ torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& packed, c
   TORCH_CHECK(scales.scalar_type() == at::kFloat || scales.scalar_type() == at::kBFloat16, "int4_linear: fp32 or bf16 scales");
   TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu() && scales.device().is_cpu() && x.is_contiguous() &&
               packed.is_contiguous() && scales.is_contiguous(), "int4_linear: contiguous CPU tensors");
-  int64_t M = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
-  auto out_sizes = x.sizes().vec();
-  out_sizes.back() = N;
-  auto y = torch::empty(out_sizes, x.options());
+  int64_t M;
+  auto y = linear_output(x, N, M);
   if (M == 0 || N == 0) return y;
   if (K == 0) return y.zero_();
   const int64_t blocks = (K + BLOCK - 1) / BLOCK, RB = packed.size(1) * 4;

@@ -24,6 +24,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "linear.h"
 #include "parallel.h"
 #include "simd.h"
 
@@ -217,16 +218,6 @@ inline int channels_per_tile(int64_t M) { return M == 1 ? 8 : M <= 4 ? 4 : 2; }
 
 // Calls f(std::integral_constant<int, mr>) for a run-time row count mr (1..MAX_MR), so that each
 // tile kind is instantiated for every row count whose MR x NR accumulators fit in registers.
-template <int NR, typename F>
-void for_rows(int mr, F&& f) {
-  switch (mr) {
-#define PHI4R_CASE(R) case R: if constexpr (R * NR <= 16) return f(std::integral_constant<int, R>{}); break;
-    PHI4R_CASE(1) PHI4R_CASE(2) PHI4R_CASE(3) PHI4R_CASE(4) PHI4R_CASE(5) PHI4R_CASE(6) PHI4R_CASE(7) PHI4R_CASE(8)
-#undef PHI4R_CASE
-  }
-  TORCH_CHECK(false, "int8_linear: no tile for ", mr, " rows x ", NR, " channels");
-}
-
 // Channels [n0, n1) for all M rows (x as in tile()), in tiles of NR channels (the last ones one
 // channel at a time). s[i] is the scale of channel n0 + i.
 template <typename T, int NR>
@@ -245,7 +236,7 @@ void channels(int64_t n0, int64_t n1, const T* x, int64_t ldx, int64_t M, int64_
       if (buffered && full) {
         convert_tile<NR>(w + n * K, K, wbuf.get(), t);
         for (int64_t m = 0; m < M; m += MAX_MR)
-          for_rows<NR>(int(std::min<int64_t>(MAX_MR, M - m)), [&](auto R) {
+          for_rows<NR, 8>(int(std::min<int64_t>(MAX_MR, M - m)), "int8_linear", [&](auto R) {
             tile_buf<decltype(R)::value, NR>(x + m * 64, ldx, wbuf.get(), blocks, s + (n - n0), y + m * N + n, N);
           });
         n += NR;
@@ -255,8 +246,8 @@ void channels(int64_t n0, int64_t n1, const T* x, int64_t ldx, int64_t M, int64_
     for (int64_t m = 0; m < M; m += MAX_MR) {
       const int mr = int(std::min<int64_t>(MAX_MR, M - m));
       const T* xm = BF16 ? x + m * 64 : x + m * ldx;  // bf16 x is block-major (permute_x)
-      if (full) for_rows<NR>(mr, [&](auto R) { tile<T, decltype(R)::value, NR>(xm, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t); });
-      else for_rows<1>(mr, [&](auto R) { tile<T, decltype(R)::value, 1>(xm, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t); });
+      if (full) for_rows<NR, 8>(mr, "int8_linear", [&](auto R) { tile<T, decltype(R)::value, NR>(xm, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t); });
+      else for_rows<1, 8>(mr, "int8_linear", [&](auto R) { tile<T, decltype(R)::value, 1>(xm, ldx, w + n * K, K, s + (n - n0), y + m * N + n, N, t); });
     }
     n += full ? NR : 1;
   }
@@ -304,13 +295,10 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& weight, c
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && scales.device().is_cpu() && x.is_contiguous() &&
               weight.is_contiguous(), "int8_linear: contiguous CPU tensors");
   const int64_t K = x.size(-1), N = weight.size(0);
-  int64_t M = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
+  int64_t M;
+  auto y = linear_output(x, N, M);
   TORCH_CHECK(scales.is_contiguous() && (scales.scalar_type() == at::kFloat || scales.scalar_type() == at::kBFloat16),
               "int8_linear: contiguous fp32 or bf16 scales");
-  auto out_sizes = x.sizes().vec();
-  out_sizes.back() = N;
-  auto y = torch::empty(out_sizes, x.options());
   if (M == 0 || N == 0) return y;
   if (K == 0) return y.zero_();
   if (x.scalar_type() == at::kBFloat16) {

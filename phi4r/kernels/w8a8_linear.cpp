@@ -35,6 +35,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "linear.h"
 #include "parallel.h"
 
 #include <cstdint>
@@ -218,11 +219,8 @@ torch::Tensor w8a8_linear(const torch::Tensor& x, const torch::Tensor& packed, c
   TORCH_CHECK(comp.numel() == Np && N <= Np && N > Np - TILE, "w8a8_linear: comp/scales do not match the packed weights");
   // int32 sums of (xq + 128) * q: |sum| <= 255 * 127 * K.
   TORCH_CHECK(K <= 66000, "w8a8_linear: K = ", K, " could overflow the int32 accumulators");
-  int64_t M = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
-  auto out_sizes = x.sizes().vec();
-  out_sizes.back() = N;
-  auto y = torch::empty(out_sizes, x.options());
+  int64_t M;
+  auto y = linear_output(x, N, M);
   if (M == 0 || N == 0) return y;
   if (K == 0) return y.zero_();
   if (x.scalar_type() == at::kBFloat16) {
