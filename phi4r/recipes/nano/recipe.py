@@ -45,8 +45,8 @@ VOCAB_SIZE = 1024
 # people ask first, in steps of one lookup and one digit operation each, which a model this small can take.
 # "drill": conversations of column steps alone (`.arithmetic` DRILLS), every line a one-digit fact
 # as the column traces write it; without them ~1 step in 5 was wrong, which was nearly every wrong answer.
-MIX = {"arithmetic": {1: 3000, 2: 2500, 3: 400, 4: 400}, "spatialmap": {1: 2000, 2: 2000}, "calendar": {1: 2000, 2: 2000},
-       "copy": {"spatialmap": 1000, "calendar": 500},
+MIX = {"arithmetic": {1: 3000, 2: 2500, 3: 400, 4: 400}, "spatialmap": {1: 3000, 2: 3000}, "calendar": {1: 2000, 2: 2000},
+       "copy": {"spatialmap": 2000, "calendar": 500},
        "columns": {"add2": 600, "sub2": 600, "add3": 900, "sub3": 900, "addmix": 300, "submix": 300, "mul21": 1000,
                    "mul12": 200, "mul31": 300, "mul22": 100},
        "drill": {"add": 1200, "sub": 1200, "mul": 1200}}
