@@ -1,4 +1,6 @@
-"""Microbenchmark of the int4 linear kernel (phi4r/kernels/int4_linear.cpp) against the int8 kernel.
+"""Microbenchmark of the int4 linear kernel (phi4r/kernels/int4_linear.cpp) against the int8 kernel:
+int4 with the activations as they are (bf16) and with int8 activations (`int8_activations`, the default
+of Int4Linear), interleaved.
 
     python benchmarks/bench_int4_kernel.py --threads 1 [--rows 1,4,16] [--group 128]
 
@@ -60,46 +62,52 @@ def main() -> None:
     def nbytes(w):
         return sum(t.nbytes for t in w)
 
-    calls = {4: lambda x, p, s: k4(x, p, s, g), 8: k8}
+    # kind "a8": the int4 kernel and weights with int8 activations
+    calls = {4: lambda x, p, s: k4(x, p, s, g), "a8": lambda x, p, s: k4(x, p, s, g, True), 8: k8}
+    kinds = (4, "a8", 8)
     weights = {name: {kind: copies(n, k, kind) for kind in (4, 8)} for name, (n, k) in SHAPES.items()}
+    for w in weights.values():
+        w["a8"] = w[4]
     print("\nbatch 1, bf16 x, GB/s of weights and scales read (best of 3 rounds of the median of 100 calls)")
-    print("| shape | N x K | int4 GB/s | int8 GB/s | int4 us | int8 us | int4 speed-up |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| shape | N x K | int4 GB/s | int4 a8 GB/s | int8 GB/s | int4 us | int4 a8 us | int8 us | int4 a8 / int4 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, (n, k) in SHAPES.items():
         x = torch.randn(1, k).to(torch.bfloat16)
-        t = {4: float("inf"), 8: float("inf")}
+        t = dict.fromkeys(kinds, float("inf"))
         for _ in range(3):
-            for kind in (4, 8):
+            for kind in kinds:
                 t[kind] = min(t[kind], median_time(calls[kind], [(x, *w) for w in weights[name][kind]], 100))
-        gb = {kind: nbytes(weights[name][kind][0]) / t[kind] / 1e9 for kind in (4, 8)}
-        print(f"| {name} | {n}x{k} | {gb[4]:.1f} | {gb[8]:.1f} | {t[4] * 1e6:.0f} | {t[8] * 1e6:.0f} | {t[8] / t[4]:.2f} |")
+        gb = {kind: nbytes(weights[name][kind][0]) / t[kind] / 1e9 for kind in kinds}
+        print(f"| {name} | {n}x{k} | {gb[4]:.1f} | {gb['a8']:.1f} | {gb[8]:.1f} | {t[4] * 1e6:.0f} | {t['a8'] * 1e6:.0f} "
+              f"| {t[8] * 1e6:.0f} | {t[4] / t['a8']:.2f} |")
 
     step = {kind: [weights[name][kind][i % len(weights[name][kind])] for i in range(LAYERS)
-                   for name in ("qkv", "o", "gate_up", "down")] + [weights["lm_head"][kind][0]] for kind in (4, 8)}
-    total = {kind: sum(nbytes(w) for w in step[kind]) for kind in (4, 8)}
+                   for name in ("qkv", "o", "gate_up", "down")] + [weights["lm_head"][kind][0]] for kind in kinds}
+    total = {kind: sum(nbytes(w) for w in step[kind]) for kind in kinds}
     print(f"\none decode step's linears ({total[4] / 1e6:.0f} MB int4, {total[8] / 1e6:.0f} MB int8), ms "
           "(best of 3 rounds of the median of 5 steps)")
-    print("| rows | int4 kernel | int8 kernel | int4 / int8 speed-up | int4 GB/s | int4 dequantize + F.linear |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| rows | int4 kernel | int4 a8 | int8 kernel | int4 a8 / int4 | int4 a8 / int8 | int4 a8 GB/s | int4 dequantize + F.linear |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for rows in [int(r) for r in args.rows.split(",")]:
         xs = {k: torch.randn(rows, k).to(torch.bfloat16) for k in (HIDDEN, INTER)}
 
         def run(kind, xs=xs):
             def one():
                 for p_, s in step[kind]:
-                    calls[kind](xs[p_.shape[1] * (8 if kind == 4 else 1)], p_, s)
+                    calls[kind](xs[p_.shape[1] * (1 if kind == 8 else 8)], p_, s)
             one()
             return median_time(one, [()], 5) * 1e3
 
         def dequant(xs=xs):
             for p_, s in step[4]:
                 F.linear(xs[p_.shape[1] * 8], int4.dequantize(p_, s, p_.shape[1] * 8, g, dtype=torch.bfloat16))
-        t = {4: float("inf"), 8: float("inf")}
+        t = dict.fromkeys(kinds, float("inf"))
         for _ in range(3):
-            for kind in (4, 8):
+            for kind in kinds:
                 t[kind] = min(t[kind], run(kind))
         d = median_time(dequant, [()], 1) * 1e3
-        print(f"| {rows} | {t[4]:.1f} | {t[8]:.1f} | {t[8] / t[4]:.2f} | {total[4] / t[4] / 1e6:.1f} | {d:.1f} |")
+        print(f"| {rows} | {t[4]:.1f} | {t['a8']:.1f} | {t[8]:.1f} | {t[4] / t['a8']:.2f} | {t[8] / t['a8']:.2f} "
+              f"| {total['a8'] / t['a8'] / 1e6:.1f} | {d:.1f} |")
 
 
 if __name__ == "__main__":

@@ -59,16 +59,54 @@ def test_kernel_matches_reference(kernel, rows, dtype, group):
             assert ((got.double() - ref).abs() <= rounding * ref.abs() + 2 ** -19 * terms + 1e-30).all(), (n, k)
 
 
+def test_activation_quantization_is_per_128_block_and_half_even():
+    x = torch.zeros(2, 300)
+    x[0, :128] = torch.linspace(-2, 2, 128)
+    x[0, 5] = 2 * 2.5 / 127  # exactly 2.5 steps: half to even gives 2
+    x[0, 128:256] = 1e-3  # a block of its own scale
+    xq, scales = int4.quantize_activations(x)
+    assert xq.dtype == torch.int8 and xq.shape == (2, 300) and scales.shape == (2, 3)
+    assert scales[0, 0] == torch.tensor(2.0) / 127 and xq[0, 127] == 127 and xq[0, 0] == -127 and xq[0, 5] == 2
+    assert (xq[0, 128:256] == 127).all() and scales[0, 1] == torch.tensor(1e-3) / 127
+    assert (xq[0, 256:] == 0).all() and (scales[0, 2] == 0) and (xq[1] == 0).all() and (scales[1] == 0).all()
+
+
+@pytest.mark.parametrize("group", [32, 64, 128, 256])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("rows", [1, 3, 8, 33])
+def test_kernel_with_int8_activations(kernel, rows, dtype, group):
+    gen = torch.Generator().manual_seed(rows * group + 1)
+    for n, k in SHAPES:
+        q = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
+        scales = (torch.rand(n, -(-k // group), generator=gen) / 16 + 1e-4).to(torch.bfloat16)
+        x = (torch.randn(rows, k, generator=gen) * torch.rand(rows, 1, generator=gen) * 4).to(dtype)
+        got = kernel(x, int4.pack(q), scales, group, True)
+        assert got.dtype == dtype and got.shape == (rows, n)
+        ref = int4.a8_reference(x, int4.pack(q), scales, k, group)
+        # The integer dot products are exact; fp32 scaling and sums add ~2^-22 of the terms' magnitudes.
+        xq, xs = int4.quantize_activations(x)
+        w = int4.dequantize(int4.pack(q), scales, k, group, dtype=torch.float64)
+        terms = (xq.double().abs() * xs.double().repeat_interleave(128, 1)[:, :k]) @ w.abs().T
+        rounding = 2 ** -8 if dtype == torch.bfloat16 else 2 ** -24
+        assert ((got.double() - ref).abs() <= rounding * ref.abs() + 2 ** -20 * terms + 1e-30).all(), (n, k)
+        # ... and against the exact product, within what rounding x to its block's int8 steps can change:
+        # half a step (the block's scale) times the weights' magnitudes.
+        exact = x.double() @ w.T
+        bound = (xs.double().repeat_interleave(128, 1)[:, :k] / 2) @ w.abs().T
+        assert ((got.double() - exact).abs() <= bound * (1 + 2 ** -10) + rounding * exact.abs() + 2 ** -20 * terms).all()
+
+
 def test_kernel_threads_and_empty(kernel):
     gen = torch.Generator().manual_seed(1)
     q = torch.randint(-8, 8, (300, 512), generator=gen, dtype=torch.int8)
     scales = torch.rand(300, 4, generator=gen).to(torch.bfloat16)
     x = torch.randn(3, 512, generator=gen).to(torch.bfloat16)
-    one = kernel(x, int4.pack(q), scales, 128)
+    one, a8 = kernel(x, int4.pack(q), scales, 128), kernel(x, int4.pack(q), scales, 128, True)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # channels split between threads: the same numbers, bit for bit
         assert torch.equal(kernel(x, int4.pack(q), scales, 128), one)
+        assert torch.equal(kernel(x, int4.pack(q), scales, 128, True), a8)
     finally:
         torch.set_num_threads(threads)
     assert kernel(x[:0], int4.pack(q), scales, 128).shape == (0, 300)

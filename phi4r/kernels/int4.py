@@ -2,11 +2,13 @@
 the packed int4 layout it reads, which is compressed-tensors' "pack-quantized" one.
 
 `linear()` (waiting, bounded, for its build) or `ready()` (never waiting) returns the kernel's function
-`int4_linear(x, packed, scales, group_size)` (x [..., K] bf16 or fp32 contiguous; packed = `pack(q)`
-int32 [N, ceil(K / 8)] of q in [-8, 7]; scales [N, ceil(K / G)] bf16 or fp32; G 32, 64 or a multiple of
-128 (`kernel_group`); returns x.float() @ dequantize(...).T, [..., N], in x's dtype), or None where it
-cannot be used (PHI4R_INT4_KERNEL=0, a CPU without AVX-512F/BW/VL/VBMI and AVX512-BF16, a failed
-compile, a probe that disagrees with the float reference). `op()` is `torch.ops.phi4r.int4_linear` for
+`int4_linear(x, packed, scales, group_size, int8_activations=False)` (x [..., K] bf16 or fp32
+contiguous; packed = `pack(q)` int32 [N, ceil(K / 8)] of q in [-8, 7]; scales [N, ceil(K / G)] bf16 or
+fp32; G 32, 64 or a multiple of 128 (`kernel_group`); returns x.float() @ dequantize(...).T, [..., N],
+in x's dtype, or with int8_activations `a8_reference`'s numbers: x quantized to int8 per row and
+block of 128 k first, as llama.cpp's Q4_0 x Q8_0 dot products do, for half the multiply work per
+weight), or None where it cannot be used (PHI4R_INT4_KERNEL=0, a CPU without AVX-512F/BW/VL/VBMI/VNNI
+and AVX512-BF16, a failed compile, a probe that disagrees with the references). `op()` is `torch.ops.phi4r.int4_linear` for
 torch.compile's graphs. `quantize_int4` calls `prepare()`: until the build is there, the torch path.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from . import build
 
 SOURCE = Path(__file__).with_name("int4_linear.cpp")
-REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_bf16")
+REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni", "avx512_bf16")
 FALLBACK = "using the slower torch int4 path"
 
 
@@ -58,7 +60,32 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, k: int, group_size: i
     return (q * scales.to(dtype)[..., None]).flatten(1)[:, :k]
 
 
-def _fake(x, packed, scales, group_size):
+ACTIVATION_BLOCK = 128  # k values per activation scale with int8_activations
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] -> (xq int8 [..., K], scales fp32 [..., ceil(K / 128)]): per block of 128 k, symmetric,
+    scale = amax / 127 and xq = round_half_even(x * (127 / amax)) clamped to [-127, 127] (a zero block:
+    scale 0, xq 0), each an fp32 operation as the kernel does it."""
+    k = x.shape[-1]
+    blocks = torch.nn.functional.pad(x.float(), (0, -k % ACTIVATION_BLOCK)).unflatten(-1, (-1, ACTIVATION_BLOCK))
+    amax = blocks.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
+    xq = torch.round(blocks * inv).clamp(-127, 127).to(torch.int8).flatten(-2)[..., :k]
+    return xq, (amax / 127).squeeze(-1)
+
+
+def a8_reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, group_size: int) -> torch.Tensor:
+    """What the kernel computes with int8_activations, in float64: sum over k of xq * q * (its group's
+    weight scale * its block's activation scale), [..., N]."""
+    xq, xs = quantize_activations(x)
+    q = unpack(packed, k).double()
+    w_scale = scales.double().repeat_interleave(group_size, 1)[:, :k]  # [N, k]
+    x_scale = xs.double().repeat_interleave(ACTIVATION_BLOCK, -1)[..., :k]  # [..., k]
+    return (xq.double() * x_scale) @ (q * w_scale).T
+
+
+def _fake(x, packed, scales, group_size, int8_activations=False):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
@@ -72,6 +99,10 @@ def _probe(fn) -> str | None:
             tol = (2 ** -7 if dtype == torch.bfloat16 else 1e-5) * ref.abs().max().item()
             case = f"{rows} rows, {dtype}, group {group}"
             if problem := build.mismatch(fn, (x, pack(q), scales, group), ref, tol, dtype, case):
+                return problem
+            ref = a8_reference(x, pack(q), scales, k, group)  # the kernel's sums: fp32, per 16 lanes
+            tol = (2 ** -7 if dtype == torch.bfloat16 else 1e-5) * ref.abs().max().item()
+            if problem := build.mismatch(fn, (x, pack(q), scales, group, True), ref, tol, dtype, case + ", int8 x"):
                 return problem
     return None
 

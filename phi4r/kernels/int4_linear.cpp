@@ -1,5 +1,7 @@
-// Weight-only int4 linear for CPU decode, group-wise symmetric: y[M, N] = x[M, K] @ W^T with
-// W[n, k] = q[n, k] * scale[n, k / G], q in [-8, 7] (zero points: phi4r/quant_int4.py adds their term).
+// int4 linear for CPU decode, group-wise symmetric: y[M, N] = x[M, K] @ W^T with
+// W[n, k] = q[n, k] * scale[n, k / G], q in [-8, 7] (zero points: phi4r/quant_int4.py adds their term);
+// x as it is (bf16 or fp32), or with int8_activations quantized per row and 128-k block to int8 first
+// (llama.cpp's Q4_0 x Q8_0 scheme: see "int8 activations" below).
 //
 // The weights are compressed-tensors' "pack-quantized" layout as it is (no repacking): per row,
 // ceil(K / 8) int32 of 8 nibbles, value k at bits 4 * (k % 8) of word k / 8, stored offset (q + 8).
@@ -17,15 +19,17 @@
 // Threads claim chunks of output channels as they go (parallel.h: a thread on a core another program
 // is using takes fewer), torch's thread count of them.
 //
-// Built by phi4r/kernels/int4.py with -O3 -march=native (AVX-512F/BW/VL/VBMI and AVX512-BF16 required).
+// Built by phi4r/kernels/int4.py with -O3 -march=native (AVX-512F/BW/VL/VBMI/VNNI and AVX512-BF16 required).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "int4.h"
 #include "linear.h"
 #include "parallel.h"
 #include "simd.h"
 
+#include <algorithm>
 #include <type_traits>
 
 namespace {
@@ -63,26 +67,6 @@ __attribute__((always_inline)) inline void unpack_biased(__m512i b, __m512i (&w)
   w[3] = _mm512_or_si512(_mm512_srli_epi16(b, 12), base);
 }
 
-inline float to_float(float s) { return s; }
-inline float to_float(at::BFloat16 s) { return float(s); }
-
-// The scales of one block as a per-lane vector (lane l: k = 8l..8l+7). GL groups per block (4: G = 32,
-// 2: G = 64, 1: G a multiple of 128, index `first`); `avail` of them exist (a ragged last block).
-template <int GL, typename S>
-__attribute__((always_inline)) inline __m512 scale_vec(const S* s, int64_t first, int avail) {
-  if constexpr (GL == 1) {
-    return _mm512_set1_ps(to_float(s[first]));
-  } else {
-    const __mmask8 valid = __mmask8((1u << avail) - 1);
-    __m128 v;
-    if constexpr (std::is_same_v<S, float>) v = _mm_maskz_loadu_ps(valid, s + first);
-    else v = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_maskz_loadu_epi16(valid, s + first)), 16));
-    const __m512i idx = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          GL == 4 ? 2 : 3);
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
-  }
-}
-
 // x rows -> blocks of 128 in the order of the unpacked weights, zero-padded, block-major
 // (out[kb * M * 128 + m * 128 + j]) so that a tile addresses its rows at constant offsets.
 // bf16: position 32 j + i holds k = 4i + j, then 16 fp32: -BIAS * the sum of lane l's k (8l..8l+7);
@@ -110,6 +94,41 @@ void permute_x(const T* x, int64_t M, int64_t K, int64_t blocks, T* out) {
     }
 }
 
+// A tile's walk over its blocks of 128 k, shared by both tiles: body(kb, packed, scales) where packed(n)
+// is the block's 64 bytes of weight row n and scales(n) its group scales (scale_vec).
+// Prefetch as int8_linear.cpp does, but at least PREFETCH bytes ahead: short rows make small tiles,
+// and one tile ahead was too close to hide the memory latency (decode at K = 768 lost a third).
+template <int GL, int NR, typename S, typename Body>
+__attribute__((always_inline)) inline void each_block(const uint8_t* w, int64_t RB, int64_t blocks, const S* s,
+                                                      int64_t ls, int64_t groups, int64_t G, Body&& body) {
+  const int64_t ahead = (PREFETCH + NR * RB - 1) / (NR * RB);
+  const char* next = reinterpret_cast<const char*>(w) + ahead * NR * RB;
+  for (int64_t kb = 0; kb < blocks; ++kb) {
+    for (int64_t b = kb * NR * 64; b < (kb + 1) * NR * 64; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
+    const int64_t left = RB - kb * 64;
+    const uint64_t valid = left >= 64 ? ~uint64_t(0) : (uint64_t(1) << left) - 1;
+    const int64_t first = GL == 1 ? kb * BLOCK / G : kb * GL;
+    const int avail = int(std::min<int64_t>(GL, groups - first));
+    auto packed = [&](int n) __attribute__((always_inline)) {
+      const uint8_t* wp = w + n * RB + kb * 64;
+      return left >= 64 ? _mm512_loadu_si512(wp) : _mm512_maskz_loadu_epi8(valid, wp);
+    };
+    auto scales = [&](int n) __attribute__((always_inline)) { return phi4r::scale_vec<GL>(s + n * ls, first, avail); };
+    body(kb, packed, scales);
+  }
+}
+
+// y[m * ldy + n] = the sum of acc[m][n]'s lanes.
+template <typename T, int MR, int NR>
+__attribute__((always_inline)) inline void store_tile(const __m512 (&acc)[MR][NR], T* y, int64_t ldy) {
+  alignas(64) float sums[16];
+  __m512 all[16];
+  for (int i = 0; i < 16; ++i) all[i] = i < MR * NR ? acc[i / NR][i % NR] : _mm512_setzero_ps();
+  _mm512_store_ps(sums, phi4r::reduce16(all));
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) y[m * ldy + n] = T(sums[m * NR + n]);
+}
+
 // One tile: MR rows of permuted x (ldx between blocks, row m at m * 128) times NR weight rows (RB bytes
 // each, scales ls apart) -> y (stride ldy).
 template <typename T, typename S, int GL, int MR, int NR>
@@ -120,21 +139,10 @@ void tile(const T* x, int64_t ldx, const uint8_t* w, int64_t RB, int64_t blocks,
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_ps();
   const __m512i hi16 = _mm512_set1_epi32(int(0xFFFF0000u));
-  // Prefetch as int8_linear.cpp does, but at least PREFETCH bytes ahead: short rows make small tiles,
-  // and one tile ahead was too close to hide the memory latency (decode at K = 768 lost a third).
-  const int64_t ahead = (PREFETCH + NR * RB - 1) / (NR * RB);
-  const char* next = reinterpret_cast<const char*>(w) + ahead * NR * RB;
-  for (int64_t kb = 0; kb < blocks; ++kb) {
-    for (int64_t b = kb * NR * 64; b < (kb + 1) * NR * 64; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
-    const int64_t left = RB - kb * 64;
-    const uint64_t valid = left >= 64 ? ~uint64_t(0) : (uint64_t(1) << left) - 1;
-    const int64_t first = GL == 1 ? kb * BLOCK / G : kb * GL;
-    const int avail = int(std::min<int64_t>(GL, groups - first));
+  each_block<GL, NR>(w, RB, blocks, s, ls, groups, G, [&](int64_t kb, auto packed, auto scales) __attribute__((always_inline)) {
     auto weights = [&](int n, __m512i (&wv)[4]) __attribute__((always_inline)) {
-      const uint8_t* wp = w + n * RB + kb * 64;
-      const __m512i b = left >= 64 ? _mm512_loadu_si512(wp) : _mm512_maskz_loadu_epi8(valid, wp);
-      if constexpr (BF16) unpack_biased(b, wv);
-      else unpack(b, table, wv);
+      if constexpr (BF16) unpack_biased(packed(n), wv);
+      else unpack(packed(n), table, wv);
     };
     const T* xb = x + kb * ldx;
     if constexpr (BF16) {
@@ -149,14 +157,14 @@ void tile(const T* x, int64_t ldx, const uint8_t* w, int64_t RB, int64_t blocks,
           weights(n, wv);
           __m512 t = _mm512_dpbf16_ps(c, xv[0], (__m512bh)wv[0]);
           for (int j = 1; j < 4; ++j) t = _mm512_dpbf16_ps(t, xv[j], (__m512bh)wv[j]);
-          acc[0][n] = _mm512_fmadd_ps(t, scale_vec<GL>(s + n * ls, first, avail), acc[0][n]);
+          acc[0][n] = _mm512_fmadd_ps(t, scales(n), acc[0][n]);
         }
       } else {
         __m512i wv[NR][4];
         __m512 sv[NR];
         for (int n = 0; n < NR; ++n) {
           weights(n, wv[n]);
-          sv[n] = scale_vec<GL>(s + n * ls, first, avail);
+          sv[n] = scales(n);
         }
         for (int m = 0; m < MR; ++m) {
           const T* xm = xb + m * ROW<T>;
@@ -180,7 +188,7 @@ void tile(const T* x, int64_t ldx, const uint8_t* w, int64_t RB, int64_t blocks,
           wf[2 * j] = _mm512_castsi512_ps(_mm512_slli_epi32(wv[j], 16));
           wf[2 * j + 1] = _mm512_castsi512_ps(_mm512_and_si512(wv[j], hi16));
         }
-        const __m512 sv = scale_vec<GL>(s + n * ls, first, avail);
+        const __m512 sv = scales(n);
         for (int m = 0; m < MR; ++m) {
           const float* xm = reinterpret_cast<const float*>(xb) + m * BLOCK;
           __m512 t = _mm512_mul_ps(_mm512_loadu_ps(xm), wf[0]);
@@ -189,24 +197,107 @@ void tile(const T* x, int64_t ldx, const uint8_t* w, int64_t RB, int64_t blocks,
         }
       }
     }
-  }
-  alignas(64) float sums[16];
-  __m512 all[16];
-  for (int i = 0; i < 16; ++i) all[i] = i < MR * NR ? acc[i / NR][i % NR] : _mm512_setzero_ps();
-  _mm512_store_ps(sums, phi4r::reduce16(all));
+  });
+  store_tile<T, MR, NR>(acc, y, ldy);
+}
+
+
+// ---- int8 activations (int4_linear's int8_activations): the weights' nibbles as they are, by vpdpbusd.
+// x is quantized per row and block of 128 k, symmetric: scale = amax / 127, xq = round_half_even(x *
+// (127 / amax)) clamped to [-127, 127] (a zero block: scale 0, xq 0), as int4.py's `a8_reference`. Byte
+// p of a packed block holds k = 2p (low nibble) and k = 2p + 1 (high), so the low nibbles meet xq's
+// even k in order and the high ones its odd k, and int32 lane l of both dot products covers k =
+// 8l..8l+7, the group scales' lanes (scale_vec). The nibbles are q + 8: each lane starts at -8 * the
+// sum of its 8 xq. Per 128 weights: 2 vpdpbusd, against 4 vdpbf16ps and twice the unpacking.
+constexpr int XQ_ROW = 192;  // bytes per row and block: 64 even-k xq, 64 odd-k xq, 16 int32 lane starts
+
+// acc += 4-byte dot products of unsigned a and signed b per int32 lane (see w8a8_linear.cpp's dpbusd).
+__attribute__((always_inline)) inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "vm"(b));
+}
+
+template <typename T>
+inline __m512 load16(const T* p, __mmask16 valid) {
+  if constexpr (std::is_same_v<T, float>) return _mm512_maskz_loadu_ps(valid, p);
+  else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, p)), 16));
+}
+
+// x [M, K] -> out[(kb * M + m) * XQ_ROW ...] and xs[kb * M + m] (see above); k beyond K: xq 0.
+template <typename T>
+void quantize_x(const T* x, int64_t M, int64_t K, int64_t blocks, uint8_t* out, float* xs) {
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), ones = _mm512_set1_epi8(1);
+  for (int64_t kb = 0; kb < blocks; ++kb)
+    for (int64_t m = 0; m < M; ++m) {
+      const T* src = x + m * K + kb * BLOCK;
+      const int64_t n = std::min<int64_t>(BLOCK, K - kb * BLOCK);
+      __m512 v[8];
+      __m512 vmax = _mm512_setzero_ps();
+      for (int i = 0; i < 8; ++i) {
+        const int64_t left = std::clamp<int64_t>(n - 16 * i, 0, 16);
+        v[i] = load16(src + 16 * i, __mmask16((1u << left) - 1));
+        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v[i]));
+      }
+      const float amax = _mm512_reduce_max_ps(vmax);
+      // Correctly rounded fp32 divisions (no -ffast-math): a8_reference computes the same two numbers.
+      const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+      xs[kb * M + m] = amax / 127.f;
+      alignas(64) int8_t q[BLOCK];
+      for (int i = 0; i < 8; ++i) {
+        __m512i qi = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v[i], inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm_store_si128(reinterpret_cast<__m128i*>(q + 16 * i), _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(qi, lo), hi)));
+      }
+      uint8_t* dst = out + (kb * M + m) * XQ_ROW;
+      for (int h = 0; h < 2; ++h) {  // 16-bit word p of q holds k = 2p (low byte) and 2p + 1 (high byte)
+        const __m512i words = _mm512_load_si512(q + 64 * h);
+        const __m256i e = _mm512_cvtepi16_epi8(words), o = _mm512_cvtepi16_epi8(_mm512_srai_epi16(words, 8));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 32 * h), e);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 64 + 32 * h), o);
+      }
+      const __m512i even = _mm512_loadu_si512(dst), odd = _mm512_loadu_si512(dst + 64);
+      const __m512i sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, even), ones, odd);
+      _mm512_storeu_si512(dst + 128, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 3)));
+    }
+}
+
+// One tile: MR rows of quantized x (their block kb at xq + kb * ldx + m * XQ_ROW, scale xs[kb * M + m])
+// times NR weight rows (RB bytes each, scales ls apart) -> y (stride ldy).
+template <typename T, typename S, int GL, int MR, int NR>
+void tile_a8(const uint8_t* xq, int64_t ldx, const float* xs, int64_t M, const uint8_t* w, int64_t RB,
+             int64_t blocks, const S* s, int64_t ls, int64_t groups, int64_t G, T* y, int64_t ldy) {
+  __m512 acc[MR][NR];
   for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) y[m * ldy + n] = T(sums[m * NR + n]);
+    for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_ps();
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  each_block<GL, NR>(w, RB, blocks, s, ls, groups, G, [&](int64_t kb, auto packed, auto scales) __attribute__((always_inline)) {
+    const uint8_t* xb = xq + kb * ldx;
+    __m512 xsv[MR];
+    for (int m = 0; m < MR; ++m) xsv[m] = _mm512_set1_ps(xs[kb * M + m]);
+    for (int n = 0; n < NR; ++n) {
+      const __m512i b = packed(n);
+      const __m512i wl = _mm512_and_si512(b, low), wh = _mm512_and_si512(_mm512_srli_epi16(b, 4), low);
+      const __m512 sv = scales(n);
+      for (int m = 0; m < MR; ++m) {
+        const uint8_t* xm = xb + m * XQ_ROW;
+        __m512i t = _mm512_loadu_si512(xm + 128);
+        dpbusd(t, wl, _mm512_loadu_si512(xm));
+        dpbusd(t, wh, _mm512_loadu_si512(xm + 64));
+        acc[m][n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sv, xsv[m]), acc[m][n]);
+      }
+    }
+  });
+  store_tile<T, MR, NR>(acc, y, ldy);
 }
 
 constexpr int MAX_MR = 4;  // rows per pass at 2 channels: 8 unpacked + 4 x + 8 accumulators + scales
 
-template <typename T, typename S, int GL>
-void run(const T* x, int64_t M, int64_t blocks, const uint8_t* w, int64_t RB, const S* s, int64_t groups,
-         int64_t G, T* y, int64_t N) {
+// x: permute_x's blocks (T), or with A8 quantize_x's (uint8_t) and their scales xs.
+template <typename T, typename S, int GL, bool A8>
+void run(const void* x, const float* xs, int64_t M, int64_t blocks, const uint8_t* w, int64_t RB, const S* s,
+         int64_t groups, int64_t G, T* y, int64_t N) {
   static const __m512i table = make_table();
   const int nr = M == 1 ? 8 : 2;
   const int64_t tiles = (N + nr - 1) / nr, grain = std::max<int64_t>(1, 64 / nr);
-  const int64_t ldx = M * ROW<T>;
+  const int64_t row = A8 ? XQ_ROW : ROW<T>, ldx = M * row;
   phi4r::dynamic_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     const int64_t n1 = std::min(N, t1 * nr);
     for (int64_t n = t0 * nr; n < n1;) {
@@ -214,8 +305,13 @@ void run(const T* x, int64_t M, int64_t blocks, const uint8_t* w, int64_t RB, co
       for (int64_t m = 0; m < M; m += MAX_MR) {
         const int mr = int(std::min<int64_t>(MAX_MR, M - m));
         auto go = [&](auto R, auto C) {
-          tile<T, S, GL, decltype(R)::value, decltype(C)::value>(x + m * ROW<T>, ldx, w + n * RB, RB, blocks,
-                                                                 s + n * groups, groups, groups, G, y + m * N + n, N, table);
+          constexpr int MR = decltype(R)::value, NR = decltype(C)::value;
+          if constexpr (A8)
+            tile_a8<T, S, GL, MR, NR>(static_cast<const uint8_t*>(x) + m * row, ldx, xs + m, M, w + n * RB, RB,
+                                      blocks, s + n * groups, groups, groups, G, y + m * N + n, N);
+          else
+            tile<T, S, GL, MR, NR>(static_cast<const T*>(x) + m * row, ldx, w + n * RB, RB, blocks,
+                                   s + n * groups, groups, groups, G, y + m * N + n, N, table);
         };
         if (!full) for_rows<1, MAX_MR>(mr, "int4_linear", [&](auto R) { go(R, std::integral_constant<int, 1>{}); });
         else if (nr == 8) go(std::integral_constant<int, 1>{}, std::integral_constant<int, 8>{});
@@ -226,20 +322,34 @@ void run(const T* x, int64_t M, int64_t blocks, const uint8_t* w, int64_t RB, co
   });
 }
 
-template <typename T, typename S>
-void dispatch(const T* x, int64_t M, int64_t blocks, const uint8_t* w, int64_t RB, const S* s, int64_t groups,
-              int64_t G, T* y, int64_t N) {
-  if (G == 32) run<T, S, 4>(x, M, blocks, w, RB, s, groups, G, y, N);
-  else if (G == 64) run<T, S, 2>(x, M, blocks, w, RB, s, groups, G, y, N);
-  else run<T, S, 1>(x, M, blocks, w, RB, s, groups, G, y, N);
+template <typename T, bool A8>
+void with_scales(const void* x, const float* xs, int64_t M, int64_t blocks, const uint8_t* w, int64_t RB,
+                 const at::Tensor& scales, int64_t G, T* y, int64_t N) {
+  const int64_t groups = scales.size(1);
+  auto go = [&](auto* s) {
+    using S = std::remove_const_t<std::remove_pointer_t<decltype(s)>>;
+    if (G == 32) run<T, S, 4, A8>(x, xs, M, blocks, w, RB, s, groups, G, y, N);
+    else if (G == 64) run<T, S, 2, A8>(x, xs, M, blocks, w, RB, s, groups, G, y, N);
+    else run<T, S, 1, A8>(x, xs, M, blocks, w, RB, s, groups, G, y, N);
+  };
+  if (scales.scalar_type() == at::kFloat) go(scales.data_ptr<float>());
+  else go(scales.data_ptr<at::BFloat16>());
 }
 
+// y = x @ W^T for one activation dtype T: x permuted (or quantized) once, then the tiles.
 template <typename T>
-void with_scales(const T* x, int64_t M, int64_t blocks, const uint8_t* w, int64_t RB, const at::Tensor& scales,
-                 int64_t G, T* y, int64_t N) {
-  const int64_t groups = scales.size(1);
-  if (scales.scalar_type() == at::kFloat) dispatch(x, M, blocks, w, RB, scales.data_ptr<float>(), groups, G, y, N);
-  else dispatch(x, M, blocks, w, RB, scales.data_ptr<at::BFloat16>(), groups, G, y, N);
+void compute(const torch::Tensor& x, int64_t M, int64_t K, int64_t blocks, const uint8_t* w, int64_t RB,
+             const torch::Tensor& scales, int64_t G, torch::Tensor& y, int64_t N, bool a8) {
+  if (a8) {
+    torch::Tensor xq = torch::empty({blocks * M * XQ_ROW}, x.options().dtype(at::kByte));
+    torch::Tensor xs = torch::empty({blocks * M}, x.options().dtype(at::kFloat));
+    quantize_x(x.data_ptr<T>(), M, K, blocks, xq.data_ptr<uint8_t>(), xs.data_ptr<float>());
+    with_scales<T, true>(xq.data_ptr<uint8_t>(), xs.data_ptr<float>(), M, blocks, w, RB, scales, G, y.data_ptr<T>(), N);
+  } else {
+    torch::Tensor xp = torch::empty({blocks * M * ROW<T>}, x.options());
+    permute_x(x.data_ptr<T>(), M, K, blocks, xp.data_ptr<T>());
+    with_scales<T, false>(xp.data_ptr<T>(), nullptr, M, blocks, w, RB, scales, G, y.data_ptr<T>(), N);
+  }
 }
 
 }  // namespace
@@ -247,7 +357,7 @@ void with_scales(const T* x, int64_t M, int64_t blocks, const uint8_t* w, int64_
 // x [..., K] bf16 or fp32 contiguous; packed [N, ceil(K / 8)] int32 (compressed-tensors' order, q + 8);
 // scales [N, ceil(K / G)] fp32 or bf16; G 32, 64 or a multiple of 128. Returns [..., N] in x's dtype.
 torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scales,
-                          int64_t group_size) {
+                          int64_t group_size, bool int8_activations) {
   TORCH_CHECK(x.dim() >= 1 && packed.dim() == 2 && scales.dim() == 2, "int4_linear: shapes");
   const int64_t K = x.size(-1), N = packed.size(0), G = group_size;
   TORCH_CHECK(G == 32 || G == 64 || (G > 0 && G % BLOCK == 0), "int4_linear: group size 32, 64 or a multiple of 128");
@@ -262,14 +372,11 @@ torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& packed, c
   if (K == 0) return y.zero_();
   const int64_t blocks = (K + BLOCK - 1) / BLOCK, RB = packed.size(1) * 4;
   const auto* w = reinterpret_cast<const uint8_t*>(packed.data_ptr<int32_t>());
-  auto xp = torch::empty({blocks * M * (x.scalar_type() == at::kBFloat16 ? ROW<at::BFloat16> : BLOCK)}, x.options());
   if (x.scalar_type() == at::kBFloat16) {
-    permute_x(x.data_ptr<at::BFloat16>(), M, K, blocks, xp.data_ptr<at::BFloat16>());
-    with_scales(xp.data_ptr<at::BFloat16>(), M, blocks, w, RB, scales, G, y.data_ptr<at::BFloat16>(), N);
+    compute<at::BFloat16>(x, M, K, blocks, w, RB, scales, G, y, N, int8_activations);
   } else {
     TORCH_CHECK(x.scalar_type() == at::kFloat, "int4_linear: x must be bf16 or fp32");
-    permute_x(x.data_ptr<float>(), M, K, blocks, xp.data_ptr<float>());
-    with_scales(xp.data_ptr<float>(), M, blocks, w, RB, scales, G, y.data_ptr<float>(), N);
+    compute<float>(x, M, K, blocks, w, RB, scales, G, y, N, int8_activations);
   }
   return y;
 }
@@ -277,7 +384,7 @@ torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& packed, c
 // Also the dispatcher op torch.ops.phi4r.int4_linear for torch.compile's graphs (shape function:
 // phi4r/kernels/int4.py). TORCH_LIBRARY_FRAGMENT: the namespace phi4r is int8_linear.cpp's library.
 TORCH_LIBRARY_FRAGMENT(phi4r, m) {
-  m.def("int4_linear(Tensor x, Tensor packed, Tensor scales, int group_size) -> Tensor");
+  m.def("int4_linear(Tensor x, Tensor packed, Tensor scales, int group_size, bool int8_activations=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(phi4r, CPU, m) {
@@ -285,5 +392,6 @@ TORCH_LIBRARY_IMPL(phi4r, CPU, m) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int4_linear", &int4_linear, "y = x @ (q * group scale)^T, weight-only int4 (AVX-512 BF16)");
+  m.def("int4_linear", &int4_linear, "y = x @ (q * group scale)^T, int4 weights (AVX-512 BF16 / VNNI)",
+        py::arg("x"), py::arg("packed"), py::arg("scales"), py::arg("group_size"), py::arg("int8_activations") = false);
 }
