@@ -207,12 +207,16 @@ def test_loop_guard_flags_and_defaults():
     assert (serve.loop_guard, serve.reasoning_stream) == (True, "hold")
 
 
+LOOPING_PROMPT = "Repeat this text exactly:\n" + "a b c " * 30
+
+
 @pytest.mark.slow
 def test_chat_ends_a_greedy_loop_by_default():
-    # The nano model's greedy answer to "hi there" repeats one digit until the context ends.
+    # Asked to repeat a long run of "a b c", the nano model's greedy answer repeats one word until the
+    # context ends.
     stats = {}
     for flag in ("--loop-guard", "--no-loop-guard"):
-        run = phi4r("chat", "--temperature", "0", "--max-tokens", "500", flag, "hi there")
+        run = phi4r("chat", "--temperature", "0", "--max-tokens", "500", flag, LOOPING_PROMPT)
         assert run.returncode == 0, run.stderr
         [(_, generated, reason)] = STATS.findall(run.stderr)
         stats[flag] = int(generated), reason

@@ -218,8 +218,10 @@ def test_models_report_max_model_len(server):
 
 def test_loop_guard_per_request_and_as_the_server_default(server, monkeypatch):
     url, _, state = server
-    # The nano model at temperature 0 repeats "6" forever after "hi there": the guard ends it.
-    body = {"messages": [{"role": "user", "content": "hi there"}], "temperature": 0, "max_tokens": 450}
+    # The nano model at temperature 0, asked to repeat a long run of "a b c", repeats one word until
+    # max_tokens: the guard ends it.
+    looping = "Repeat this text exactly:\n" + "a b c " * 30
+    body = {"messages": [{"role": "user", "content": looping}], "temperature": 0, "max_tokens": 450}
 
     def finish(*extras) -> list[str]:  # the requests run side by side: one batch, one request's time
         with ThreadPoolExecutor(len(extras)) as pool:
