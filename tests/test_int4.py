@@ -86,13 +86,13 @@ def test_kernel_with_int8_activations(kernel, rows, dtype, group):
         # The integer dot products are exact; fp32 scaling and sums add ~2^-22 of the terms' magnitudes.
         xq, xs = int4.quantize_activations(x)
         w = int4.dequantize(int4.pack(q), scales, k, group, dtype=torch.float64)
-        terms = (xq.double().abs() * xs.double().repeat_interleave(128, 1)[:, :k]) @ w.abs().T
+        terms = (xq.double().abs() * xs.double().repeat_interleave(int4.ACTIVATION_BLOCK, 1)[:, :k]) @ w.abs().T
         rounding = 2 ** -8 if dtype == torch.bfloat16 else 2 ** -24
         assert ((got.double() - ref).abs() <= rounding * ref.abs() + 2 ** -20 * terms + 1e-30).all(), (n, k)
         # ... and against the exact product, within what rounding x to its block's int8 steps can change:
         # half a step (the block's scale) times the weights' magnitudes.
         exact = x.double() @ w.T
-        bound = (xs.double().repeat_interleave(128, 1)[:, :k] / 2) @ w.abs().T
+        bound = (xs.double().repeat_interleave(int4.ACTIVATION_BLOCK, 1)[:, :k] / 2) @ w.abs().T
         assert ((got.double() - exact).abs() <= bound * (1 + 2 ** -10) + rounding * exact.abs() + 2 ** -20 * terms).all()
 
 

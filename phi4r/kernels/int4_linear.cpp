@@ -211,16 +211,8 @@ void tile(const T* x, int64_t ldx, const uint8_t* w, int64_t RB, int64_t blocks,
 // sum of its 8 xq. Per 128 weights: 2 vpdpbusd, against 4 vdpbf16ps and twice the unpacking.
 constexpr int XQ_ROW = 192;  // bytes per row and block: 64 even-k xq, 64 odd-k xq, 16 int32 lane starts
 
-// acc += 4-byte dot products of unsigned a and signed b per int32 lane (see w8a8_linear.cpp's dpbusd).
-__attribute__((always_inline)) inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "vm"(b));
-}
-
-template <typename T>
-inline __m512 load16(const T* p, __mmask16 valid) {
-  if constexpr (std::is_same_v<T, float>) return _mm512_maskz_loadu_ps(valid, p);
-  else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, p)), 16));
-}
+using phi4r::dpbusd;
+using phi4r::load16;
 
 // x [M, K] -> out[(kb * M + m) * XQ_ROW ...] and xs[kb * M + m] (see above); k beyond K: xq 0.
 template <typename T>
@@ -341,10 +333,12 @@ template <typename T>
 void compute(const torch::Tensor& x, int64_t M, int64_t K, int64_t blocks, const uint8_t* w, int64_t RB,
              const torch::Tensor& scales, int64_t G, torch::Tensor& y, int64_t N, bool a8) {
   if (a8) {
-    torch::Tensor xq = torch::empty({blocks * M * XQ_ROW}, x.options().dtype(at::kByte));
-    torch::Tensor xs = torch::empty({blocks * M}, x.options().dtype(at::kFloat));
-    quantize_x(x.data_ptr<T>(), M, K, blocks, xq.data_ptr<uint8_t>(), xs.data_ptr<float>());
-    with_scales<T, true>(xq.data_ptr<uint8_t>(), xs.data_ptr<float>(), M, blocks, w, RB, scales, G, y.data_ptr<T>(), N);
+    // One buffer: the quantized blocks, then their scales (XQ_ROW keeps the floats aligned).
+    torch::Tensor buf = torch::empty({blocks * M * (XQ_ROW + 4)}, x.options().dtype(at::kByte));
+    uint8_t* xq = buf.data_ptr<uint8_t>();
+    float* xs = reinterpret_cast<float*>(xq + blocks * M * XQ_ROW);
+    quantize_x(x.data_ptr<T>(), M, K, blocks, xq, xs);
+    with_scales<T, true>(xq, xs, M, blocks, w, RB, scales, G, y.data_ptr<T>(), N);
   } else {
     torch::Tensor xp = torch::empty({blocks * M * ROW<T>}, x.options());
     permute_x(x.data_ptr<T>(), M, K, blocks, xp.data_ptr<T>());

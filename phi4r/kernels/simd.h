@@ -1,6 +1,9 @@
-// AVX-512 helpers shared by phi4r's kernels (int8_linear.cpp, decode_attention.cpp, decode_ops.cpp).
+// AVX-512 helpers shared by phi4r's kernels (int8_linear.cpp, int4_linear.cpp, w8a8_linear.cpp,
+// decode_attention.cpp, decode_ops.cpp).
 #pragma once
 #include <immintrin.h>
+
+#include <type_traits>
 
 namespace phi4r {
 
@@ -36,6 +39,25 @@ inline __m512 exp16(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
   return _mm512_scalef_ps(p, n);
+}
+
+// acc += 4-byte dot products of unsigned a and signed b per int32 lane (vpdpbusd, AVX512-VNNI). Inline
+// asm: with the intrinsic, GCC 12 copies every accumulator to a temporary and back (the builtin's tied
+// operand), which doubles the registers a tile needs and spilled accumulators from 4 rows x 4 blocks on.
+__attribute__((always_inline)) inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "vm"(b));
+}
+
+// 16 values (fp32, or bf16 as any 16-bit type) from p as fp32; `valid` masks a tail.
+template <typename T>
+inline __m512 load16(const T* p, __mmask16 valid) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm512_maskz_loadu_ps(valid, p);
+  } else {
+    static_assert(sizeof(T) == 2, "load16: fp32 or bf16");
+    const __m256i h = _mm256_maskz_loadu_epi16(valid, p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16 -> fp32: exact
+  }
 }
 
 }  // namespace phi4r

@@ -37,6 +37,7 @@
 
 #include "linear.h"
 #include "parallel.h"
+#include "simd.h"
 
 #include <cstdint>
 #include <type_traits>
@@ -48,23 +49,8 @@ constexpr int NB = 4;          // 16-channel blocks per tile
 constexpr int TILE = 16 * NB;  // channels per tile (the packing's unit)
 constexpr int MAX_MR = 6;      // rows per pass
 
-// acc += 4-byte dot products of unsigned a and signed b per int32 lane (vpdpbusd). Inline asm: with the
-// intrinsic, GCC 12 copies every accumulator to a temporary and back (the builtin's tied operand),
-// which doubles the registers a tile needs and spilled accumulators from 4 rows x 4 blocks on.
-__attribute__((always_inline)) inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "vm"(b));
-}
-
-// 16 values of x (bf16 or fp32) from p as fp32; `valid` masks a tail.
-template <typename T>
-inline __m512 load16(const T* p, __mmask16 valid) {
-  if constexpr (std::is_same_v<T, float>) {
-    return _mm512_maskz_loadu_ps(valid, p);
-  } else {
-    const __m256i h = _mm256_maskz_loadu_epi16(valid, p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16 -> fp32: exact
-  }
-}
+using phi4r::dpbusd;
+using phi4r::load16;
 
 // Row m of x -> its scale rs[m] and u8 values (xq + 128) at xq[k4 * M + m] (4 bytes per k group), the
 // K tail padded with 128 (times zero weights). row: a scratch buffer of 4 * K4 bytes.
