@@ -61,6 +61,14 @@ def _pack(weight: torch.Tensor, batch_hint: int) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(w)
 
 
+def _fast(x: torch.Tensor, w: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """x @ w.T for a packed linear whose checks passed: the dense kernel for up to DENSE_MAX_ROWS rows
+    (once its build is ready), else oneDNN's GEMM on the packed copy."""
+    if x.numel() <= DENSE_MAX_ROWS * w.shape[1] and w.is_contiguous() and (dense := dense_kernel.ready()) is not None:
+        return dense(x.contiguous(), w)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
 class PackedLinear(nn.Linear):
     """An nn.Linear (no bias) whose forward uses a oneDNN-prepacked copy of its weight when valid."""
 
@@ -78,10 +86,7 @@ class PackedLinear(nn.Linear):
         if (self._packed is not None and not self.training and _version(w) == self._packed_version
                 and x.dtype == w.dtype and x.is_cpu
                 and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
-            if (x.numel() <= DENSE_MAX_ROWS * self.in_features and w.is_contiguous()
-                    and (dense := dense_kernel.ready()) is not None):
-                return dense(x.contiguous(), w)
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed, None, "none", [], "")
+            return _fast(x, w, self._packed)
         return F.linear(x, w, self.bias)
 
 
@@ -96,10 +101,7 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor, handle: int) -> torch.
     module = _MODULES.get(handle)
     if (module is not None and module._packed is not None and _version(weight) == module._packed_version
             and not torch.is_grad_enabled()):
-        if (x.numel() <= DENSE_MAX_ROWS * weight.shape[1] and weight.is_contiguous()
-                and (dense := dense_kernel.ready()) is not None):
-            return dense(x.contiguous(), weight)
-        return torch.ops.mkldnn._linear_pointwise(x, module._packed, None, "none", [], "")
+        return _fast(x, weight, module._packed)
     return F.linear(x, weight)
 
 
