@@ -6,6 +6,8 @@ One forward serves training (plain causal attention over the whole sequence) and
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +39,35 @@ def _submodules(module: nn.Module, *names: str) -> list[nn.Module]:
     ~150 of them, a tenth of its time outside the linear kernels."""
     modules = module._modules
     return [modules[name] for name in names]
+
+
+# Rows up to which every linear layer's decode_fn applies (quant.KERNEL_MAX_ROWS, the smallest of them).
+DIRECT_CALL_ROWS = 64
+# Per decoder layer: its four projection modules and what a decode step calls for each (_direct_calls).
+_DIRECT_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _direct_calls(layer: nn.Module) -> tuple:
+    """What DecoderLayer.fused_decode calls for the layer's qkv, o, gate_up and down projections: each
+    module's `decode_fn()` where it has one (a direct kernel call without nn.Module.__call__ and forward's
+    checks, which were a fifth of a decode step's time outside the kernels), else the module itself, as
+    also for a module with hooks. Remade when a projection is replaced or gains hooks."""
+    attn, mlp = layer._modules["self_attn"]._modules, layer._modules["mlp"]._modules
+    mods = (attn["qkv_proj"], attn["o_proj"], mlp["gate_up_proj"], mlp["down_proj"])
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in mods)
+    cached = _DIRECT_CALLS.get(layer)
+    if cached is not None and not hooked and all(a is b for a, b in zip(cached[0], mods)):
+        return cached[1]
+    calls = tuple((None if hooked else getattr(m, "decode_fn", lambda: None)()) or m for m in mods)
+    _DIRECT_CALLS[layer] = (mods, calls)
+    return calls
+
+
+def _global_hooks() -> bool:
+    """Whether any forward hook is registered for all modules (torch.nn.modules.module.register_module_*)."""
+    from torch.nn.modules import module
+
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
 class RMSNorm(nn.Module):
@@ -339,23 +370,30 @@ class DecoderLayer(nn.Module):
         x, normed = norm2(attn(normed, rotary, cos, sin, step), x)
         return mlp(normed), x
 
-    def fused_decode(self, delta, x, rotary, cos, sin, step: CacheStep):
+    def fused_decode(self, delta, x, rotary, cos, sin, step: CacheStep, direct: bool = False):
         """forward_split for a decode step (one new token per sequence) in inference whose step has the
         fused ops (`step.ops`) and pools of x's dtype (`step.fused_dtype`), calling the ops directly: exactly
         what RMSNorm, Attention and MLP do there, without their module calls and per-op checks, which were
         a tenth of a decode step outside the linear kernels. (Hooks on those three modules are not run
-        here; the linear layers are called as modules.)"""
+        here.) The linear layers are called as modules, or with `direct` (at most DIRECT_CALL_ROWS rows,
+        no global hooks) through _direct_calls."""
         modules = self._modules  # (see _submodules)
         attn, mlp, norm1, norm2 = (modules["self_attn"], modules["mlp"], modules["input_layernorm"],
                                    modules["post_attention_layernorm"])
         w1, w2 = norm1._parameters["weight"], norm2._parameters["weight"]
         if w1.dtype != x.dtype or w2.dtype != x.dtype:
             return self.forward_split(delta, x, rotary, cos, sin, step)
-        ops, linears, mlp_linears = step.ops, attn._modules, mlp._modules
+        ops = step.ops
+        if direct:
+            qkv_proj, o_proj, gate_up_proj, down_proj = _direct_calls(self)
+        else:
+            linears, mlp_linears = attn._modules, mlp._modules
+            qkv_proj, o_proj = linears["qkv_proj"], linears["o_proj"]
+            gate_up_proj, down_proj = mlp_linears["gate_up_proj"], mlp_linears["down_proj"]
         B, H, KV, D = x.shape[0], attn.n_heads, attn.n_kv, attn.head_dim
         x, normed = ops.rms_norm(x.contiguous(), None, w1, norm1.eps) if delta is None else \
             ops.rms_norm(delta.contiguous(), x.contiguous(), w1, norm1.eps)
-        qkv = linears["qkv_proj"](normed).view(B, 1, H + 2 * KV, D)
+        qkv = qkv_proj(normed).view(B, 1, H + 2 * KV, D)
         layer = attn.layer_idx
         if step.rotate_and_write(layer, qkv, cos, sin, H):
             q, keys, values = qkv[:, 0, :H], *step.read(layer)
@@ -363,8 +401,8 @@ class DecoderLayer(nn.Module):
             qk = rotary.apply(qkv[:, :, :H + KV], cos, sin)
             q, (keys, values) = qk[:, 0, :H], step.update(layer, qk[:, :, H:], qkv[:, :, H + KV:])
         out = step.attend(q, keys, values, D ** -0.5)
-        x, normed = ops.rms_norm(linears["o_proj"](out.reshape(B, 1, H * D)).contiguous(), x, w2, norm2.eps)
-        return mlp_linears["down_proj"](ops.swiglu(mlp_linears["gate_up_proj"](normed).contiguous())), x
+        x, normed = ops.rms_norm(o_proj(out.reshape(B, 1, H * D).contiguous()).contiguous(), x, w2, norm2.eps)
+        return down_proj(ops.swiglu(gate_up_proj(normed).contiguous())), x
 
 
 class Phi3Model(nn.Module):
@@ -420,9 +458,10 @@ class Phi3ForCausalLM(nn.Module):
         # A decode step with the fused ops and pools of the activations' dtype: DecoderLayer.fused_decode.
         fused = step.lengths is not None and step.fused_dtype is not None and x.dtype == step.fused_dtype \
             and cos.dtype == x.dtype and sin.dtype == x.dtype
+        direct = fused and x.shape[0] <= DIRECT_CALL_ROWS and not _global_hooks()
         for layer in self.model.layers:
             if fused:
-                delta, x = layer.fused_decode(delta, x, self.rotary, cos, sin, step)
+                delta, x = layer.fused_decode(delta, x, self.rotary, cos, sin, step, direct)
             else:
                 delta, x = layer.forward_split(delta, x, self.rotary, cos, sin, step)
         if last_only:

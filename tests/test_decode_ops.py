@@ -270,3 +270,37 @@ def test_env_var_turns_it_off(processes):
     env = dict(os.environ, PHI4R_DECODE_OPS_KERNEL="0", PYTHONPATH=os.pathsep.join(sys.path))
     out = processes.run([sys.executable, "-c", code], 120, env=env)
     assert out.stdout.split() == ["True", "True"], out.stderr
+
+
+@pytest.mark.parametrize("method", ["int4", "int8", "w8a8"])
+def test_direct_linear_calls_equal_module_calls(kernel, monkeypatch, method):
+    """A decode step calls the quantized projections' kernels directly (decode_fn): the same logits as
+    through their modules, and a projection's forward hook or replacement still takes effect."""
+    from torch import nn
+
+    from phi4r import model as model_module
+    from phi4r.kernels import int4, int8, w8a8
+    from phi4r.quant import quantize_int8, quantize_w8a8
+    from phi4r.quant_int4 import quantize_int4
+
+    loader, quantize = {"int4": (int4.linear, quantize_int4), "int8": (int8.linear, quantize_int8),
+                        "w8a8": (w8a8.linear, quantize_w8a8)}[method]
+    if loader() is None:
+        pytest.skip(f"no {method} kernel on this machine")
+    model = quantize(_model(torch.bfloat16))
+    direct = _decode_logits(model, torch.bfloat16)
+    for layer in model.model.layers:  # every projection was called through its kernel function
+        assert not any(isinstance(call, nn.Module) for call in model_module._direct_calls(layer))
+    with monkeypatch.context() as m:
+        m.setattr(model_module, "DIRECT_CALL_ROWS", 0)
+        assert torch.equal(direct, _decode_logits(model, torch.bfloat16))
+
+    o_proj = model.model.layers[1].self_attn.o_proj
+    seen = []
+    handle = o_proj.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape) or out * 0)
+    hooked = _decode_logits(model, torch.bfloat16)
+    handle.remove()
+    assert seen.count((2, 1, 96)) == 5 and not torch.equal(hooked[:, 1:], direct[:, 1:])  # every decode step
+    model.model.layers[1].self_attn.o_proj = nn.Linear(96, 96, bias=False).to(torch.bfloat16)
+    nn.init.zeros_(model.model.layers[1].self_attn.o_proj.weight)
+    assert torch.equal(_decode_logits(model, torch.bfloat16), hooked)  # zero output both ways

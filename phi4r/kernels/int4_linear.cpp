@@ -97,14 +97,16 @@ void permute_x(const T* x, int64_t M, int64_t K, int64_t blocks, T* out) {
 // A tile's walk over its blocks of 128 k, shared by both tiles: body(kb, packed, scales) where packed(n)
 // is the block's 64 bytes of weight row n and scales(n) its group scales (scale_vec).
 // Prefetch as int8_linear.cpp does, but at least PREFETCH bytes ahead: short rows make small tiles,
-// and one tile ahead was too close to hide the memory latency (decode at K = 768 lost a third).
+// and one tile ahead was too close to hide the memory latency (decode at K = 768 lost a third). The hint
+// is non-temporal: a decode step reads each weight once, and weights kept in L2/L3 only evict what the
+// rest of the step reuses (activations, the KV cache, the interpreter's own working set).
 template <int GL, int NR, typename S, typename Body>
 __attribute__((always_inline)) inline void each_block(const uint8_t* w, int64_t RB, int64_t blocks, const S* s,
                                                       int64_t ls, int64_t groups, int64_t G, Body&& body) {
   const int64_t ahead = (PREFETCH + NR * RB - 1) / (NR * RB);
   const char* next = reinterpret_cast<const char*>(w) + ahead * NR * RB;
   for (int64_t kb = 0; kb < blocks; ++kb) {
-    for (int64_t b = kb * NR * 64; b < (kb + 1) * NR * 64; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
+    for (int64_t b = kb * NR * 64; b < (kb + 1) * NR * 64; b += 64) _mm_prefetch(next + b, _MM_HINT_NTA);
     const int64_t left = RB - kb * 64;
     const uint64_t valid = left >= 64 ? ~uint64_t(0) : (uint64_t(1) << left) - 1;
     const int64_t first = GL == 1 ? kb * BLOCK / G : kb * GL;
