@@ -41,26 +41,67 @@ def _submodules(module: nn.Module, *names: str) -> list[nn.Module]:
     return [modules[name] for name in names]
 
 
-# Rows up to which every linear layer's decode_fn applies (quant.KERNEL_MAX_ROWS, the smallest of them).
-DIRECT_CALL_ROWS = 64
-# Per decoder layer: its four projection modules and what a decode step calls for each (_direct_calls).
-_DIRECT_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Rows up to which every projection's decode_kernel applies (quant.KERNEL_MAX_ROWS, the smallest of them).
+NATIVE_MAX_ROWS = 64
+# Per decoder layer, its _NativeLayer (weakly: a dropped model takes its entries along).
+_NATIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _direct_calls(layer: nn.Module) -> tuple:
-    """What DecoderLayer.fused_decode calls for the layer's qkv, o, gate_up and down projections: each
-    module's `decode_fn()` where it has one (a direct kernel call without nn.Module.__call__ and forward's
-    checks, which were a fifth of a decode step's time outside the kernels), else the module itself, as
-    also for a module with hooks. Remade when a projection is replaced or gains hooks."""
-    attn, mlp = layer._modules["self_attn"]._modules, layer._modules["mlp"]._modules
-    mods = (attn["qkv_proj"], attn["o_proj"], mlp["gate_up_proj"], mlp["down_proj"])
-    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in mods)
-    cached = _DIRECT_CALLS.get(layer)
-    if cached is not None and not hooked and all(a is b for a, b in zip(cached[0], mods)):
-        return cached[1]
-    calls = tuple((None if hooked else getattr(m, "decode_fn", lambda: None)()) or m for m in mods)
-    _DIRECT_CALLS[layer] = (mods, calls)
-    return calls
+class _NativeLayer:
+    """A decoder layer's decode step as one C++ call (`layer`: the fused ops' DecodeLayer, or None): what
+    DecoderLayer.fused_decode computes, op for op, when its four projections have kernels
+    (`decode_kernel()`: int4, int8, w8a8) and none has hooks. The Python between the kernels was ~20 us a
+    layer, a tenth of an int4 decode step of a 258M model.
+
+    Made from the projection modules, their buffers and the norms' weights; `valid` is False once any of
+    them is replaced or a projection gains hooks (in-place changes of their values need nothing)."""
+
+    def __init__(self, layer: nn.Module, ops):
+        attn, mlp = layer._modules["self_attn"], layer._modules["mlp"]
+        owners = ((attn, "qkv_proj"), (attn, "o_proj"), (mlp, "gate_up_proj"), (mlp, "down_proj"))
+        norms = (layer._modules["input_layernorm"], layer._modules["post_attention_layernorm"])
+        self.mods = tuple(owner._modules[name] for owner, name in owners)
+        # (dict, key, object): what `valid` checks is still there.
+        self.sources = [(owner._modules, name, m) for (owner, name), m in zip(owners, self.mods)]
+        self.sources += [(n._parameters, "weight", n._parameters["weight"]) for n in norms]
+        self.layer_idx, self.scale, self.layer = attn.layer_idx, attn.head_dim ** -0.5, None
+        if self._hooked() or not hasattr(ops, "DecodeLayer"):
+            return
+        kernels = []
+        for m in self.mods:
+            spec = getattr(m, "decode_kernel", lambda: None)()
+            if spec is None:
+                return
+            kind, _, names, extra = spec
+            tensors = [m._buffers[n] for n in names]
+            self.sources += [(m._buffers, n, t) for n, t in zip(names, tensors)]
+            group, a8 = extra if kind == "int4" else (0, False)  # (the int4 kernel's group size and activations)
+            kernels.append((kind, tensors, group, a8))
+        self.layer = ops.DecodeLayer(norms[0]._parameters["weight"], norms[0].eps, norms[1]._parameters["weight"],
+                                     norms[1].eps, kernels, attn.n_heads, attn.n_kv, attn.head_dim)
+
+    def __call__(self, delta, x, cos, sin, step: CacheStep):
+        """fused_decode(delta, x, ...) of the layer (`layer` must not be None)."""
+        j = self.layer_idx
+        return self.layer.forward(delta, x, cos, sin, step.ks[j], step.vs[j], step.index, step.lengths, self.scale,
+                                  step.tables)
+
+    def _hooked(self) -> bool:
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.mods)
+
+    def valid(self) -> bool:
+        for owner, key, obj in self.sources:
+            if owner[key] is not obj:
+                return False
+        return self.layer is None or not self._hooked()
+
+
+def _native(layer: nn.Module, ops) -> _NativeLayer:
+    """The layer's _NativeLayer, made or remade as needed."""
+    native = _NATIVE.get(layer)
+    if native is None or not native.valid():
+        native = _NATIVE[layer] = _NativeLayer(layer, ops)
+    return native
 
 
 def _global_hooks() -> bool:
@@ -370,26 +411,21 @@ class DecoderLayer(nn.Module):
         x, normed = norm2(attn(normed, rotary, cos, sin, step), x)
         return mlp(normed), x
 
-    def fused_decode(self, delta, x, rotary, cos, sin, step: CacheStep, direct: bool = False):
+    def fused_decode(self, delta, x, rotary, cos, sin, step: CacheStep):
         """forward_split for a decode step (one new token per sequence) in inference whose step has the
         fused ops (`step.ops`) and pools of x's dtype (`step.fused_dtype`), calling the ops directly: exactly
         what RMSNorm, Attention and MLP do there, without their module calls and per-op checks, which were
         a tenth of a decode step outside the linear kernels. (Hooks on those three modules are not run
-        here.) The linear layers are called as modules, or with `direct` (at most DIRECT_CALL_ROWS rows,
-        no global hooks) through _direct_calls."""
+        here; the linear layers are called as modules.)"""
         modules = self._modules  # (see _submodules)
         attn, mlp, norm1, norm2 = (modules["self_attn"], modules["mlp"], modules["input_layernorm"],
                                    modules["post_attention_layernorm"])
         w1, w2 = norm1._parameters["weight"], norm2._parameters["weight"]
         if w1.dtype != x.dtype or w2.dtype != x.dtype:
             return self.forward_split(delta, x, rotary, cos, sin, step)
-        ops = step.ops
-        if direct:
-            qkv_proj, o_proj, gate_up_proj, down_proj = _direct_calls(self)
-        else:
-            linears, mlp_linears = attn._modules, mlp._modules
-            qkv_proj, o_proj = linears["qkv_proj"], linears["o_proj"]
-            gate_up_proj, down_proj = mlp_linears["gate_up_proj"], mlp_linears["down_proj"]
+        ops, linears, mlp_linears = step.ops, attn._modules, mlp._modules
+        qkv_proj, o_proj = linears["qkv_proj"], linears["o_proj"]
+        gate_up_proj, down_proj = mlp_linears["gate_up_proj"], mlp_linears["down_proj"]
         B, H, KV, D = x.shape[0], attn.n_heads, attn.n_kv, attn.head_dim
         x, normed = ops.rms_norm(x.contiguous(), None, w1, norm1.eps) if delta is None else \
             ops.rms_norm(delta.contiguous(), x.contiguous(), w1, norm1.eps)
@@ -458,10 +494,17 @@ class Phi3ForCausalLM(nn.Module):
         # A decode step with the fused ops and pools of the activations' dtype: DecoderLayer.fused_decode.
         fused = step.lengths is not None and step.fused_dtype is not None and x.dtype == step.fused_dtype \
             and cos.dtype == x.dtype and sin.dtype == x.dtype
-        direct = fused and x.shape[0] <= DIRECT_CALL_ROWS and not _global_hooks()
+        # A layer in C++ (_NativeLayer) where it computes what fused_decode would: a paged cache read by the
+        # attention kernel (the engine's decode step), at most NATIVE_MAX_ROWS rows, no global hooks.
+        native = fused and x.shape[0] <= NATIVE_MAX_ROWS and step.paged and not step.extra \
+            and step.attention is attention_kernel.ready() and cos.stride(-1) == 1 and sin.stride(-1) == 1 \
+            and not _global_hooks()
         for layer in self.model.layers:
-            if fused:
-                delta, x = layer.fused_decode(delta, x, self.rotary, cos, sin, step, direct)
+            in_cpp = _native(layer, step.ops) if native else None
+            if in_cpp is not None and in_cpp.layer is not None:
+                delta, x = in_cpp(delta, x, cos, sin, step)
+            elif fused:
+                delta, x = layer.fused_decode(delta, x, self.rotary, cos, sin, step)
             else:
                 delta, x = layer.forward_split(delta, x, self.rotary, cos, sin, step)
         if last_only:

@@ -84,14 +84,13 @@ class Int8Linear(nn.Module):
             y = F.linear(rows, self.weight.to(torch.bfloat16)) * self.scales
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
-    def decode_fn(self):
-        """forward as one direct kernel call, for a decode step's rows (contiguous bf16/fp32 CPU x of at most
-        KERNEL_MAX_ROWS rows, in inference), or None without the kernel. Buffers are read at each call."""
+    def decode_kernel(self):
+        """(kind, kernel, buffer names, extra arguments) for a direct call of the kernel (see
+        Int4Linear.decode_kernel), or None without it."""
         kernel = int8_kernel.ready() if self.kernel else None
-        buffers = self._buffers
-        if kernel is None or buffers["scales"].dtype not in _KERNEL_DTYPES:
+        if kernel is None or self._buffers["scales"].dtype not in _KERNEL_DTYPES:
             return None
-        return lambda x: kernel(x, buffers["weight"], buffers["scales"])
+        return "int8", kernel, ("weight", "scales"), ()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -124,14 +123,13 @@ class W8A8Linear(nn.Module):
                 return kernel(x.contiguous(), self.weight, self.comp, _kernel_scales(self.scales))
         return w8a8_reference(x, self.int8_weight(), self.scales)
 
-    def decode_fn(self):
-        """forward as one direct kernel call (contiguous bf16/fp32 CPU x, in inference), or None without
-        the kernel. Buffers are read at each call."""
+    def decode_kernel(self):
+        """(kind, kernel, buffer names, extra arguments) for a direct call of the kernel (see
+        Int4Linear.decode_kernel), or None without it."""
         kernel = w8a8_kernel.ready() if self.kernel else None
-        buffers = self._buffers
-        if kernel is None or buffers["scales"].dtype not in _KERNEL_DTYPES:
+        if kernel is None or self._buffers["scales"].dtype not in _KERNEL_DTYPES:
             return None
-        return lambda x: kernel(x, buffers["weight"], buffers["comp"], buffers["scales"])
+        return "w8a8", kernel, ("weight", "comp", "scales"), ()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, w8a8"

@@ -272,35 +272,63 @@ def test_env_var_turns_it_off(processes):
     assert out.stdout.split() == ["True", "True"], out.stderr
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", ["int4", "int8", "w8a8"])
-def test_direct_linear_calls_equal_module_calls(kernel, monkeypatch, method):
-    """A decode step calls the quantized projections' kernels directly (decode_fn): the same logits as
-    through their modules, and a projection's forward hook or replacement still takes effect."""
+def test_native_layer_bit_identical_to_fused_decode(kernel, monkeypatch, method, dtype):
+    """The engine's decode step (paged cache, attention kernel) runs each layer of int4/int8/w8a8
+    projections as one C++ call (model._NativeLayer): the same bits as DecoderLayer.fused_decode, which
+    it replaces; a projection's forward hook or replacement, or a replaced norm weight, still takes effect."""
     from torch import nn
 
     from phi4r import model as model_module
-    from phi4r.kernels import int4, int8, w8a8
+    from phi4r.kernels import attention, int4, int8, w8a8
+    from phi4r.kv_cache import PagedKVCache
     from phi4r.quant import quantize_int8, quantize_w8a8
     from phi4r.quant_int4 import quantize_int4
 
     loader, quantize = {"int4": (int4.linear, quantize_int4), "int8": (int8.linear, quantize_int8),
                         "w8a8": (w8a8.linear, quantize_w8a8)}[method]
-    if loader() is None:
-        pytest.skip(f"no {method} kernel on this machine")
-    model = quantize(_model(torch.bfloat16))
-    direct = _decode_logits(model, torch.bfloat16)
-    for layer in model.model.layers:  # every projection was called through its kernel function
-        assert not any(isinstance(call, nn.Module) for call in model_module._direct_calls(layer))
-    with monkeypatch.context() as m:
-        m.setattr(model_module, "DIRECT_CALL_ROWS", 0)
-        assert torch.equal(direct, _decode_logits(model, torch.bfloat16))
+    if loader() is None or attention.kernel() is None:
+        pytest.skip(f"no {method} or attention kernel on this machine")
+    model = quantize(_model(dtype))
+    config = model.config
 
-    o_proj = model.model.layers[1].self_attn.o_proj
+    def run():
+        gen = torch.Generator().manual_seed(1)
+        cache, tables = PagedKVCache(config, 4, 16, dtype=dtype), torch.tensor([[3, 1], [0, 2]])
+        step = {"cache": cache, "tables": tables, "attention": attention.ready()}
+        with torch.inference_mode():
+            out = [model(torch.randint(0, 300, (2, 7), generator=gen), **step)[:, -1:]]
+            for pos in range(7, 12):
+                nxt = out[-1].float().argmax(-1)
+                out.append(model(nxt, positions=torch.tensor([[pos], [pos - 2]]), last_only=True, **step))
+        return torch.cat(out, 1), cache
+
+    fused_layer, fused_calls = model_module.DecoderLayer.fused_decode, []
+    monkeypatch.setattr(model_module.DecoderLayer, "fused_decode",
+                        lambda *args: fused_calls.append(1) or fused_layer(*args))
+    native, native_cache = run()
+    assert fused_calls == []  # every decode step's layers ran in C++
+    with monkeypatch.context() as m:
+        m.setattr(model_module, "NATIVE_MAX_ROWS", 0)
+        fused, fused_cache = run()
+    assert len(fused_calls) == 5 * config.num_hidden_layers
+    assert torch.equal(native, fused)
+    assert all(torch.equal(a, b) for a, b in zip(native_cache.k + native_cache.v, fused_cache.k + fused_cache.v))
+
+    layer = model.model.layers[1]
     seen = []
-    handle = o_proj.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape) or out * 0)
-    hooked = _decode_logits(model, torch.bfloat16)
+    handle = layer.self_attn.o_proj.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape) or out * 0)
+    hooked, _ = run()
     handle.remove()
-    assert seen.count((2, 1, 96)) == 5 and not torch.equal(hooked[:, 1:], direct[:, 1:])  # every decode step
-    model.model.layers[1].self_attn.o_proj = nn.Linear(96, 96, bias=False).to(torch.bfloat16)
-    nn.init.zeros_(model.model.layers[1].self_attn.o_proj.weight)
-    assert torch.equal(_decode_logits(model, torch.bfloat16), hooked)  # zero output both ways
+    assert seen.count((2, 1, 96)) == 5 and not torch.equal(hooked[:, 1:], native[:, 1:])  # every decode step
+    layer.self_attn.o_proj = nn.Linear(96, 96, bias=False).to(dtype)
+    nn.init.zeros_(layer.self_attn.o_proj.weight)
+    assert torch.equal(run()[0], hooked)  # zero output both ways (the layer runs in Python now)
+    layer.self_attn.o_proj = quantize(nn.Sequential(nn.Linear(96, 96, bias=False).to(dtype)))[0]
+    nn.init.zeros_(layer.input_layernorm.weight)  # in place: the native layer reads the same tensor
+    fused_calls.clear()
+    zeroed = run()[0]
+    assert fused_calls == [] and not torch.equal(zeroed, native)
+    layer.input_layernorm.weight = nn.Parameter(torch.ones(96, dtype=dtype))  # replaced: made again
+    assert not torch.equal(run()[0], zeroed) and fused_calls == []
