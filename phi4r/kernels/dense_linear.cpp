@@ -56,7 +56,8 @@ struct Vec<at::BFloat16> {
 };
 
 // ---- one tile: MR rows of x (stride ldx) times NR weight rows (stride K) -> y (stride ldy), one
-// channel after the other, with a software prefetch AHEAD bytes in front of the stream.
+// channel after the other, with a software prefetch AHEAD bytes in front of the stream (non-temporal: a
+// decode step reads each weight once, and weights kept in L2/L3 evict what the rest of the step reuses).
 constexpr int64_t AHEAD = 4096;
 
 template <typename T, int MR, int NR>
@@ -75,7 +76,7 @@ void tile(const T* x, int64_t ldx, const T* w, int64_t K, T* y, int64_t ldy) {
     for (; k + U * STEP <= K; k += U * STEP) {
       typename V::V wv[U];
       for (int u = 0; u < U; ++u) {
-        _mm_prefetch(reinterpret_cast<const char*>(wn + k + u * STEP) + AHEAD, _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(wn + k + u * STEP) + AHEAD, _MM_HINT_NTA);
         wv[u] = V::load(wn + k + u * STEP);
       }
       for (int m = 0; m < MR; ++m)

@@ -119,12 +119,13 @@ void tile(const T* x, int64_t ldx, const int8_t* w, int64_t K, const float* scal
 
   // The tile's NR rows are NR * K contiguous bytes, read as NR interleaved streams of K bytes: too
   // many short streams for the hardware prefetchers (decode ran at a third of the memory bandwidth
-  // without this). So every step also prefetches its share of the next tile's bytes (into L2),
-  // which makes the sweep over the weights one prefetched sequential stream, one tile ahead.
+  // without this). So every step also prefetches its share of the next tile's bytes, which makes the
+  // sweep over the weights one prefetched sequential stream, one tile ahead. Non-temporal: a decode
+  // step reads each weight once, and weights kept in L2/L3 only evict what the rest of the step reuses.
   const char* next = reinterpret_cast<const char*>(w) + NR * K;
   // One k step: convert each channel's weights, then MR multiply-adds with them. `valid` masks a K tail.
   auto step = [&](int64_t k, bool tail, uint64_t valid) __attribute__((always_inline)) {
-    for (int64_t b = k * NR; b < (k + STEP) * NR; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
+    for (int64_t b = k * NR; b < (k + STEP) * NR; b += 64) _mm_prefetch(next + b, _MM_HINT_NTA);
     if constexpr (BF16 && MR > 1) {
       // Several rows: convert all NR channels first, then load each x vector once for all of them
       // (x loads, not multiply-adds, were the limit when every product reloaded its x vector).
@@ -176,7 +177,7 @@ void convert_tile(const int8_t* w, int64_t K, at::BFloat16* wb, const Tables& ta
   const __m512i sign = _mm512_set1_epi8(char(0x80));
   const char* next = reinterpret_cast<const char*>(w) + NR * K;  // prefetch the next tile, as tile() does
   for (int64_t k = 0; k < K; k += 64) {
-    for (int64_t b = k * NR; b < (k + 64) * NR; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
+    for (int64_t b = k * NR; b < (k + 64) * NR; b += 64) _mm_prefetch(next + b, _MM_HINT_NTA);
     const uint64_t valid = K - k >= 64 ? ~uint64_t(0) : (uint64_t(1) << (K - k)) - 1;
     for (int n = 0; n < NR; ++n) {
       const int8_t* wp = w + n * K + k;
