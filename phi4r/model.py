@@ -254,9 +254,11 @@ class CacheStep:
             self.lengths = positions[:, 0] + 1 if T == 1 else None
             self.index = _cache_rows(ks[0], tables, positions)
         self.ops = _fused_ops(ks[0])  # decided once for all layers (see rotate_and_write)
+        # The caches make all layers' pools alike, so the first layer's decide (rope_kv_ checks every
+        # pool it writes, and refuses one of another dtype or layout).
         dtype = ks[0].dtype
-        self.fused_dtype = dtype if self.ops is not None and all(
-            t.dtype == dtype and t.is_contiguous() for t in (*ks, *vs)) else None
+        self.fused_dtype = dtype if self.ops is not None and vs[0].dtype == dtype and ks[0].is_contiguous() \
+            and vs[0].is_contiguous() else None
         # Decode reads a paged cache through its block table: the keys it may see span the table's blocks.
         keys = tables.shape[1] * ks[0].shape[2] if self.paged else span
         # The reference's mask, once for all layers (none when every sequence sees every key).
