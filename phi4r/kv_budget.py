@@ -74,7 +74,8 @@ def plan(config: Phi3Config, dtype: torch.dtype, device: torch.device, block_siz
     if available is None:
         available = available_memory(device)
     if kv_cache_memory is None:
-        tokens = max(max_model_len, max_num_seqs * DEFAULT_TOKENS_PER_SEQ)
+        # Whole blocks: a max_model_len between two multiples of the block size needs its last block too.
+        tokens = -(-max(max_model_len, max_num_seqs * DEFAULT_TOKENS_PER_SEQ) // block_size) * block_size
         budget = min(tokens * per_token, available // 2)
         why = f"room for {tokens} tokens, at most half the available memory ({available / 2**30:.1f} GiB)"
     else:

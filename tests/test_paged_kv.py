@@ -132,6 +132,9 @@ def test_the_plan_fits_max_model_len_to_the_budget(caplog):
     assert kv_budget.plan(**args, max_model_len=256, explicit_max_len=False, kv_cache_memory=0.5).num_blocks == 1000
     assert kv_budget.plan(**{**args, "available": 100 * per_block}, max_model_len=256,
                           explicit_max_len=False).num_blocks == 50  # at most half the available memory
+    # A max_model_len past the default's tokens and between two blocks gets its last block (and no error).
+    odd = kv_budget.plan(**args, max_model_len=4 * 2048 + 56, explicit_max_len=True)
+    assert odd.num_blocks == 4 * 2048 // 16 + 4 and odd.max_model_len == 4 * 2048 + 56
     with caplog.at_level(logging.WARNING, logger="phi4r.kv_budget"):
         small = kv_budget.plan(**args, max_model_len=256, explicit_max_len=False, kv_cache_memory=10 * per_block + 5)
     assert small.num_blocks == 10 and small.max_model_len == 160 and "max_model_len lowered to 160" in caplog.text
