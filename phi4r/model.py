@@ -50,8 +50,8 @@ _NATIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class _NativeLayer:
     """A decoder layer's decode step as one C++ call (`layer`: the fused ops' DecodeLayer, or None): what
     DecoderLayer.fused_decode computes, op for op, when its four projections have kernels
-    (`decode_kernel()`: int4, int8, w8a8) and none has hooks. The Python between the kernels was ~20 us a
-    layer, a tenth of an int4 decode step of a 258M model.
+    (`decode_kernel()`: int4, int8, w8a8) and none has hooks. The Python between the kernels costs ~20 us
+    a layer, a tenth of an int4 decode step of a 258M model.
 
     Made from the projection modules, their buffers and the norms' weights; `valid` is False once any of
     them is replaced or a projection gains hooks (in-place changes of their values need nothing)."""
@@ -72,7 +72,7 @@ class _NativeLayer:
             spec = getattr(m, "decode_kernel", lambda: None)()
             if spec is None:
                 return
-            kind, _, names, extra = spec
+            kind, names, extra = spec
             tensors = [m._buffers[n] for n in names]
             self.sources += [(m._buffers, n, t) for n, t in zip(names, tensors)]
             group, a8 = extra if kind == "int4" else (0, False)  # (the int4 kernel's group size and activations)

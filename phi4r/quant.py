@@ -85,12 +85,12 @@ class Int8Linear(nn.Module):
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def decode_kernel(self):
-        """(kind, kernel, buffer names, extra arguments) for a direct call of the kernel (see
-        Int4Linear.decode_kernel), or None without it."""
+        """(kind, buffer names, extra arguments) of the kernel's direct call (see Int4Linear.decode_kernel),
+        or None without it."""
         kernel = int8_kernel.ready() if self.kernel else None
         if kernel is None or self._buffers["scales"].dtype not in _KERNEL_DTYPES:
             return None
-        return "int8", kernel, ("weight", "scales"), ()
+        return "int8", ("weight", "scales"), ()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -124,12 +124,12 @@ class W8A8Linear(nn.Module):
         return w8a8_reference(x, self.int8_weight(), self.scales)
 
     def decode_kernel(self):
-        """(kind, kernel, buffer names, extra arguments) for a direct call of the kernel (see
-        Int4Linear.decode_kernel), or None without it."""
+        """(kind, buffer names, extra arguments) of the kernel's direct call (see Int4Linear.decode_kernel),
+        or None without it."""
         kernel = w8a8_kernel.ready() if self.kernel else None
         if kernel is None or self._buffers["scales"].dtype not in _KERNEL_DTYPES:
             return None
-        return "w8a8", kernel, ("weight", "comp", "scales"), ()
+        return "w8a8", ("weight", "comp", "scales"), ()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, w8a8"

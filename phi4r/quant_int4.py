@@ -160,15 +160,16 @@ class Int4Linear(nn.Module):
         return F.linear(x.to(dtype), self.dequantize(dtype)).to(x.dtype)
 
     def decode_kernel(self):
-        """(kind, kernel, buffer names, extra arguments) such that kernel(x, *buffers, *extra) is forward for a
-        decode step's rows (contiguous bf16/fp32 CPU x of at most KERNEL_MAX_ROWS rows, in inference), or
-        None where forward does more (zero points, no kernel). See model._direct."""
+        """(kind, buffer names, extra arguments) such that the kind's kernel (torch.ops.phi4r.int4_linear)
+        of (x, *buffers, *extra) is forward for a decode step's rows (contiguous bf16/fp32 CPU x of at most
+        KERNEL_MAX_ROWS rows, in inference), or None where forward does more (zero points, no kernel
+        built). See model._NativeLayer."""
         kernel = int4_kernel.ready()
         buffers = self._buffers
         if kernel is None or self._kernel_rows < 0 or buffers["weight_zero_point"] is not None \
                 or buffers["weight_scale"].dtype not in _KERNEL_DTYPES:
             return None
-        return "int4", kernel, ("weight_packed", "weight_scale"), (self.group_size, INT8_ACTIVATIONS)
+        return "int4", ("weight_packed", "weight_scale"), (self.group_size, INT8_ACTIVATIONS)
 
     def _zero_term(self, x: torch.Tensor) -> torch.Tensor:
         """sum over groups of scale * zero * (x's group sum): what zero points take off the kernel's result."""
