@@ -7,9 +7,9 @@
 
 On a Phi-4-shaped checkpoint of about 250M parameters (head_dim 128, 4 query heads per KV head,
 SwiGLU, untied lm_head; made once and cached, see `make_bench_checkpoint`; or --model), for each dtype
-(fp32, bf16, int8 weight-only, w8a8: int8 weights and per-token int8 activations) and batch size, it
-measures prefill and decode tokens/s and peak memory of phi4r's engine and of transformers (fp32 and
-bf16; int8 and w8a8 are compared with transformers bf16). Both decode greedily and exactly
+(fp32, bf16, int8 weight-only, w8a8: int8 weights and per-token int8 activations, int4: group-wise 4-bit
+weights) and batch size, it measures prefill and decode tokens/s and peak memory of phi4r's engine and
+of transformers (fp32 and bf16; the quantized dtypes are compared with transformers bf16). Both decode greedily and exactly
 --new-tokens tokens (`ignore_eos` / `min_new_tokens`) from the same random prompts of --prompt-len
 tokens. Every measurement runs in its own subprocess, so peak memory is its own and the two libraries
 never share a process.
@@ -22,7 +22,8 @@ memory-bound tokens/s = batch * bandwidth / (weight bytes + batch * KV bytes); l
 compute-bound: tokens/s = GEMM FLOP/s / (2 * linear params + attention FLOPs). The roofline is the
 lower of the two, from read bandwidth and GEMM FLOP/s measured at the start of the same run (int8 is
 given the bf16 GEMM rate: its large-batch path dequantizes to bf16; w8a8 the int8 x int8 -> int32 rate
-of torch._int_mm, and int8 weight bytes plus a bf16 scale and an int32 weight sum per channel).
+of torch._int_mm, and int8 weight bytes plus a bf16 scale and an int32 weight sum per channel; int4 half
+a byte per weight plus a bf16 scale per 128, and the int8 x int8 rate).
 """
 from __future__ import annotations
 
@@ -41,10 +42,11 @@ from pathlib import Path
 BENCH_SHAPE = {"hidden_size": 1024, "intermediate_size": 3584, "num_hidden_layers": 14, "num_attention_heads": 8,
                "num_key_value_heads": 2, "vocab_size": 32000, "max_position_embeddings": 4096, "rope_theta": 500000.0}
 DTYPES = {"fp32": ("float32", None), "bf16": ("bfloat16", None), "int8": ("bfloat16", "int8"),
-          "w8a8": ("bfloat16", "w8a8")}
-QUANTIZED = ("int8", "w8a8")
-# transformers has no CPU int8 to compare with
-HF_BASELINE = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16", "w8a8": "bf16"}
+          "w8a8": ("bfloat16", "w8a8"), "int4": ("bfloat16", "int4")}
+QUANTIZED = ("int8", "w8a8", "int4")
+INT4_GROUP = 128  # Int4Linear's default group size: one bf16 scale per 128 weights
+# transformers has no CPU int8 or int4 to compare with
+HF_BASELINE = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16", "w8a8": "bf16", "int4": "bf16"}
 WARMUP_LEN = 16
 DEFAULT_CHECKPOINT = Path(tempfile.gettempdir()) / "phi4r-bench-250m"
 BENCH_MODEL = "bench"  # the --model name of DEFAULT_CHECKPOINT
@@ -152,6 +154,7 @@ def machine_facts(threads: int | None) -> dict:
     gflops["int8"] = gflops["bf16"]
     a, b = torch.randint(-127, 128, (2048, 1024), dtype=torch.int8), torch.randint(-127, 128, (1024, 4096), dtype=torch.int8)
     gflops["w8a8"] = 2 * 2048 * 1024 * 4096 / min(_timed(torch._int_mm, a, b) for _ in range(5)) / 1e9
+    gflops["int4"] = gflops["w8a8"]  # its kernel multiplies with int8 activations (integer dot products)
     return {"read_gbps": x.nbytes / read / 1e9, "copy_gbps": 2 * x.nbytes / copy / 1e9, "gflops": gflops,
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "loadavg_start": loadavg}
 
@@ -168,8 +171,10 @@ def _timed(fn, *args) -> float:
 
 def roofline(model: dict, machine: dict, row: dict) -> float:
     """Upper bound on decode tokens/s for this row: min(memory-bound, compute-bound)."""
-    weight_bytes = {"fp32": 4, "bf16": 2, "int8": 1, "w8a8": 1}[row["dtype"]] * model["linear_params"]
-    if row["dtype"] in QUANTIZED:
+    weight_bytes = {"fp32": 4, "bf16": 2, "int8": 1, "w8a8": 1, "int4": 0.5}[row["dtype"]] * model["linear_params"]
+    if row["dtype"] == "int4":
+        weight_bytes += 2 * model["linear_params"] / INT4_GROUP  # a bf16 scale per group
+    elif row["dtype"] in QUANTIZED:
         weight_bytes += 2 * model["linear_rows"]  # one bf16 scale per output channel
     if row["dtype"] == "w8a8":
         weight_bytes += 4 * model["linear_rows"]  # and an int32 weight sum (the kernel's compensation)

@@ -142,14 +142,15 @@ def test_generate_reads_a_raw_line_separator_inside_a_json_string(tmp_path):
 
 @pytest.mark.slow
 def test_bench_smoke_prints_the_table(ck, tmp_path):
-    run = phi4r("bench", "--model", ck, "--batches", "1", "--dtypes", "fp32,int8", "--prompt-len", "8",
+    run = phi4r("bench", "--model", ck, "--batches", "1", "--dtypes", "fp32,int8,int4", "--prompt-len", "8",
                 "--new-tokens", "3", "--threads", "1", "--out", str(tmp_path / "r.json"), timeout=300)
     assert run.returncode == 0, run.stderr
     assert "| engine | dtype | batch | prefill tok/s | decode tok/s | peak MB |" in run.stdout
     rows = [line.split("|")[1:4] for line in run.stdout.splitlines() if line.startswith(("| phi4r", "| transformers"))]
     assert [[c.strip() for c in r] for r in rows] == [["phi4r", "fp32", "1"], ["transformers", "fp32", "1"],
-                                                       ["phi4r", "int8", "1"]]
+                                                       ["phi4r", "int8", "1"], ["phi4r", "int4", "1"]]
     assert "batch-1 decode fp32: phi4r / transformers" in run.stdout
+    assert "batch-1 decode int4: phi4r / roofline" in run.stdout
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["model"]["params"] > 0 and result["machine"]["read_gbps"] > 0
     assert all(r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["peak_mb"] > 0 for r in result["rows"])

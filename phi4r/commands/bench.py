@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--batches", type=int_list, default=[1, 4, 16, 64], help="batch sizes [1,4,16,64]")
     p.add_argument("--dtypes", type=names_from(bench.DTYPES, "dtype"), default=list(bench.DTYPES),
                    help=f"{','.join(bench.DTYPES)}: weights and activations of each row (int8: weight-only int8, "
-                        "w8a8: int8 weights and activations) [all]")
+                        "w8a8: int8 weights and activations, int4: group-wise 4-bit weights) [all]")
     p.add_argument("--prompt-len", type=positive_int, default=128, help="prompt tokens per sequence [128]")
     p.add_argument("--new-tokens", type=positive_int, default=64, help="decode steps timed per sequence [64]")
     p.add_argument("--repeats", type=positive_int, default=1, help="timed runs per measurement; the best counts [1]")
