@@ -11,6 +11,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _nn_module
 from torch.utils.checkpoint import checkpoint
 
 from .config import Phi3Config
@@ -106,9 +107,7 @@ def _native(layer: nn.Module, ops) -> _NativeLayer:
 
 def _global_hooks() -> bool:
     """Whether any forward hook is registered for all modules (torch.nn.modules.module.register_module_*)."""
-    from torch.nn.modules import module
-
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+    return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks)
 
 
 class RMSNorm(nn.Module):
@@ -426,12 +425,10 @@ class DecoderLayer(nn.Module):
         if w1.dtype != x.dtype or w2.dtype != x.dtype:
             return self.forward_split(delta, x, rotary, cos, sin, step)
         ops, linears, mlp_linears = step.ops, attn._modules, mlp._modules
-        qkv_proj, o_proj = linears["qkv_proj"], linears["o_proj"]
-        gate_up_proj, down_proj = mlp_linears["gate_up_proj"], mlp_linears["down_proj"]
         B, H, KV, D = x.shape[0], attn.n_heads, attn.n_kv, attn.head_dim
         x, normed = ops.rms_norm(x.contiguous(), None, w1, norm1.eps) if delta is None else \
             ops.rms_norm(delta.contiguous(), x.contiguous(), w1, norm1.eps)
-        qkv = qkv_proj(normed).view(B, 1, H + 2 * KV, D)
+        qkv = linears["qkv_proj"](normed).view(B, 1, H + 2 * KV, D)
         layer = attn.layer_idx
         if step.rotate_and_write(layer, qkv, cos, sin, H):
             q, keys, values = qkv[:, 0, :H], *step.read(layer)
@@ -439,8 +436,8 @@ class DecoderLayer(nn.Module):
             qk = rotary.apply(qkv[:, :, :H + KV], cos, sin)
             q, (keys, values) = qk[:, 0, :H], step.update(layer, qk[:, :, H:], qkv[:, :, H + KV:])
         out = step.attend(q, keys, values, D ** -0.5)
-        x, normed = ops.rms_norm(o_proj(out.reshape(B, 1, H * D).contiguous()).contiguous(), x, w2, norm2.eps)
-        return down_proj(ops.swiglu(gate_up_proj(normed).contiguous())), x
+        x, normed = ops.rms_norm(linears["o_proj"](out.reshape(B, 1, H * D)).contiguous(), x, w2, norm2.eps)
+        return mlp_linears["down_proj"](ops.swiglu(mlp_linears["gate_up_proj"](normed).contiguous())), x
 
 
 class Phi3Model(nn.Module):
