@@ -6,6 +6,7 @@ One forward serves training (plain causal attention over the whole sequence) and
 """
 from __future__ import annotations
 
+import time
 import weakref
 
 import torch
@@ -44,6 +45,9 @@ def _submodules(module: nn.Module, *names: str) -> list[nn.Module]:
 
 # Rows up to which every projection's decode_kernel applies (quant.KERNEL_MAX_ROWS, the smallest of them).
 NATIVE_MAX_ROWS = 64
+# How often a layer that could run in C++ but does not yet looks again (its kernels are built in the
+# background while the engine already decodes; a cheap check, so not every step).
+RETRY_SECONDS = 1.0
 # Per decoder layer, its _NativeLayer (weakly: a dropped model takes its entries along).
 _NATIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -55,7 +59,8 @@ class _NativeLayer:
     a layer, a tenth of an int4 decode step of a 258M model.
 
     Made from the projection modules, their buffers and the norms' weights; `valid` is False once any of
-    them is replaced or a projection gains hooks (in-place changes of their values need nothing)."""
+    them is replaced or a projection gains hooks (in-place changes of their values need nothing), and,
+    while a layer that could run in C++ does not (a kernel still building, hooks), every RETRY_SECONDS."""
 
     def __init__(self, layer: nn.Module, ops):
         attn, mlp = layer._modules["self_attn"], layer._modules["mlp"]
@@ -66,12 +71,17 @@ class _NativeLayer:
         self.sources = [(owner._modules, name, m) for (owner, name), m in zip(owners, self.mods)]
         self.sources += [(n._parameters, "weight", n._parameters["weight"]) for n in norms]
         self.layer_idx, self.scale, self.layer = attn.layer_idx, attn.head_dim ** -0.5, None
-        if self._hooked() or not hasattr(ops, "DecodeLayer"):
+        self.retry_at = None  # when to look again, while this layer might yet run in C++
+        if not hasattr(ops, "DecodeLayer") or not all(hasattr(m, "decode_kernel") for m in self.mods):
+            return
+        if self._hooked():
+            self.retry_at = time.monotonic() + RETRY_SECONDS
             return
         kernels = []
         for m in self.mods:
-            spec = getattr(m, "decode_kernel", lambda: None)()
-            if spec is None:
+            spec = m.decode_kernel()
+            if spec is None:  # e.g. its kernel's build not finished yet (or zero points: looked at again anyway)
+                self.retry_at = time.monotonic() + RETRY_SECONDS
                 return
             kind, names, extra = spec
             tensors = [m._buffers[n] for n in names]
@@ -94,7 +104,9 @@ class _NativeLayer:
         for owner, key, obj in self.sources:
             if owner[key] is not obj:
                 return False
-        return self.layer is None or not self._hooked()
+        if self.layer is None:
+            return self.retry_at is None or time.monotonic() < self.retry_at
+        return not self._hooked()
 
 
 def _native(layer: nn.Module, ops) -> _NativeLayer:

@@ -332,3 +332,41 @@ def test_native_layer_bit_identical_to_fused_decode(kernel, monkeypatch, method,
     assert fused_calls == [] and not torch.equal(zeroed, native)
     layer.input_layernorm.weight = nn.Parameter(torch.ones(96, dtype=dtype))  # replaced: made again
     assert not torch.equal(run()[0], zeroed) and fused_calls == []
+
+
+def test_native_layer_takes_over_once_the_kernels_are_built(kernel, monkeypatch):
+    """The engine decodes while the kernels build in the background: a layer first made without its
+    projections' kernels runs in Python, and in C++ once they are ready (looked at again every
+    RETRY_SECONDS)."""
+    from phi4r import model as model_module
+    from phi4r.kernels import attention, int4
+    from phi4r.kv_cache import PagedKVCache
+    from phi4r.quant_int4 import quantize_int4
+
+    if int4.linear() is None or attention.kernel() is None:
+        pytest.skip("no int4 or attention kernel on this machine")
+    model = quantize_int4(_model(torch.bfloat16))
+    cache, tables = PagedKVCache(model.config, 4, 16, dtype=torch.bfloat16), torch.tensor([[3, 1], [0, 2]])
+    step = {"cache": cache, "tables": tables, "attention": attention.ready()}
+    fused_layer, fused_calls = model_module.DecoderLayer.fused_decode, []
+    monkeypatch.setattr(model_module.DecoderLayer, "fused_decode",
+                        lambda *args: fused_calls.append(1) or fused_layer(*args))
+
+    def decode(pos):
+        with torch.inference_mode():
+            return model(torch.tensor([[5], [9]]), positions=torch.tensor([[pos], [pos]]), last_only=True, **step)
+
+    built = int4.ready()
+    monkeypatch.setattr(int4, "ready", lambda: None)  # the build still running
+    decode(0)
+    assert len(fused_calls) == model.config.num_hidden_layers
+    monkeypatch.setattr(int4, "ready", lambda: built)
+    decode(1)  # within RETRY_SECONDS: still the layers made before
+    assert len(fused_calls) == 2 * model.config.num_hidden_layers
+    monkeypatch.setattr(model_module, "RETRY_SECONDS", 0.0)
+    for native in model_module._NATIVE.values():
+        native.retry_at = 0.0
+    ready = decode(0)  # position 0 again: the same inputs as the first step
+    assert len(fused_calls) == 2 * model.config.num_hidden_layers  # every layer in C++ now
+    monkeypatch.setattr(model_module, "NATIVE_MAX_ROWS", 0)
+    assert torch.equal(ready, decode(0))  # what fused_decode computes with the kernels
